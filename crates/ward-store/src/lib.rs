@@ -1,0 +1,109 @@
+//! ward's storage: the [`Store`] trait the control plane is written
+//! against, and its SQLite implementation ([`SqliteStore`]).
+//!
+//! Every method is one transaction; an acknowledged write has been synced
+//! to disk (SQLite in WAL mode with `synchronous=FULL`), so it survives a
+//! crash or `kill -9`. Certificate issuance, the hot write path, is batched
+//! by a group-commit writer: concurrent issuances share one fsync.
+//!
+//! Nothing here knows SQL dialects but the backend modules, so a PostgreSQL
+//! backend can implement the same trait and pass the same tests.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), ward_store::StoreError> {
+//! use ward_store::{SqliteStore, Store};
+//! let store = SqliteStore::open(std::path::Path::new("/tmp/ward.db")).await?;
+//! println!("{} services", store.list_services().await?.len());
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The record already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A join token that was valid when checked was used up or expired
+    /// before it could be consumed (a concurrent use won).
+    #[error("the join token is no longer valid")]
+    TokenUnavailable,
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database schema is newer than this binary or damaged.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Result alias for storage calls.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The control plane's storage.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A value from the key/value settings table.
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+    /// Sets a value in the key/value settings table, if not set yet;
+    /// returns the value in force.
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String>;
+
+    /// Registers a service. [`StoreError::Conflict`] if it exists.
+    async fn add_service(&self, service: &Service, audit: &AuditEvent) -> Result<()>;
+    /// One service.
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>>;
+    /// Every service, by namespace then name.
+    async fn list_services(&self) -> Result<Vec<Service>>;
+    /// Removes a service; false if there was none.
+    async fn remove_service(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool>;
+
+    /// Stores a new join token (by hash).
+    async fn create_join_token(&self, token: &JoinToken, audit: &AuditEvent) -> Result<()>;
+    /// A join token by hash.
+    async fn find_join_token(&self, hash: &[u8]) -> Result<Option<JoinToken>>;
+
+    /// Records an issued certificate, in the same transaction consuming one
+    /// use of the join token `consume` (if given, and only if it is still
+    /// unexpired with uses left at `now`; else [`StoreError::TokenUnavailable`]
+    /// and nothing is stored).
+    async fn record_issued(&self, cert: &CertRecord, consume: Option<&[u8]>, now: i64, audit: &AuditEvent) -> Result<()>;
+    /// A certificate by serial.
+    async fn get_certificate(&self, serial: &str) -> Result<Option<CertRecord>>;
+    /// Certificates, newest first, optionally only those for one SPIFFE ID
+    /// and only those not expired at `valid_at`.
+    async fn list_certificates(&self, query: &CertQuery) -> Result<Vec<CertRecord>>;
+    /// Marks a certificate revoked; false if unknown or already revoked.
+    async fn revoke_certificate(&self, serial: &str, now: i64, audit: &AuditEvent) -> Result<bool>;
+    /// Serials of revoked certificates that have not expired at `now`.
+    async fn revoked_serials(&self, now: i64) -> Result<Vec<String>>;
+    /// The latest expiry of the leaves a signing CA issued.
+    async fn last_leaf_not_after(&self, issuer_serial: &str) -> Result<Option<i64>>;
+
+    /// Stores a CA certificate and its sealed key; returns its id.
+    async fn insert_ca(&self, ca: &CaRecord, audit: &AuditEvent) -> Result<i64>;
+    /// Every stored CA, oldest first.
+    async fn list_cas(&self) -> Result<Vec<CaRecord>>;
+    /// Applies state changes and deletions to CAs in one transaction.
+    async fn update_cas(&self, states: &[(i64, String)], delete: &[i64], audit: &AuditEvent) -> Result<()>;
+
+    /// Appends to the audit log on its own.
+    async fn audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Audit entries with id greater than `after`, oldest first, at most `limit`.
+    async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+
+    /// Runs the backend's integrity check; Ok(()) when the database is sound.
+    async fn integrity_check(&self) -> Result<()>;
+}
