@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -32,17 +32,26 @@ pub struct CaMaterial {
 
 impl std::fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaMaterial").field("cert_der", &self.cert_der.len()).finish_non_exhaustive()
+        f.debug_struct("CaMaterial")
+            .field("cert_der", &self.cert_der.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl CaMaterial {
     /// A new self-signed root for `td`, ECDSA P-256, valid for `ttl`.
-    pub fn generate_root(td: &TrustDomain, ttl: Duration, now: OffsetDateTime) -> Result<CaMaterial, CaError> {
+    pub fn generate_root(
+        td: &TrustDomain,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<CaMaterial, CaError> {
         let key = KeyPair::generate()?;
         let params = ca_params(td, &format!("ward root CA ({td})"), now, now + ttl)?;
         let cert = params.self_signed(&key)?;
-        Ok(CaMaterial { cert_der: cert.der().to_vec(), key_pkcs8: key.serialize_der() })
+        Ok(CaMaterial {
+            cert_der: cert.der().to_vec(),
+            key_pkcs8: key.serialize_der(),
+        })
     }
 
     /// Reads an existing CA certificate and key (PEM) to use as upstream
@@ -50,10 +59,9 @@ impl CaMaterial {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CaMaterial, CaError> {
         let certs = crate::parse_pem_certs(cert_pem.as_bytes())
             .map_err(|e| CaError::InvalidMaterial(format!("upstream CA certificate: {e}")))?;
-        let cert_der = certs
-            .into_iter()
-            .next()
-            .ok_or_else(|| CaError::InvalidMaterial("no certificate in the upstream CA file".into()))?;
+        let cert_der = certs.into_iter().next().ok_or_else(|| {
+            CaError::InvalidMaterial("no certificate in the upstream CA file".into())
+        })?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| CaError::InvalidMaterial(format!("upstream CA key: {e}")))?;
         let (_, parsed) = X509Certificate::from_der(&cert_der)
@@ -61,9 +69,14 @@ impl CaMaterial {
         ward_identity::validate_ca(&parsed)
             .map_err(|e| CaError::InvalidMaterial(format!("upstream CA certificate: {e}")))?;
         if parsed.public_key().raw != spki_of(&key).as_slice() {
-            return Err(CaError::InvalidMaterial("the upstream CA key does not match its certificate".into()));
+            return Err(CaError::InvalidMaterial(
+                "the upstream CA key does not match its certificate".into(),
+            ));
         }
-        Ok(CaMaterial { cert_der, key_pkcs8: key.serialize_der() })
+        Ok(CaMaterial {
+            cert_der,
+            key_pkcs8: key.serialize_der(),
+        })
     }
 
     /// A new signing (intermediate) CA below this one, valid for `ttl` but
@@ -76,20 +89,29 @@ impl CaMaterial {
         now: OffsetDateTime,
     ) -> Result<CaMaterial, CaError> {
         let parent_key = self.key_pair()?;
-        let parent = Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der.as_slice()), parent_key)?;
+        let parent =
+            Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der.as_slice()), parent_key)?;
         let not_after = (now + ttl).min(self.not_after()?);
         let key = KeyPair::generate()?;
-        let mut params = ca_params(td, &format!("ward signing CA {generation} ({td})"), now, not_after)?;
+        let mut params = ca_params(
+            td,
+            &format!("ward signing CA {generation} ({td})"),
+            now,
+            not_after,
+        )?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &parent)?;
-        Ok(CaMaterial { cert_der: cert.der().to_vec(), key_pkcs8: key.serialize_der() })
+        Ok(CaMaterial {
+            cert_der: cert.der().to_vec(),
+            key_pkcs8: key.serialize_der(),
+        })
     }
 
     /// The certificate's expiry.
     pub fn not_after(&self) -> Result<OffsetDateTime, CaError> {
-        let (_, parsed) =
-            X509Certificate::from_der(&self.cert_der).map_err(|e| CaError::InvalidMaterial(e.to_string()))?;
+        let (_, parsed) = X509Certificate::from_der(&self.cert_der)
+            .map_err(|e| CaError::InvalidMaterial(e.to_string()))?;
         Ok(parsed.validity().not_after.to_datetime())
     }
 
@@ -119,7 +141,11 @@ fn ca_params(
     params.not_after = not_after;
     params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.subject_alt_names = vec![SanType::URI(td.id_string().try_into()?)];
     Ok(params)
 }
@@ -127,7 +153,9 @@ fn ca_params(
 /// 128 random bits, positive and of fixed length.
 fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -157,7 +185,9 @@ pub struct SigningAuthority {
 
 impl std::fmt::Debug for SigningAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningAuthority").field("serial", &self.serial).finish_non_exhaustive()
+        f.debug_struct("SigningAuthority")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,12 +195,17 @@ impl SigningAuthority {
     /// Loads a signing CA from its stored material.
     pub fn new(material: &CaMaterial) -> Result<SigningAuthority, CaError> {
         let cert_der = CertificateDer::from(material.cert_der.clone());
-        let (_, parsed) =
-            X509Certificate::from_der(&cert_der).map_err(|e| CaError::InvalidMaterial(e.to_string()))?;
+        let (_, parsed) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| CaError::InvalidMaterial(e.to_string()))?;
         let serial = hex::encode(parsed.raw_serial());
         let not_after = parsed.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_der(&cert_der, material.key_pair()?)?;
-        Ok(SigningAuthority { issuer, cert_der, serial, not_after })
+        Ok(SigningAuthority {
+            issuer,
+            cert_der,
+            serial,
+            not_after,
+        })
     }
 
     /// The signing CA's certificate.
@@ -217,7 +252,10 @@ impl SigningAuthority {
         params.not_after = (now + ttl).min(self.not_after);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let mut sans = vec![SanType::URI(id.as_str().try_into()?)];
         for name in extra_names {
@@ -247,27 +285,51 @@ mod tests {
     fn setup() -> (TrustDomain, CaMaterial, CaMaterial) {
         let td = TrustDomain::new("example.org").unwrap();
         let root = CaMaterial::generate_root(&td, Duration::from_secs(365 * 86400), now()).unwrap();
-        let signing = root.generate_signing_ca(&td, 1, Duration::from_secs(7 * 86400), now()).unwrap();
+        let signing = root
+            .generate_signing_ca(&td, 1, Duration::from_secs(7 * 86400), now())
+            .unwrap();
         (td, root, signing)
     }
 
-    fn verify_chain(root: &CaMaterial, chain: &[&[u8]], leaf: &[u8], at: OffsetDateTime) -> Result<(), webpki::Error> {
+    fn verify_chain(
+        root: &CaMaterial,
+        chain: &[&[u8]],
+        leaf: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<(), webpki::Error> {
         let root_der = CertificateDer::from(root.cert_der.clone());
         let anchor = webpki::anchor_from_trusted_cert(&root_der).unwrap();
-        let inter: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(*c)).collect();
+        let inter: Vec<CertificateDer<'_>> =
+            chain.iter().map(|c| CertificateDer::from(*c)).collect();
         let leaf = CertificateDer::from(leaf);
         let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
         let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
-        let t = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(at.unix_timestamp() as u64));
-        ee.verify_for_usage(algs.all, &[anchor], &inter, t, webpki::KeyUsage::client_auth(), None, None)
-            .map(|_| ())
+        let t = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            at.unix_timestamp() as u64,
+        ));
+        ee.verify_for_usage(
+            algs.all,
+            &[anchor],
+            &inter,
+            t,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
     }
 
     #[test]
     fn issues_valid_svids() {
         let (td, root, signing) = setup();
         let (_, parsed_root) = X509Certificate::from_der(&root.cert_der).unwrap();
-        assert_eq!(ward_identity::validate_ca(&parsed_root).unwrap().unwrap().as_str(), "spiffe://example.org");
+        assert_eq!(
+            ward_identity::validate_ca(&parsed_root)
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "spiffe://example.org"
+        );
         let (_, parsed_signing) = X509Certificate::from_der(&signing.cert_der).unwrap();
         ward_identity::validate_ca(&parsed_signing).unwrap();
 
@@ -276,15 +338,26 @@ mod tests {
         let (csr, _) = csr_for(&id);
         let csr = validate_csr(&csr).unwrap();
         let t = now();
-        let leaf = ca.issue_svid(&csr.spki, &id, &[], Duration::from_secs(3600), t).unwrap();
+        let leaf = ca
+            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(3600), t)
+            .unwrap();
         let (_, parsed) = X509Certificate::from_der(&leaf.der).unwrap();
         assert_eq!(ward_identity::validate_leaf(&parsed).unwrap(), id);
         assert_eq!(hex::encode(parsed.raw_serial()), leaf.serial);
-        assert_eq!(parsed.validity().not_after.to_datetime(), t + Duration::from_secs(3600));
+        assert_eq!(
+            parsed.validity().not_after.to_datetime(),
+            t + Duration::from_secs(3600)
+        );
         assert_eq!(parsed.public_key().raw, csr.spki.as_slice());
         verify_chain(&root, &[&signing.cert_der], &leaf.der, t).unwrap();
         // Expired an hour later, and not valid from another root.
-        assert!(verify_chain(&root, &[&signing.cert_der], &leaf.der, t + Duration::from_secs(3601)).is_err());
+        assert!(verify_chain(
+            &root,
+            &[&signing.cert_der],
+            &leaf.der,
+            t + Duration::from_secs(3601)
+        )
+        .is_err());
         let (_, other_root, _) = setup();
         assert!(verify_chain(&other_root, &[&signing.cert_der], &leaf.der, t).is_err());
     }
@@ -292,15 +365,25 @@ mod tests {
     #[test]
     fn leaf_never_outlives_signing_ca() {
         let (td, root, _) = setup();
-        let short = root.generate_signing_ca(&td, 2, Duration::from_secs(60), now()).unwrap();
+        let short = root
+            .generate_signing_ca(&td, 2, Duration::from_secs(60), now())
+            .unwrap();
         let ca = SigningAuthority::new(&short).unwrap();
         let id = SpiffeId::for_service(&td, "default", "web").unwrap();
         let (csr, _) = csr_for(&id);
         let csr = validate_csr(&csr).unwrap();
-        let leaf = ca.issue_svid(&csr.spki, &id, &[], Duration::from_secs(86400), now()).unwrap();
+        let leaf = ca
+            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(86400), now())
+            .unwrap();
         assert_eq!(leaf.not_after, ca.not_after());
         assert!(matches!(
-            ca.issue_svid(&csr.spki, &id, &[], Duration::from_secs(1), now() + Duration::from_secs(61)),
+            ca.issue_svid(
+                &csr.spki,
+                &id,
+                &[],
+                Duration::from_secs(1),
+                now() + Duration::from_secs(61)
+            ),
             Err(CaError::SigningCaExpired)
         ));
     }
@@ -312,10 +395,14 @@ mod tests {
         let key_pem = crate::to_pem("PRIVATE KEY", &root.key_pkcs8);
         let up = CaMaterial::from_pem(&cert_pem, &key_pem).unwrap();
         assert_eq!(up.cert_der, root.cert_der);
-        up.generate_signing_ca(&td, 1, Duration::from_secs(60), now()).unwrap();
+        up.generate_signing_ca(&td, 1, Duration::from_secs(60), now())
+            .unwrap();
         let (_, other, _) = setup();
         let other_key = crate::to_pem("PRIVATE KEY", &other.key_pkcs8);
-        assert!(CaMaterial::from_pem(&cert_pem, &other_key).is_err(), "mismatched key");
+        assert!(
+            CaMaterial::from_pem(&cert_pem, &other_key).is_err(),
+            "mismatched key"
+        );
         assert!(CaMaterial::from_pem("junk", &key_pem).is_err());
     }
 }

@@ -26,7 +26,9 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
 
 /// Every certificate in a PEM file, DER, in file order.
 pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).map(|c| c.map(|c| c.to_vec())).collect();
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect();
     let certs = certs.map_err(|e| format!("not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
         return Err("no PEM certificate found".into());
@@ -94,7 +96,10 @@ mod tests {
         let td = TrustDomain::new("example.org").unwrap();
         let root = CaMaterial::generate_root(&td, Duration::from_secs(3600), now()).unwrap();
         let pem = to_pem("CERTIFICATE", &root.cert_der);
-        assert_eq!(parse_pem_certs(pem.as_bytes()).unwrap(), vec![root.cert_der.clone()]);
+        assert_eq!(
+            parse_pem_certs(pem.as_bytes()).unwrap(),
+            vec![root.cert_der.clone()]
+        );
         assert!(parse_pem_certs(b"nothing here").is_err());
         let fp = fingerprint(&root.cert_der);
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64);
@@ -104,8 +109,17 @@ mod tests {
         assert_eq!(key["kty"], "EC");
         assert_eq!(key["crv"], "P-256");
         assert_eq!(key["use"], "x509-svid");
-        assert_eq!(STANDARD.decode(key["x5c"][0].as_str().unwrap()).unwrap(), root.cert_der);
-        assert_eq!(URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap().len(), 32);
+        assert_eq!(
+            STANDARD.decode(key["x5c"][0].as_str().unwrap()).unwrap(),
+            root.cert_der
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(key["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
         assert_eq!(bundle["spiffe_sequence"], 3);
     }
 }

@@ -2,9 +2,9 @@ use ward_identity::SpiffeId;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS,
-    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256,
-    OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -61,9 +61,14 @@ pub fn validate_csr(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
             *alg == OID_SIG_ECDSA_WITH_SHA256 || *alg == OID_SIG_ECDSA_WITH_SHA384
         }
         KeyKind::Ed25519 => *alg == OID_SIG_ED25519,
-        KeyKind::Rsa(_) => [OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_PKCS1_RSASSAPSS]
-            .iter()
-            .any(|o| o == alg),
+        KeyKind::Rsa(_) => [
+            OID_PKCS1_SHA256WITHRSA,
+            OID_PKCS1_SHA384WITHRSA,
+            OID_PKCS1_SHA512WITHRSA,
+            OID_PKCS1_RSASSAPSS,
+        ]
+        .iter()
+        .any(|o| o == alg),
     };
     if !alg_ok {
         return Err(CsrError::UnsupportedSignatureAlgorithm);
@@ -83,12 +88,21 @@ pub fn validate_csr(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
     let spiffe_id = match uris.as_slice() {
         [one] => SpiffeId::parse(one).map_err(|e| CsrError::BadSpiffeId(e.to_string()))?,
         [] => return Err(CsrError::BadSpiffeId("none requested".into())),
-        many => return Err(CsrError::BadSpiffeId(format!("{} URI SANs requested", many.len()))),
+        many => {
+            return Err(CsrError::BadSpiffeId(format!(
+                "{} URI SANs requested",
+                many.len()
+            )))
+        }
     };
     if spiffe_id.is_trust_domain_id() {
         return Err(CsrError::BadSpiffeId("the ID has no path".into()));
     }
-    Ok(ValidatedCsr { spki: info.subject_pki.raw.to_vec(), spiffe_id, key })
+    Ok(ValidatedCsr {
+        spki: info.subject_pki.raw.to_vec(),
+        spiffe_id,
+        key,
+    })
 }
 
 fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
@@ -136,7 +150,11 @@ mod tests {
 
     #[test]
     fn accepts_supported_keys() {
-        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
             let key = KeyPair::generate_for(alg).unwrap();
             let csr = csr_with(&key, vec![SanType::URI(id().as_str().try_into().unwrap())]);
             let v = validate_csr(&csr).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
@@ -148,11 +166,15 @@ mod tests {
 
     #[test]
     fn rsa_sizes() {
-        let ok = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        let ok =
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
         let csr = csr_with(&ok, vec![SanType::URI(id().as_str().try_into().unwrap())]);
         assert_eq!(validate_csr(&csr).unwrap().key, KeyKind::Rsa(2048));
         let weak = crate::testing::rsa_1024_csr();
-        assert_eq!(validate_csr(&weak).unwrap_err(), CsrError::UnsupportedKey("RSA-1024".into()));
+        assert_eq!(
+            validate_csr(&weak).unwrap_err(),
+            CsrError::UnsupportedKey("RSA-1024".into())
+        );
     }
 
     #[test]
@@ -177,15 +199,30 @@ mod tests {
 
         let key = KeyPair::generate().unwrap();
         let none = csr_with(&key, vec![]);
-        assert!(matches!(validate_csr(&none).unwrap_err(), CsrError::BadSpiffeId(_)));
+        assert!(matches!(
+            validate_csr(&none).unwrap_err(),
+            CsrError::BadSpiffeId(_)
+        ));
         let two = csr_with(
             &key,
-            vec![SanType::URI("spiffe://td/a".try_into().unwrap()), SanType::URI("spiffe://td/b".try_into().unwrap())],
+            vec![
+                SanType::URI("spiffe://td/a".try_into().unwrap()),
+                SanType::URI("spiffe://td/b".try_into().unwrap()),
+            ],
         );
-        assert!(matches!(validate_csr(&two).unwrap_err(), CsrError::BadSpiffeId(_)));
+        assert!(matches!(
+            validate_csr(&two).unwrap_err(),
+            CsrError::BadSpiffeId(_)
+        ));
         let bare = csr_with(&key, vec![SanType::URI("spiffe://td".try_into().unwrap())]);
-        assert!(matches!(validate_csr(&bare).unwrap_err(), CsrError::BadSpiffeId(_)));
+        assert!(matches!(
+            validate_csr(&bare).unwrap_err(),
+            CsrError::BadSpiffeId(_)
+        ));
         let http = csr_with(&key, vec![SanType::URI("https://td/a".try_into().unwrap())]);
-        assert!(matches!(validate_csr(&http).unwrap_err(), CsrError::BadSpiffeId(_)));
+        assert!(matches!(
+            validate_csr(&http).unwrap_err(),
+            CsrError::BadSpiffeId(_)
+        ));
     }
 }

@@ -13,7 +13,9 @@ pub enum CsrError {
     #[error("the CSR is signed with an unsupported algorithm (use ECDSA with SHA-256/384, Ed25519, or RSA with SHA-256 or better)")]
     UnsupportedSignatureAlgorithm,
     /// The key type or size is not accepted.
-    #[error("unsupported key: {0} (use ECDSA P-256 or P-384, Ed25519, or RSA of at least 2048 bits)")]
+    #[error(
+        "unsupported key: {0} (use ECDSA P-256 or P-384, Ed25519, or RSA of at least 2048 bits)"
+    )]
     UnsupportedKey(String),
     /// The CSR does not request exactly one SPIFFE ID as URI SAN.
     #[error("the CSR must request exactly one SPIFFE ID as a URI SAN: {0}")]

@@ -20,14 +20,17 @@ impl Kek {
     /// A new random key, returned with its raw bytes for storage.
     pub fn generate() -> Result<(Kek, [u8; 32]), CaError> {
         let mut raw = [0u8; 32];
-        SystemRandom::new().fill(&mut raw).map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
         Ok((Kek::from_bytes(&raw)?, raw))
     }
 
     /// A key from its raw bytes.
     pub fn from_bytes(raw: &[u8]) -> Result<Kek, CaError> {
-        let key = UnboundKey::new(&AES_256_GCM, raw)
-            .map_err(|_| CaError::InvalidMaterial("the key-encryption key must be 32 bytes".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| {
+            CaError::InvalidMaterial("the key-encryption key must be 32 bytes".into())
+        })?;
         Ok(Kek(LessSafeKey::new(key)))
     }
 
@@ -35,10 +38,16 @@ impl Kek {
     /// a sealed value cannot be swapped for another.
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CaError> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| CaError::InvalidMaterial("no randomness".into()))?;
         let mut buf = plaintext.to_vec();
         self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut buf,
+            )
             .map_err(|_| CaError::Unseal)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
@@ -53,7 +62,10 @@ impl Kek {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CaError::Unseal)?;
         let mut buf = ct.to_vec();
-        let plain = self.0.open_in_place(nonce, Aad::from(context), &mut buf).map_err(|_| CaError::Unseal)?;
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(context), &mut buf)
+            .map_err(|_| CaError::Unseal)?;
         Ok(plain.to_vec())
     }
 }
@@ -67,7 +79,13 @@ mod tests {
         let (kek, raw) = Kek::generate().unwrap();
         let sealed = kek.seal(b"ca:1", b"secret key").unwrap();
         assert!(!sealed.windows(10).any(|w| w == b"secret key"));
-        assert_eq!(Kek::from_bytes(&raw).unwrap().open(b"ca:1", &sealed).unwrap(), b"secret key");
+        assert_eq!(
+            Kek::from_bytes(&raw)
+                .unwrap()
+                .open(b"ca:1", &sealed)
+                .unwrap(),
+            b"secret key"
+        );
         assert!(kek.open(b"ca:2", &sealed).is_err(), "context is bound");
         let mut bad = sealed.clone();
         *bad.last_mut().unwrap() ^= 1;

@@ -79,7 +79,9 @@ pub fn next_action(cas: &[SigningCaInfo], now: OffsetDateTime) -> Option<Action>
     let Some(active) = cas.iter().find(|c| c.state == State::Active) else {
         return Some(prepared.map_or(Action::Prepare, |p| Action::Activate(p.id)));
     };
-    let life = (active.not_after - active.not_before).as_seconds_f64().max(1.0);
+    let life = (active.not_after - active.not_before)
+        .as_seconds_f64()
+        .max(1.0);
     let elapsed = (now - active.not_before).as_seconds_f64() / life;
     match prepared {
         None if elapsed >= 0.5 => Some(Action::Prepare),
@@ -122,24 +124,44 @@ mod tests {
 
         let a = ca(1, State::Active, t0, 8);
         assert_eq!(next_action(&[a.clone()], t0 + 3 * day), None);
-        assert_eq!(next_action(&[a.clone()], t0 + 4 * day), Some(Action::Prepare));
+        assert_eq!(
+            next_action(&[a.clone()], t0 + 4 * day),
+            Some(Action::Prepare)
+        );
         let p = ca(2, State::Prepared, t0 + 4 * day, 8);
         assert_eq!(next_action(&[a.clone(), p.clone()], t0 + 5 * day), None);
-        assert_eq!(next_action(&[a.clone(), p.clone()], t0 + 6 * day), Some(Action::Activate(2)));
+        assert_eq!(
+            next_action(&[a.clone(), p.clone()], t0 + 6 * day),
+            Some(Action::Activate(2))
+        );
 
         let mut r = ca(1, State::Retired, t0, 8);
         r.last_leaf_not_after = Some(t0 + 7 * day);
         let a2 = ca(2, State::Active, t0 + 4 * day, 8);
-        assert_eq!(next_action(&[r.clone(), a2.clone()], t0 + 6 * day), None, "a leaf it signed is valid");
-        assert_eq!(next_action(&[r.clone(), a2.clone()], t0 + 7 * day), Some(Action::Drop(1)));
+        assert_eq!(
+            next_action(&[r.clone(), a2.clone()], t0 + 6 * day),
+            None,
+            "a leaf it signed is valid"
+        );
+        assert_eq!(
+            next_action(&[r.clone(), a2.clone()], t0 + 7 * day),
+            Some(Action::Drop(1))
+        );
         r.last_leaf_not_after = None;
-        assert_eq!(next_action(&[r, a2], t0 + 6 * day), Some(Action::Drop(1)), "signed nothing");
+        assert_eq!(
+            next_action(&[r, a2], t0 + 6 * day),
+            Some(Action::Drop(1)),
+            "signed nothing"
+        );
     }
 
     #[test]
     fn forced() {
         let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        assert_eq!(next_forced_action(&[ca(1, State::Active, t0, 8)]), Action::Prepare);
+        assert_eq!(
+            next_forced_action(&[ca(1, State::Active, t0, 8)]),
+            Action::Prepare
+        );
         assert_eq!(
             next_forced_action(&[ca(1, State::Active, t0, 8), ca(2, State::Prepared, t0, 8)]),
             Action::Activate(2)

@@ -14,7 +14,11 @@ pub fn csr_for(id: &SpiffeId) -> (Vec<u8>, KeyPair) {
 pub fn csr_with(key: &KeyPair, sans: Vec<SanType>) -> Vec<u8> {
     let mut params = CertificateParams::default();
     params.subject_alt_names = sans;
-    params.serialize_request(key).expect("CSR encoding").der().to_vec()
+    params
+        .serialize_request(key)
+        .expect("CSR encoding")
+        .der()
+        .to_vec()
 }
 
 /// A DER CSR with an RSA-1024 key for `spiffe://td/ns/default/sa/web`

@@ -111,7 +111,10 @@ impl SpiffeId {
         };
         validate_trust_domain(td)?;
         validate_path(path)?;
-        Ok(SpiffeId { full: s.to_owned(), td_end: SCHEME_PREFIX.len() + td.len() })
+        Ok(SpiffeId {
+            full: s.to_owned(),
+            td_end: SCHEME_PREFIX.len() + td.len(),
+        })
     }
 
     /// Builds an ID from a trust domain and a path (which must start with `/`
@@ -154,7 +157,13 @@ impl SpiffeId {
     /// `(namespace, service)` when the path is exactly `/ns/<n>/sa/<s>`.
     pub fn service_account(&self) -> Option<(&str, &str)> {
         let mut parts = self.path().strip_prefix('/')?.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
         }
@@ -199,7 +208,10 @@ fn validate_trust_domain(td: &str) -> Result<(), IdError> {
     if td.len() > MAX_TRUST_DOMAIN_LEN {
         return Err(IdError::TrustDomainTooLong);
     }
-    match td.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_')) {
+    match td
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
+    {
         Some(c) => Err(IdError::BadTrustDomainChar(c)),
         None => Ok(()),
     }
@@ -217,7 +229,10 @@ fn validate_path(path: &str) -> Result<(), IdError> {
         if seg == "." || seg == ".." {
             return Err(IdError::DotSegment);
         }
-        if let Some(c) = seg.chars().find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_')) {
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_'))
+        {
             return Err(IdError::BadPathChar(c));
         }
     }
@@ -237,9 +252,21 @@ mod tests {
         let cases = [
             ("spiffe://trustdomain", "trustdomain", ""),
             ("spiffe://trustdomain/path", "trustdomain", "/path"),
-            ("spiffe://trustdomain/path1/path2", "trustdomain", "/path1/path2"),
-            ("spiffe://trust-domain.name_1/Path.With-ALL_chars09", "trust-domain.name_1", "/Path.With-ALL_chars09"),
-            ("spiffe://ward.internal/ns/default/sa/payments", "ward.internal", "/ns/default/sa/payments"),
+            (
+                "spiffe://trustdomain/path1/path2",
+                "trustdomain",
+                "/path1/path2",
+            ),
+            (
+                "spiffe://trust-domain.name_1/Path.With-ALL_chars09",
+                "trust-domain.name_1",
+                "/Path.With-ALL_chars09",
+            ),
+            (
+                "spiffe://ward.internal/ns/default/sa/payments",
+                "ward.internal",
+                "/ns/default/sa/payments",
+            ),
             ("spiffe://td/.../a..b/.x", "td", "/.../a..b/.x"),
         ];
         for (s, td, path) in cases {
@@ -263,9 +290,18 @@ mod tests {
             ("spiffe:/td/path".into(), IdError::WrongScheme),
             ("spiffe://".into(), IdError::EmptyTrustDomain),
             ("spiffe:///path".into(), IdError::EmptyTrustDomain),
-            ("spiffe://Trustdomain/path".into(), IdError::BadTrustDomainChar('T')),
-            ("spiffe://td:8080/path".into(), IdError::BadTrustDomainChar(':')),
-            ("spiffe://user@td/path".into(), IdError::BadTrustDomainChar('@')),
+            (
+                "spiffe://Trustdomain/path".into(),
+                IdError::BadTrustDomainChar('T'),
+            ),
+            (
+                "spiffe://td:8080/path".into(),
+                IdError::BadTrustDomainChar(':'),
+            ),
+            (
+                "spiffe://user@td/path".into(),
+                IdError::BadTrustDomainChar('@'),
+            ),
             ("spiffe://td/path?query".into(), IdError::BadPathChar('?')),
             ("spiffe://td/path#frag".into(), IdError::BadPathChar('#')),
             ("spiffe://td/pa%41th".into(), IdError::BadPathChar('%')),
@@ -287,9 +323,21 @@ mod tests {
 
     #[test]
     fn trust_domains() {
-        assert_eq!(TrustDomain::new("ward.internal").unwrap().as_str(), "ward.internal");
-        assert_eq!(TrustDomain::new("spiffe://example.org").unwrap().as_str(), "example.org");
-        for bad in ["", "Example.org", "example.org/path", "exa mple", "spiffe://"] {
+        assert_eq!(
+            TrustDomain::new("ward.internal").unwrap().as_str(),
+            "ward.internal"
+        );
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org").unwrap().as_str(),
+            "example.org"
+        );
+        for bad in [
+            "",
+            "Example.org",
+            "example.org/path",
+            "exa mple",
+            "spiffe://",
+        ] {
             assert!(TrustDomain::new(bad).is_err(), "{bad:?}");
         }
     }
@@ -300,10 +348,21 @@ mod tests {
         let id = SpiffeId::for_service(&td, "prod", "web-1").unwrap();
         assert_eq!(id.as_str(), "spiffe://example.org/ns/prod/sa/web-1");
         assert_eq!(id.service_account(), Some(("prod", "web-1")));
-        for (ns, sa) in [("", "a"), ("a", ""), ("..", "a"), ("a/b", "c"), ("a", "b c")] {
+        for (ns, sa) in [
+            ("", "a"),
+            ("a", ""),
+            ("..", "a"),
+            ("a/b", "c"),
+            ("a", "b c"),
+        ] {
             assert!(SpiffeId::for_service(&td, ns, sa).is_err(), "{ns:?} {sa:?}");
         }
-        for s in ["spiffe://td/ns/a/sa", "spiffe://td/ns/a/sa/b/c", "spiffe://td/x/a/sa/b", "spiffe://td"] {
+        for s in [
+            "spiffe://td/ns/a/sa",
+            "spiffe://td/ns/a/sa/b/c",
+            "spiffe://td/x/a/sa/b",
+            "spiffe://td",
+        ] {
             assert_eq!(SpiffeId::parse(s).unwrap().service_account(), None, "{s}");
         }
     }

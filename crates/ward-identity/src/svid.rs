@@ -53,9 +53,16 @@ pub fn validate_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> 
     match cert.basic_constraints().map_err(malformed)? {
         Some(bc) if !bc.value.ca => {}
         Some(_) => return Err(SvidError::BasicConstraints("a leaf must have cA=false")),
-        None => return Err(SvidError::BasicConstraints("a leaf must carry basic constraints with cA=false")),
+        None => {
+            return Err(SvidError::BasicConstraints(
+                "a leaf must carry basic constraints with cA=false",
+            ))
+        }
     }
-    let ku = cert.key_usage().map_err(malformed)?.ok_or(SvidError::KeyUsage("missing"))?;
+    let ku = cert
+        .key_usage()
+        .map_err(malformed)?
+        .ok_or(SvidError::KeyUsage("missing"))?;
     if !ku.critical {
         return Err(SvidError::KeyUsage("must be critical"));
     }
@@ -63,7 +70,9 @@ pub fn validate_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> 
         return Err(SvidError::KeyUsage("a leaf must have digitalSignature"));
     }
     if ku.value.key_cert_sign() || ku.value.crl_sign() {
-        return Err(SvidError::KeyUsage("a leaf must not have keyCertSign or cRLSign"));
+        return Err(SvidError::KeyUsage(
+            "a leaf must not have keyCertSign or cRLSign",
+        ));
     }
     if let Some(eku) = cert.extended_key_usage().map_err(malformed)? {
         if !(eku.value.server_auth && eku.value.client_auth) {
@@ -81,15 +90,32 @@ pub fn validate_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> 
 pub fn validate_ca(cert: &X509Certificate<'_>) -> Result<Option<SpiffeId>, SvidError> {
     match cert.basic_constraints().map_err(malformed)? {
         Some(bc) if bc.value.ca => {}
-        _ => return Err(SvidError::BasicConstraints("a signing certificate must have cA=true")),
+        _ => {
+            return Err(SvidError::BasicConstraints(
+                "a signing certificate must have cA=true",
+            ))
+        }
     }
-    let ku = cert.key_usage().map_err(malformed)?.ok_or(SvidError::KeyUsage("missing"))?;
+    let ku = cert
+        .key_usage()
+        .map_err(malformed)?
+        .ok_or(SvidError::KeyUsage("missing"))?;
     if !ku.value.key_cert_sign() {
-        return Err(SvidError::KeyUsage("a signing certificate must have keyCertSign"));
+        return Err(SvidError::KeyUsage(
+            "a signing certificate must have keyCertSign",
+        ));
     }
     if let Some(nc) = cert.name_constraints().map_err(malformed)? {
-        let subtrees = nc.value.permitted_subtrees.iter().chain(nc.value.excluded_subtrees.iter()).flatten();
-        if subtrees.into_iter().any(|t| matches!(t.base, GeneralName::URI(_))) {
+        let subtrees = nc
+            .value
+            .permitted_subtrees
+            .iter()
+            .chain(nc.value.excluded_subtrees.iter())
+            .flatten();
+        if subtrees
+            .into_iter()
+            .any(|t| matches!(t.base, GeneralName::URI(_)))
+        {
             return Err(SvidError::UriNameConstraints);
         }
     }
@@ -133,7 +159,8 @@ fn malformed(e: x509_parser::error::X509Error) -> SvidError {
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
     };
     use x509_parser::prelude::FromDer;
 
@@ -142,7 +169,10 @@ mod tests {
         p.subject_alt_names = vec![SanType::URI("spiffe://td/ns/a/sa/b".try_into().unwrap())];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p
     }
 
@@ -155,14 +185,23 @@ mod tests {
 
     #[test]
     fn leaf_rules() {
-        check(leaf_params(), |c| assert_eq!(validate_leaf(c).unwrap().as_str(), "spiffe://td/ns/a/sa/b"));
+        check(leaf_params(), |c| {
+            assert_eq!(validate_leaf(c).unwrap().as_str(), "spiffe://td/ns/a/sa/b")
+        });
 
         type Mutate = fn(&mut CertificateParams);
         let bad: Vec<(&str, Mutate, SvidError)> = vec![
-            ("no SAN", |p| p.subject_alt_names.clear(), SvidError::UriSanCount(0)),
+            (
+                "no SAN",
+                |p| p.subject_alt_names.clear(),
+                SvidError::UriSanCount(0),
+            ),
             (
                 "two URI SANs",
-                |p| p.subject_alt_names.push(SanType::URI("spiffe://td/x".try_into().unwrap())),
+                |p| {
+                    p.subject_alt_names
+                        .push(SanType::URI("spiffe://td/x".try_into().unwrap()))
+                },
                 SvidError::UriSanCount(2),
             ),
             (
@@ -185,7 +224,11 @@ mod tests {
                 |p| p.is_ca = IsCa::NoCa,
                 SvidError::BasicConstraints("a leaf must carry basic constraints with cA=false"),
             ),
-            ("no key usage", |p| p.key_usages.clear(), SvidError::KeyUsage("missing")),
+            (
+                "no key usage",
+                |p| p.key_usages.clear(),
+                SvidError::KeyUsage("missing"),
+            ),
             (
                 "keyCertSign",
                 |p| p.key_usages.push(KeyUsagePurpose::KeyCertSign),
@@ -205,7 +248,9 @@ mod tests {
         for (name, mutate, want) in bad {
             let mut p = leaf_params();
             mutate(&mut p);
-            check(p, |c| assert_eq!(validate_leaf(c), Err(want.clone()), "{name}"));
+            check(p, |c| {
+                assert_eq!(validate_leaf(c), Err(want.clone()), "{name}")
+            });
         }
     }
 
@@ -215,17 +260,28 @@ mod tests {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         p.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
-        check(p.clone(), |c| assert_eq!(validate_ca(c).unwrap().unwrap().as_str(), "spiffe://td"));
+        check(p.clone(), |c| {
+            assert_eq!(validate_ca(c).unwrap().unwrap().as_str(), "spiffe://td")
+        });
 
         let mut with_path = p.clone();
         with_path.subject_alt_names = vec![SanType::URI("spiffe://td/x".try_into().unwrap())];
-        check(with_path, |c| assert_eq!(validate_ca(c), Err(SvidError::CaWithPath)));
+        check(with_path, |c| {
+            assert_eq!(validate_ca(c), Err(SvidError::CaWithPath))
+        });
 
         let mut no_sign = p.clone();
         no_sign.key_usages = vec![KeyUsagePurpose::CrlSign];
-        check(no_sign, |c| assert!(matches!(validate_ca(c), Err(SvidError::KeyUsage(_)))));
+        check(no_sign, |c| {
+            assert!(matches!(validate_ca(c), Err(SvidError::KeyUsage(_))))
+        });
 
-        check(leaf_params(), |c| assert!(matches!(validate_ca(c), Err(SvidError::BasicConstraints(_)))));
+        check(leaf_params(), |c| {
+            assert!(matches!(
+                validate_ca(c),
+                Err(SvidError::BasicConstraints(_))
+            ))
+        });
 
         let mut constrained = p;
         constrained.name_constraints = Some(rcgen::NameConstraints {

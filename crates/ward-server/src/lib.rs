@@ -1,0 +1,25 @@
+//! The ward control plane: the CA, the service registry, the admin REST
+//! API and the `ward.v1` gRPC API, all on one TLS port.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let config = ward_server::Config::new("/var/lib/ward".into());
+//! let server = ward_server::Server::build(config).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run().await?;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod ca;
+mod config;
+mod datadir;
+mod error;
+mod grpc;
+mod metrics;
+mod serve;
+mod state;
+
+pub use config::Config;
+pub use datadir::{DataDirFiles, ServerInfo};
+pub use serve::Server;

@@ -60,6 +60,8 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a value in the key/value settings table, if not set yet;
     /// returns the value in force.
     async fn init_meta(&self, key: &str, value: &str) -> Result<String>;
+    /// Sets a value in the key/value settings table.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
 
     /// Registers a service. [`StoreError::Conflict`] if it exists.
     async fn add_service(&self, service: &Service, audit: &AuditEvent) -> Result<()>;
@@ -68,7 +70,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every service, by namespace then name.
     async fn list_services(&self) -> Result<Vec<Service>>;
     /// Removes a service; false if there was none.
-    async fn remove_service(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool>;
+    async fn remove_service(&self, namespace: &str, name: &str, audit: &AuditEvent)
+        -> Result<bool>;
 
     /// Stores a new join token (by hash).
     async fn create_join_token(&self, token: &JoinToken, audit: &AuditEvent) -> Result<()>;
@@ -79,7 +82,13 @@ pub trait Store: Send + Sync + 'static {
     /// use of the join token `consume` (if given, and only if it is still
     /// unexpired with uses left at `now`; else [`StoreError::TokenUnavailable`]
     /// and nothing is stored).
-    async fn record_issued(&self, cert: &CertRecord, consume: Option<&[u8]>, now: i64, audit: &AuditEvent) -> Result<()>;
+    async fn record_issued(
+        &self,
+        cert: &CertRecord,
+        consume: Option<&[u8]>,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<()>;
     /// A certificate by serial.
     async fn get_certificate(&self, serial: &str) -> Result<Option<CertRecord>>;
     /// Certificates, newest first, optionally only those for one SPIFFE ID
@@ -97,7 +106,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored CA, oldest first.
     async fn list_cas(&self) -> Result<Vec<CaRecord>>;
     /// Applies state changes and deletions to CAs in one transaction.
-    async fn update_cas(&self, states: &[(i64, String)], delete: &[i64], audit: &AuditEvent) -> Result<()>;
+    async fn update_cas(
+        &self,
+        states: &[(i64, String)],
+        delete: &[i64],
+        audit: &AuditEvent,
+    ) -> Result<()>;
 
     /// Appends to the audit log on its own.
     async fn audit(&self, event: &AuditEvent) -> Result<()>;

@@ -7,7 +7,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, Result, Service, Store, StoreError};
+use crate::{
+    AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, Result, Service, Store,
+    StoreError,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -40,8 +43,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Migration(e.to_string()))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
         let (issue_tx, issue_rx) = mpsc::channel(4096);
         tokio::spawn(group_commit(pool.clone(), issue_rx));
         Ok(SqliteStore { pool, issue_tx })
@@ -77,9 +86,11 @@ async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<IssueJob>) {
         .await;
         for (i, job) in batch.drain(..).enumerate() {
             let r = match &outcome {
-                Ok(()) => results.get_mut(i).map_or(Err(StoreError::Database("batch aborted".into())), |r| {
-                    std::mem::replace(r, Ok(()))
-                }),
+                Ok(()) => results
+                    .get_mut(i)
+                    .map_or(Err(StoreError::Database("batch aborted".into())), |r| {
+                        std::mem::replace(r, Ok(()))
+                    }),
                 Err(e) => Err(StoreError::Database(e.to_string())),
             };
             let _ = job.done.send(r);
@@ -137,7 +148,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?").bind(key).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
@@ -147,23 +161,40 @@ impl Store for SqliteStore {
             .bind(value)
             .execute(&mut *tx)
             .await?;
-        let v: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?").bind(key).fetch_one(&mut *tx).await?;
+        let v: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(v)
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn add_service(&self, s: &Service, audit: &AuditEvent) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("INSERT INTO services (namespace, name, spiffe_id, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&s.namespace)
-            .bind(&s.name)
-            .bind(&s.spiffe_id)
-            .bind(s.created_at)
-            .execute(&mut *tx)
-            .await;
+        let r = sqlx::query(
+            "INSERT INTO services (namespace, name, spiffe_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&s.namespace)
+        .bind(&s.name)
+        .bind(&s.spiffe_id)
+        .bind(s.created_at)
+        .execute(&mut *tx)
+        .await;
         match r {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!("service {}/{}", s.namespace, s.name)))
+                return Err(StoreError::Conflict(format!(
+                    "service {}/{}",
+                    s.namespace, s.name
+                )))
             }
             r => r?,
         };
@@ -181,12 +212,19 @@ impl Store for SqliteStore {
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
-        Ok(sqlx::query_as("SELECT namespace, name, spiffe_id, created_at FROM services ORDER BY namespace, name")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT namespace, name, spiffe_id, created_at FROM services ORDER BY namespace, name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
-    async fn remove_service(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool> {
+    async fn remove_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        audit: &AuditEvent,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM services WHERE namespace = ? AND name = ?")
             .bind(namespace)
@@ -230,11 +268,27 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn record_issued(&self, cert: &CertRecord, consume: Option<&[u8]>, now: i64, audit: &AuditEvent) -> Result<()> {
+    async fn record_issued(
+        &self,
+        cert: &CertRecord,
+        consume: Option<&[u8]>,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        let job = IssueJob { cert: cert.clone(), consume: consume.map(<[u8]>::to_vec), now, audit: audit.clone(), done };
-        self.issue_tx.send(job).await.map_err(|_| StoreError::Database("the store is closed".into()))?;
-        wait.await.map_err(|_| StoreError::Database("the store is closed".into()))?
+        let job = IssueJob {
+            cert: cert.clone(),
+            consume: consume.map(<[u8]>::to_vec),
+            now,
+            audit: audit.clone(),
+            done,
+        };
+        self.issue_tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Database("the store is closed".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Database("the store is closed".into()))?
     }
 
     async fn get_certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -268,11 +322,13 @@ impl Store for SqliteStore {
 
     async fn revoke_certificate(&self, serial: &str, now: i64, audit: &AuditEvent) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(serial)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
         if r.rows_affected() == 0 {
             return Ok(false);
         }
@@ -291,10 +347,12 @@ impl Store for SqliteStore {
     }
 
     async fn last_leaf_not_after(&self, issuer_serial: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MAX(not_after) FROM certificates WHERE issuer_serial = ?")
-            .bind(issuer_serial)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT MAX(not_after) FROM certificates WHERE issuer_serial = ?")
+                .bind(issuer_serial)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn insert_ca(&self, ca: &CaRecord, audit: &AuditEvent) -> Result<i64> {
@@ -326,13 +384,25 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn update_cas(&self, states: &[(i64, String)], delete: &[i64], audit: &AuditEvent) -> Result<()> {
+    async fn update_cas(
+        &self,
+        states: &[(i64, String)],
+        delete: &[i64],
+        audit: &AuditEvent,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (id, state) in states {
-            sqlx::query("UPDATE ca_keys SET state = ? WHERE id = ?").bind(state).bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE ca_keys SET state = ? WHERE id = ?")
+                .bind(state)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         for id in delete {
-            sqlx::query("DELETE FROM ca_keys WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM ca_keys WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
@@ -357,11 +427,16 @@ impl Store for SqliteStore {
     }
 
     async fn integrity_check(&self) -> Result<()> {
-        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&self.pool).await?;
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
         if rows == ["ok"] {
             Ok(())
         } else {
-            Err(StoreError::Database(format!("integrity check failed: {}", rows.join("; "))))
+            Err(StoreError::Database(format!(
+                "integrity check failed: {}",
+                rows.join("; ")
+            )))
         }
     }
 }
@@ -371,7 +446,13 @@ mod tests {
     use super::*;
 
     fn ev(action: &str) -> AuditEvent {
-        AuditEvent { at: 1, actor: "admin".into(), action: action.into(), target: "t".into(), detail: "{}".into() }
+        AuditEvent {
+            at: 1,
+            actor: "admin".into(),
+            action: action.into(),
+            target: "t".into(),
+            detail: "{}".into(),
+        }
     }
 
     fn cert(serial: &str, not_after: i64) -> CertRecord {
@@ -389,22 +470,41 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("ward.db")).await.unwrap();
+        let s = SqliteStore::open(&dir.path().join("ward.db"))
+            .await
+            .unwrap();
         (dir, s)
     }
 
     #[tokio::test]
     async fn services_and_audit() {
         let (_d, s) = store().await;
-        let svc = Service { namespace: "default".into(), name: "a".into(), spiffe_id: "spiffe://td/ns/default/sa/a".into(), created_at: 5 };
+        let svc = Service {
+            namespace: "default".into(),
+            name: "a".into(),
+            spiffe_id: "spiffe://td/ns/default/sa/a".into(),
+            created_at: 5,
+        };
         s.add_service(&svc, &ev("service.add")).await.unwrap();
-        assert!(matches!(s.add_service(&svc, &ev("service.add")).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.add_service(&svc, &ev("service.add")).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.list_services().await.unwrap(), vec![svc.clone()]);
         assert_eq!(s.get_service("default", "a").await.unwrap(), Some(svc));
-        assert!(s.remove_service("default", "a", &ev("service.remove")).await.unwrap());
-        assert!(!s.remove_service("default", "a", &ev("service.remove")).await.unwrap());
+        assert!(s
+            .remove_service("default", "a", &ev("service.remove"))
+            .await
+            .unwrap());
+        assert!(!s
+            .remove_service("default", "a", &ev("service.remove"))
+            .await
+            .unwrap());
         let log = s.list_audit(0, 100).await.unwrap();
-        assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["service.add", "service.remove"]);
+        assert_eq!(
+            log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["service.add", "service.remove"]
+        );
         assert_eq!(s.init_meta("td", "a").await.unwrap(), "a");
         assert_eq!(s.init_meta("td", "b").await.unwrap(), "a");
         s.integrity_check().await.unwrap();
@@ -422,10 +522,13 @@ mod tests {
             uses_left: 1,
             created_at: 0,
         };
-        s.create_join_token(&tok, &ev("join-token.create")).await.unwrap();
+        s.create_join_token(&tok, &ev("join-token.create"))
+            .await
+            .unwrap();
         // Expired at t=100: nothing stored.
         assert!(matches!(
-            s.record_issued(&cert("01", 500), Some(&tok.hash), 100, &ev("cert.issue")).await,
+            s.record_issued(&cert("01", 500), Some(&tok.hash), 100, &ev("cert.issue"))
+                .await,
             Err(StoreError::TokenUnavailable)
         ));
         assert!(s.get_certificate("01").await.unwrap().is_none());
@@ -435,7 +538,13 @@ mod tests {
             let s = s.clone();
             let h = tok.hash.clone();
             tasks.push(tokio::spawn(async move {
-                s.record_issued(&cert(&format!("s{i}"), 500), Some(&h), 50, &ev("cert.issue")).await
+                s.record_issued(
+                    &cert(&format!("s{i}"), 500),
+                    Some(&h),
+                    50,
+                    &ev("cert.issue"),
+                )
+                .await
             }));
         }
         let mut ok = 0;
@@ -445,7 +554,14 @@ mod tests {
             }
         }
         assert_eq!(ok, 1);
-        assert_eq!(s.find_join_token(&tok.hash).await.unwrap().unwrap().uses_left, 0);
+        assert_eq!(
+            s.find_join_token(&tok.hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .uses_left,
+            0
+        );
         let certs = s.list_certificates(&CertQuery::default()).await.unwrap();
         assert_eq!(certs.len(), 1);
         assert_eq!(s.list_audit(0, 100).await.unwrap().len(), 2);
@@ -454,16 +570,37 @@ mod tests {
     #[tokio::test]
     async fn revocation_and_cas() {
         let (_d, s) = store().await;
-        s.record_issued(&cert("aa", 500), None, 0, &ev("cert.issue")).await.unwrap();
-        s.record_issued(&cert("bb", 50), None, 0, &ev("cert.issue")).await.unwrap();
-        assert!(s.revoke_certificate("aa", 10, &ev("cert.revoke")).await.unwrap());
-        assert!(!s.revoke_certificate("aa", 10, &ev("cert.revoke")).await.unwrap());
-        assert!(!s.revoke_certificate("zz", 10, &ev("cert.revoke")).await.unwrap());
-        s.revoke_certificate("bb", 10, &ev("cert.revoke")).await.unwrap();
-        assert_eq!(s.revoked_serials(100).await.unwrap(), vec!["aa".to_string()]);
+        s.record_issued(&cert("aa", 500), None, 0, &ev("cert.issue"))
+            .await
+            .unwrap();
+        s.record_issued(&cert("bb", 50), None, 0, &ev("cert.issue"))
+            .await
+            .unwrap();
+        assert!(s
+            .revoke_certificate("aa", 10, &ev("cert.revoke"))
+            .await
+            .unwrap());
+        assert!(!s
+            .revoke_certificate("aa", 10, &ev("cert.revoke"))
+            .await
+            .unwrap());
+        assert!(!s
+            .revoke_certificate("zz", 10, &ev("cert.revoke"))
+            .await
+            .unwrap());
+        s.revoke_certificate("bb", 10, &ev("cert.revoke"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.revoked_serials(100).await.unwrap(),
+            vec!["aa".to_string()]
+        );
         assert_eq!(s.last_leaf_not_after("ca1").await.unwrap(), Some(500));
         assert_eq!(s.last_leaf_not_after("nope").await.unwrap(), None);
-        let q = CertQuery { valid_at: Some(100), ..Default::default() };
+        let q = CertQuery {
+            valid_at: Some(100),
+            ..Default::default()
+        };
         assert_eq!(s.list_certificates(&q).await.unwrap().len(), 1);
 
         let ca = CaRecord {
@@ -478,7 +615,9 @@ mod tests {
             created_at: 0,
         };
         let id = s.insert_ca(&ca, &ev("ca.prepare")).await.unwrap();
-        s.update_cas(&[(id, "active".into())], &[], &ev("ca.activate")).await.unwrap();
+        s.update_cas(&[(id, "active".into())], &[], &ev("ca.activate"))
+            .await
+            .unwrap();
         assert_eq!(s.list_cas().await.unwrap()[0].state, "active");
         s.update_cas(&[], &[id], &ev("ca.drop")).await.unwrap();
         assert!(s.list_cas().await.unwrap().is_empty());

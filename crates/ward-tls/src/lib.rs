@@ -14,5 +14,6 @@
 mod verify;
 
 pub use verify::{
-    client_config, provider, unix_time, verify_svid_chain, ControlPlaneTrust, ControlPlaneVerifier, VerifiedPeer, VerifyError,
+    client_config, provider, unix_time, verify_svid_chain, ControlPlaneTrust, ControlPlaneVerifier,
+    VerifiedPeer, VerifyError,
 };

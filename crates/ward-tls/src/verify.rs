@@ -68,14 +68,25 @@ pub fn verify_svid_chain(
     let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
     let anchors: Vec<_> = bundle
         .iter()
-        .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok().map(|a| a.to_owned()))
+        .filter_map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .ok()
+                .map(|a| a.to_owned())
+        })
         .collect();
-    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| VerifyError::Chain(e.to_string()))?;
-    let usage = if client_usage { webpki::KeyUsage::client_auth() } else { webpki::KeyUsage::server_auth() };
+    let ee =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| VerifyError::Chain(e.to_string()))?;
+    let usage = if client_usage {
+        webpki::KeyUsage::client_auth()
+    } else {
+        webpki::KeyUsage::server_auth()
+    };
     ee.verify_for_usage(algs().all, &anchors, intermediates, now, usage, None, None)
         .map_err(|e| VerifyError::Chain(format!("{e:?}")))?;
-    let (_, parsed) = X509Certificate::from_der(leaf).map_err(|e| VerifyError::NotSvid(e.to_string()))?;
-    let id = ward_identity::validate_leaf(&parsed).map_err(|e| VerifyError::NotSvid(e.to_string()))?;
+    let (_, parsed) =
+        X509Certificate::from_der(leaf).map_err(|e| VerifyError::NotSvid(e.to_string()))?;
+    let id =
+        ward_identity::validate_leaf(&parsed).map_err(|e| VerifyError::NotSvid(e.to_string()))?;
     Ok(VerifiedPeer {
         id,
         serial: hex::encode(parsed.raw_serial()),
@@ -95,11 +106,16 @@ pub enum ControlPlaneTrust {
 impl ControlPlaneTrust {
     /// Parses a fingerprint in the `sha256:<64 hex>` form.
     pub fn fingerprint(fp: &str) -> Result<ControlPlaneTrust, String> {
-        let hex_part = fp.strip_prefix("sha256:").ok_or("a fingerprint looks like sha256:<64 hex digits>")?;
+        let hex_part = fp
+            .strip_prefix("sha256:")
+            .ok_or("a fingerprint looks like sha256:<64 hex digits>")?;
         if hex_part.len() != 64 || hex::decode(hex_part).is_err() {
             return Err("a fingerprint looks like sha256:<64 hex digits>".into());
         }
-        Ok(ControlPlaneTrust::Fingerprint(format!("sha256:{}", hex_part.to_ascii_lowercase())))
+        Ok(ControlPlaneTrust::Fingerprint(format!(
+            "sha256:{}",
+            hex_part.to_ascii_lowercase()
+        )))
     }
 }
 
@@ -116,10 +132,16 @@ pub struct ControlPlaneVerifier {
 impl ControlPlaneVerifier {
     /// A verifier for the given trust.
     pub fn new(trust: ControlPlaneTrust) -> ControlPlaneVerifier {
-        ControlPlaneVerifier { trust, algs: algs() }
+        ControlPlaneVerifier {
+            trust,
+            algs: algs(),
+        }
     }
 
-    fn anchors<'a>(&'a self, presented: &'a [CertificateDer<'a>]) -> Result<Vec<CertificateDer<'a>>, VerifyError> {
+    fn anchors<'a>(
+        &'a self,
+        presented: &'a [CertificateDer<'a>],
+    ) -> Result<Vec<CertificateDer<'a>>, VerifyError> {
         match &self.trust {
             ControlPlaneTrust::Bundle(b) => Ok(b.clone()),
             ControlPlaneTrust::Fingerprint(fp) => presented
@@ -133,7 +155,9 @@ impl ControlPlaneVerifier {
 
 fn trust_domain_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = X509Certificate::from_der(cert).ok()?;
-    ward_identity::validate_ca(&parsed).ok()?.map(|id| id.trust_domain_name().to_owned())
+    ward_identity::validate_ca(&parsed)
+        .ok()?
+        .map(|id| id.trust_domain_name().to_owned())
 }
 
 impl ServerCertVerifier for ControlPlaneVerifier {
@@ -145,17 +169,28 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let anchors = self.anchors(intermediates).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let anchors = self
+            .anchors(intermediates)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
-        let peer =
-            verify_svid_chain(&chain, &anchors, false, now).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let peer = verify_svid_chain(&chain, &anchors, false, now)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let tds: Vec<String> = anchors.iter().filter_map(trust_domain_of).collect();
-        let ok = peer.id.path() == "/ward/server" && (tds.is_empty() || tds.iter().any(|t| t == peer.id.trust_domain_name()));
+        let ok = peer.id.path() == "/ward/server"
+            && (tds.is_empty() || tds.iter().any(|t| t == peer.id.trust_domain_name()));
         if !ok {
-            let expected = tds.first().map_or("spiffe://<trust domain>/ward/server".to_string(), |t| format!("spiffe://{t}/ward/server"));
+            let expected = tds
+                .first()
+                .map_or("spiffe://<trust domain>/ward/server".to_string(), |t| {
+                    format!("spiffe://{t}/ward/server")
+                });
             return Err(rustls::Error::General(
-                VerifyError::UnexpectedId { found: peer.id.to_string(), expected }.to_string(),
+                VerifyError::UnexpectedId {
+                    found: peer.id.to_string(),
+                    expected,
+                }
+                .to_string(),
             ));
         }
         Ok(ServerCertVerified::assertion())
@@ -167,7 +202,9 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -219,24 +256,40 @@ mod tests {
         let td = TrustDomain::new("example.org").unwrap();
         let t = now();
         let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-        let signing = root.generate_signing_ca(&td, 1, Duration::from_secs(3600), t).unwrap();
+        let signing = root
+            .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
+            .unwrap();
         let ca = SigningAuthority::new(&signing).unwrap();
         let id = SpiffeId::for_service(&td, "default", "a").unwrap();
         let csr = validate_csr(&csr_for(&id).0).unwrap();
-        let leaf = ca.issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), t).unwrap();
-        let chain = vec![leaf.der.clone(), CertificateDer::from(signing.cert_der.clone())];
+        let leaf = ca
+            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), t)
+            .unwrap();
+        let chain = vec![
+            leaf.der.clone(),
+            CertificateDer::from(signing.cert_der.clone()),
+        ];
         let bundle = vec![CertificateDer::from(root.cert_der.clone())];
         let now_u = unix_time(t.unix_timestamp());
         let peer = verify_svid_chain(&chain, &bundle, true, now_u).unwrap();
         assert_eq!(peer.id, id);
         assert_eq!(peer.serial, leaf.serial);
         assert!(verify_svid_chain(&chain, &bundle, false, now_u).is_ok());
-        assert!(matches!(verify_svid_chain(&chain[..1], &bundle, true, now_u), Err(VerifyError::Chain(_))));
-        assert!(matches!(verify_svid_chain(&[], &bundle, true, now_u), Err(VerifyError::NoCertificate)));
+        assert!(matches!(
+            verify_svid_chain(&chain[..1], &bundle, true, now_u),
+            Err(VerifyError::Chain(_))
+        ));
+        assert!(matches!(
+            verify_svid_chain(&[], &bundle, true, now_u),
+            Err(VerifyError::NoCertificate)
+        ));
         let later = unix_time(t.unix_timestamp() + 61);
         assert!(verify_svid_chain(&chain, &bundle, true, later).is_err());
         let other = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-        assert!(verify_svid_chain(&chain, &[CertificateDer::from(other.cert_der)], true, now_u).is_err());
+        assert!(
+            verify_svid_chain(&chain, &[CertificateDer::from(other.cert_der)], true, now_u)
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! Flags and subcommands.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{cmd_admin, cmd_cert, cmd_server};
+
+/// ward: zero-trust service-to-service security in one binary.
+///
+/// A built-in CA issues short-lived SPIFFE certificates to every service;
+/// the control plane keeps the registry of services and pushes the trust
+/// bundle to every workload. Run `ward server` to start the control plane,
+/// then use the other commands to manage it.
+#[derive(Parser, Debug)]
+#[command(name = "ward", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Global {
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Control plane URL, e.g. https://127.0.0.1:8443.
+    #[arg(long, global = true, env = "WARD_SERVER")]
+    pub server: Option<String>,
+    /// File holding the admin token (or set WARD_ADMIN_TOKEN).
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Trust the server whose root certificate has this fingerprint (sha256:<hex>).
+    #[arg(long, global = true, env = "WARD_CA_FINGERPRINT")]
+    pub ca_fingerprint: Option<String>,
+    /// Trust the server by this PEM bundle of CA certificates.
+    #[arg(long, global = true)]
+    pub trust_bundle: Option<PathBuf>,
+    /// The server's data dir: `ward server` keeps its state there; other
+    /// commands read the server's address, admin token and bundle from it.
+    #[arg(long, global = true, env = "WARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Run the control plane (initializes the data dir on first start).
+    Server(ServerArgs),
+    /// Manage the service registry.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Create bootstrap credentials for sidecars.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinTokenCmd),
+    /// Issue, inspect, list and revoke certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Show, fingerprint and rotate the CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Server health, registered services, connected proxies, certificates near expiry.
+    Status,
+    /// Read the audit log.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServerArgs {
+    /// Address of the TLS port for every API; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Trust domain, set once when the data dir is initialized [default: ward.internal].
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Database: a SQLite path or sqlite:// URL [default: <data-dir>/ward.db].
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Lifetime of issued X509-SVIDs, e.g. 24h, 20s.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub svid_ttl: Duration,
+    /// Lifetime of each signing (intermediate) CA; it rotates with overlap.
+    #[arg(long, value_parser = parse_duration, default_value = "7d")]
+    pub ca_ttl: Duration,
+    /// DNS name or IP for the server certificate (repeatable) [default: localhost and the host name].
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
+    /// Existing CA certificate (PEM) to issue under instead of a generated root.
+    #[arg(long, requires = "upstream_ca_key")]
+    pub upstream_ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of --upstream-ca-cert.
+    #[arg(long, requires = "upstream_ca_cert")]
+    pub upstream_ca_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServiceCmd {
+    /// Register a service; its ID is spiffe://<td>/ns/<namespace>/sa/<name>.
+    Add {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
+    /// List registered services.
+    List,
+    /// Remove a service from the registry.
+    Remove {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum JoinTokenCmd {
+    /// Create a join token that buys one service's first certificate.
+    Create {
+        /// The service (must be registered).
+        #[arg(long)]
+        service: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// How long the token stays valid.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
+        /// How many certificates it may buy.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CertCmd {
+    /// Generate a key here (never sent anywhere) and have the server sign it.
+    Issue {
+        /// The SPIFFE ID to issue, e.g. spiffe://ward.internal/ns/default/sa/web.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Where to write the chain (PEM, leaf first).
+        #[arg(long)]
+        out_cert: PathBuf,
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        out_key: PathBuf,
+        /// Lifetime [default: the server's --svid-ttl].
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Extra DNS name or IP SAN (repeatable), for clients that check names.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+        /// Also write the trust bundle (PEM) here.
+        #[arg(long)]
+        out_bundle: Option<PathBuf>,
+    },
+    /// Show a certificate's SPIFFE ID and validity, and check its chain against the bundle.
+    Inspect {
+        /// PEM file (chain, leaf first).
+        file: PathBuf,
+    },
+    /// Revoke a certificate by serial or by file.
+    Revoke {
+        /// Serial number (hex).
+        #[arg(required_unless_present = "cert")]
+        serial: Option<String>,
+        /// Revoke the leaf in this PEM file.
+        #[arg(long, conflicts_with = "serial")]
+        cert: Option<PathBuf>,
+    },
+    /// List issued certificates.
+    List {
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Only certificates that have not expired.
+        #[arg(long)]
+        valid: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CaCmd {
+    /// The root, the signing CAs and their states.
+    Show {
+        /// Print the trust bundle PEM instead.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// The root fingerprint, for --ca-fingerprint.
+    Fingerprint,
+    /// Prepare (if needed) and activate a new signing CA now.
+    Rotate,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AuditArgs {
+    /// Only entries after this id.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 20s, 15m, 24h, 7d)"))
+}
+
+pub(crate) fn init_tracing(g: &Global) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Server(a) => cmd_server::run(&g, a).await,
+        Command::Service(c) => cmd_admin::service(&g, c).await,
+        Command::JoinToken(c) => cmd_admin::join_token(&g, c).await,
+        Command::Cert(c) => cmd_cert::run(&g, c).await,
+        Command::Ca(c) => cmd_admin::ca(&g, c).await,
+        Command::Status => cmd_admin::status(&g).await,
+        Command::Audit(a) => cmd_admin::audit(&g, a).await,
+    }
+}

@@ -1,0 +1,167 @@
+//! Finding and talking to the control plane's admin API.
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::{Method, StatusCode};
+use rustls_pki_types::CertificateDer;
+use serde_json::Value;
+use ward_server::{DataDirFiles, ServerInfo};
+use ward_tls::ControlPlaneTrust;
+
+use crate::cli::Global;
+
+/// An authenticated admin API client.
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+fn data_dir_files(g: &Global) -> Option<DataDirFiles> {
+    g.data_dir.as_deref().map(DataDirFiles::new)
+}
+
+/// The server's URL: --server, WARD_SERVER, or the data dir's server.json.
+pub(crate) fn server_url(g: &Global) -> anyhow::Result<String> {
+    if let Some(s) = &g.server {
+        return Ok(s.trim_end_matches('/').to_string());
+    }
+    if let Some(files) = data_dir_files(g) {
+        let path = files.server_info();
+        let raw = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading {} (is `ward server --data-dir {}` running?)",
+                path.display(),
+                files.dir.display()
+            )
+        })?;
+        let info: ServerInfo =
+            serde_json::from_slice(&raw).with_context(|| format!("parsing {}", path.display()))?;
+        return Ok(info.url);
+    }
+    bail!(
+        "no server given: pass --server URL (or set WARD_SERVER), or --data-dir of a local server"
+    )
+}
+
+/// How to trust the server: fingerprint, bundle file, or the data dir's bundle.
+pub(crate) fn trust(g: &Global) -> anyhow::Result<ControlPlaneTrust> {
+    if let Some(fp) = &g.ca_fingerprint {
+        return ControlPlaneTrust::fingerprint(fp).map_err(|e| anyhow!("--ca-fingerprint: {e}"));
+    }
+    let path = match (&g.trust_bundle, data_dir_files(g)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(files)) => files.bundle(),
+        (None, None) => bail!(
+            "no way to trust the server: pass --ca-fingerprint (printed by `ward server`), --trust-bundle FILE, or --data-dir"
+        ),
+    };
+    Ok(ControlPlaneTrust::Bundle(read_bundle(&path)?))
+}
+
+pub(crate) fn read_bundle(path: &PathBuf) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let raw =
+        std::fs::read(path).with_context(|| format!("reading trust bundle {}", path.display()))?;
+    let certs = ward_ca::parse_pem_certs(&raw).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(certs.into_iter().map(CertificateDer::from).collect())
+}
+
+fn admin_token(g: &Global) -> anyhow::Result<Option<String>> {
+    if let Some(p) = &g.admin_token_file {
+        let t = std::fs::read_to_string(p)
+            .with_context(|| format!("reading admin token {}", p.display()))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    if let Ok(t) = std::env::var("WARD_ADMIN_TOKEN") {
+        return Ok(Some(t.trim().to_string()));
+    }
+    if let Some(files) = data_dir_files(g) {
+        let p = files.admin_token();
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            return Ok(Some(t.trim().to_string()));
+        }
+    }
+    Ok(None)
+}
+
+impl Api {
+    /// A client for the server the global flags point at.
+    pub(crate) fn new(g: &Global) -> anyhow::Result<Api> {
+        let base = server_url(g)?;
+        let tls = ward_tls::client_config(trust(g)?, None, &[b"h2", b"http/1.1"])?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            base,
+            token: admin_token(g)?,
+        })
+    }
+
+    /// Sends a request and returns the JSON body, or an error with the
+    /// server's message.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the ward server at {}: {}",
+                self.base,
+                error_chain(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            if text.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).or(Ok(Value::String(text)));
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("{message} (pass --admin-token-file, set WARD_ADMIN_TOKEN, or use --data-dir of the server)");
+        }
+        bail!("{message} (HTTP {})", status.as_u16())
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

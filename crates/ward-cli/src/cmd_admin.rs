@@ -1,0 +1,200 @@
+//! Registry, join tokens, CA, status and audit commands.
+use serde_json::{json, Value};
+
+use crate::cli::{AuditArgs, CaCmd, Global, JoinTokenCmd, Output, ServiceCmd};
+use crate::client::Api;
+use crate::output::{print, time};
+
+pub(crate) async fn service(g: &Global, c: ServiceCmd) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    match c {
+        ServiceCmd::Add { name, namespace } => {
+            let v = api
+                .post(
+                    "/api/v1/services",
+                    json!({ "name": name, "namespace": namespace }),
+                )
+                .await?;
+            print(g, &v, &[]);
+        }
+        ServiceCmd::List => {
+            let v = api.get("/api/v1/services").await?;
+            print(g, &v, &["namespace", "name", "spiffe_id"]);
+        }
+        ServiceCmd::Remove { name, namespace } => {
+            api.delete(&format!("/api/v1/services/{namespace}/{name}"))
+                .await?;
+            print(g, &json!({ "removed": format!("{namespace}/{name}") }), &[]);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn join_token(g: &Global, c: JoinTokenCmd) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    let JoinTokenCmd::Create {
+        service,
+        namespace,
+        ttl,
+        uses,
+    } = c;
+    let v = api
+        .post(
+            "/api/v1/join-tokens",
+            json!({ "service": service, "namespace": namespace, "ttl_secs": ttl.as_secs().max(1), "uses": uses }),
+        )
+        .await?;
+    if g.output == Output::Json {
+        print(g, &v, &[]);
+    } else {
+        // The token alone on stdout, so that `$(ward join-token create …)` works;
+        // what it is for goes to stderr.
+        println!("{}", v["token"].as_str().unwrap_or_default());
+        eprintln!(
+            "join token for {} (uses: {}, expires {})",
+            v["spiffe_id"].as_str().unwrap_or_default(),
+            v["uses"],
+            time(v["expires_at"].as_i64().unwrap_or(0))
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn ca(g: &Global, c: CaCmd) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    match c {
+        CaCmd::Show { pem } => {
+            let v = api.get("/api/v1/ca").await?;
+            if pem {
+                print!("{}", v["bundle_pem"].as_str().unwrap_or_default());
+            } else if g.output == Output::Json {
+                print(g, &v, &[]);
+            } else {
+                println!(
+                    "trust domain: {}",
+                    v["trust_domain"].as_str().unwrap_or_default()
+                );
+                let r = &v["root"];
+                println!(
+                    "root: {} serial {} expires {}",
+                    r["fingerprint"].as_str().unwrap_or_default(),
+                    r["serial"].as_str().unwrap_or_default(),
+                    time(r["not_after"].as_i64().unwrap_or(0))
+                );
+                println!("bundle sequence: {}", v["bundle_sequence"]);
+                let rows: Vec<Value> = v["signing"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| {
+                        json!({
+                            "state": s["state"], "serial": s["serial"],
+                            "not_before": time(s["not_before"].as_i64().unwrap_or(0)),
+                            "not_after": time(s["not_after"].as_i64().unwrap_or(0)),
+                        })
+                    })
+                    .collect();
+                println!("signing CAs:");
+                print(
+                    g,
+                    &Value::Array(rows),
+                    &["state", "serial", "not_before", "not_after"],
+                );
+            }
+        }
+        CaCmd::Fingerprint => {
+            let v = api.get("/api/v1/ca").await?;
+            let fp = v["root"]["fingerprint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if g.output == Output::Json {
+                print(g, &json!({ "fingerprint": fp }), &[]);
+            } else {
+                println!("{fp}");
+            }
+        }
+        CaCmd::Rotate => {
+            let v = api.post("/api/v1/ca/rotate", json!({})).await?;
+            print(g, &v, &[]);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn status(g: &Global) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    let v = api.get("/api/v1/status").await?;
+    if g.output == Output::Json {
+        print(g, &v, &[]);
+        return Ok(());
+    }
+    println!("server: healthy");
+    println!(
+        "trust domain: {}",
+        v["trust_domain"].as_str().unwrap_or_default()
+    );
+    println!(
+        "root fingerprint: {}",
+        v["root_fingerprint"].as_str().unwrap_or_default()
+    );
+    println!(
+        "active signing CA: {}",
+        v["active_signing_ca"].as_str().unwrap_or_default()
+    );
+    println!("registered services: {}", v["services"]);
+    let proxies = v["connected_proxies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!("connected proxies: {}", proxies.len());
+    for p in &proxies {
+        println!(
+            "  {} since {}",
+            p["spiffe_id"].as_str().unwrap_or_default(),
+            time(p["since"].as_i64().unwrap_or(0))
+        );
+    }
+    let near = v["certificates_near_expiry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "certificates expiring within {}s: {}",
+        v["near_expiry_window_secs"],
+        near.len()
+    );
+    for c in &near {
+        println!(
+            "  {} {} expires {}",
+            c["serial"].as_str().unwrap_or_default(),
+            c["spiffe_id"].as_str().unwrap_or_default(),
+            time(c["not_after"].as_i64().unwrap_or(0))
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    let v = api
+        .get(&format!(
+            "/api/v1/audit?after={}&limit={}",
+            a.after, a.limit
+        ))
+        .await?;
+    let v = match (g.output, v) {
+        (Output::Table, Value::Array(rows)) => Value::Array(
+            rows.into_iter()
+                .map(|mut r| {
+                    r["at"] = json!(time(r["at"].as_i64().unwrap_or(0)));
+                    r
+                })
+                .collect(),
+        ),
+        (_, v) => v,
+    };
+    print(g, &v, &["id", "at", "actor", "action", "target"]);
+    Ok(())
+}

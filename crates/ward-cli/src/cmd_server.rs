@@ -1,0 +1,54 @@
+//! `ward server`.
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::cli::{Global, Output, ServerArgs};
+
+pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = g
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("ward-data"));
+    let mut config = ward_server::Config::new(data_dir);
+    config.listen = a.listen;
+    config.trust_domain = a.trust_domain;
+    config.database = a.database;
+    config.svid_ttl = a.svid_ttl;
+    config.ca_ttl = a.ca_ttl;
+    if !a.dns_names.is_empty() {
+        config.dns_names = a.dns_names;
+    }
+    config.upstream_ca = a.upstream_ca_cert.zip(a.upstream_ca_key);
+    let server = ward_server::Server::build(config).await?;
+    let addr = server.local_addr();
+    let files = server.files().clone();
+    match g.output {
+        Output::Json => {
+            println!(
+                "{}",
+                json!({ "event": "listening", "addr": addr.to_string(), "url": format!("https://{addr}") })
+            );
+            println!(
+                "{}",
+                json!({
+                    "event": "root_fingerprint",
+                    "fingerprint": server.root_fingerprint(),
+                    "trust_domain": server.trust_domain(),
+                    "data_dir": files.dir.display().to_string(),
+                    "admin_token_file": files.admin_token().display().to_string(),
+                    "trust_bundle_file": files.bundle().display().to_string(),
+                })
+            );
+        }
+        Output::Table => {
+            println!("ward server listening on {addr}");
+            println!("root fingerprint {}", server.root_fingerprint());
+            println!("trust domain {}", server.trust_domain());
+            println!("admin token file {}", files.admin_token().display());
+            println!("trust bundle file {}", files.bundle().display());
+        }
+    }
+    server.run().await?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Everything `ward server` is told. Validated once, logged at start (it
+/// holds no secrets: keys and tokens live in files under `data_dir`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the database, the key-encryption key and the admin token live.
+    pub data_dir: PathBuf,
+    /// The TLS port for every API.
+    pub listen: SocketAddr,
+    /// Trust domain, used when the data dir is initialized; afterwards it
+    /// must match the stored one or be `None`.
+    pub trust_domain: Option<String>,
+    /// `sqlite://PATH` or a path; `None` means `<data_dir>/ward.db`.
+    pub database: Option<String>,
+    /// Lifetime of issued X509-SVIDs.
+    #[serde(with = "secs")]
+    pub svid_ttl: Duration,
+    /// Lifetime of a signing (intermediate) CA.
+    #[serde(with = "secs")]
+    pub ca_ttl: Duration,
+    /// Lifetime of a generated root CA.
+    #[serde(with = "secs")]
+    pub root_ttl: Duration,
+    /// DNS names (and IPs) in the server's own certificate.
+    pub dns_names: Vec<String>,
+    /// An existing CA to sign below: certificate and key PEM files.
+    pub upstream_ca: Option<(PathBuf, PathBuf)>,
+}
+
+mod secs {
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+impl Config {
+    /// The defaults of DESIGN.md for a data dir.
+    pub fn new(data_dir: PathBuf) -> Config {
+        let host = hostname();
+        let mut dns_names = vec!["localhost".to_string()];
+        if let Some(h) = host {
+            if h != "localhost" {
+                dns_names.push(h);
+            }
+        }
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            trust_domain: None,
+            database: None,
+            svid_ttl: Duration::from_secs(24 * 3600),
+            ca_ttl: Duration::from_secs(7 * 24 * 3600),
+            root_ttl: Duration::from_secs(365 * 24 * 3600),
+            dns_names,
+            upstream_ca: None,
+        }
+    }
+
+    /// Checks the values against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.svid_ttl < Duration::from_secs(5) {
+            return Err("--svid-ttl must be at least 5s".into());
+        }
+        if self.ca_ttl < self.svid_ttl * 2 {
+            return Err(
+                "--ca-ttl must be at least twice --svid-ttl, so that rotation can overlap".into(),
+            );
+        }
+        if self.root_ttl < self.ca_ttl {
+            return Err("the root lifetime must be at least --ca-ttl".into());
+        }
+        if let Some(db) = &self.database {
+            if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+                return Err("PostgreSQL storage is not available in this build yet; use the default SQLite database".into());
+            }
+        }
+        if let Some(td) = &self.trust_domain {
+            ward_identity::TrustDomain::new(td).map_err(|e| format!("--trust-domain: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The SQLite file to use.
+    pub fn database_path(&self) -> PathBuf {
+        match &self.database {
+            Some(db) => PathBuf::from(db.strip_prefix("sqlite://").unwrap_or(db)),
+            None => self.data_dir.join("ward.db"),
+        }
+    }
+}
+
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim().to_ascii_lowercase();
+    (!h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    .then_some(h)
+}

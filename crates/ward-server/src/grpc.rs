@@ -1,0 +1,219 @@
+//! The `ward.v1.Identity` gRPC service.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+use ward_api::v1::identity_server::Identity;
+use ward_api::v1::{
+    SignCertificateRequest, SignCertificateResponse, TrustBundle, WatchRequest, WatchResponse,
+};
+use ward_identity::SpiffeId;
+
+use crate::ca::{audit, IssueError, TrustSnapshot};
+use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
+
+pub(crate) struct IdentityService {
+    pub state: Arc<AppState>,
+}
+
+fn peer_of<T>(req: &Request<T>) -> Arc<PeerAuth> {
+    req.extensions()
+        .get::<ConnInfo>()
+        .map_or_else(|| Arc::new(PeerAuth::Anonymous), |c| c.peer.clone())
+}
+
+impl IdentityService {
+    fn refuse(&self, reason: &str, status: Status) -> Status {
+        self.state.metrics.failed(reason);
+        tracing::info!(
+            reason,
+            message = status.message(),
+            "certificate signing refused"
+        );
+        status
+    }
+
+    /// The identity the caller may have, from its join token or its
+    /// verified certificate, and the token hash to consume if any.
+    async fn authorize(
+        &self,
+        token: &str,
+        peer: &PeerAuth,
+    ) -> Result<(SpiffeId, Option<[u8; 32]>, String), Status> {
+        let store = &self.state.store;
+        if !token.is_empty() {
+            let hash = token_hash(token);
+            let t = store.find_join_token(&hash).await.map_err(internal)?;
+            let Some(t) = t else {
+                return Err(self.refuse("unknown_token", Status::unauthenticated(
+                    "join token not recognised: check it was copied whole, or create one with `ward join-token create`",
+                )));
+            };
+            if t.expires_at <= ward_ca::now().unix_timestamp() {
+                return Err(self.refuse(
+                    "expired_token",
+                    Status::unauthenticated(
+                        "join token expired: create a new one with `ward join-token create`",
+                    ),
+                ));
+            }
+            if t.uses_left <= 0 {
+                return Err(self.refuse(
+                    "used_token",
+                    Status::unauthenticated(
+                        "join token already used: create a new one with `ward join-token create`",
+                    ),
+                ));
+            }
+            let id = SpiffeId::parse(&t.spiffe_id).map_err(internal)?;
+            return Ok((id, Some(hash), "join-token".into()));
+        }
+        match peer {
+            PeerAuth::Anonymous => Err(self.refuse("no_credential", Status::unauthenticated(
+                "no credential: send a join token, or connect with your current ward certificate to renew",
+            ))),
+            PeerAuth::Rejected(why) => Err(self.refuse("bad_client_cert", Status::unauthenticated(format!(
+                "client certificate refused: {why}"
+            )))),
+            PeerAuth::Verified(p) => {
+                let rec = store.get_certificate(&p.serial).await.map_err(internal)?;
+                if rec.as_ref().is_some_and(|r| r.revoked_at.is_some()) {
+                    return Err(self.refuse("revoked", Status::permission_denied(format!(
+                        "client certificate {} is revoked: bootstrap again with a new join token",
+                        p.serial
+                    ))));
+                }
+                Ok((p.id.clone(), None, p.id.to_string()))
+            }
+        }
+    }
+}
+
+fn internal<E: std::fmt::Display>(e: E) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal("internal error; see the server log")
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn sign_certificate(
+        &self,
+        req: Request<SignCertificateRequest>,
+    ) -> Result<Response<SignCertificateResponse>, Status> {
+        let peer = peer_of(&req);
+        let req = req.into_inner();
+        let csr = ward_ca::validate_csr(&req.csr)
+            .map_err(|e| self.refuse("bad_csr", Status::invalid_argument(e.to_string())))?;
+        let (allowed, consume, actor) = self.authorize(&req.join_token, &peer).await?;
+        if csr.spiffe_id != allowed {
+            return Err(self.refuse(
+                "wrong_identity",
+                Status::permission_denied(format!(
+                    "the CSR requests {} but this credential is for {}",
+                    csr.spiffe_id, allowed
+                )),
+            ));
+        }
+        if let Some((ns, name)) = allowed.service_account() {
+            if self
+                .state
+                .store
+                .get_service(ns, name)
+                .await
+                .map_err(internal)?
+                .is_none()
+            {
+                return Err(self.refuse("unregistered", Status::permission_denied(format!(
+                    "service {ns}/{name} is not registered: add it with `ward service add {name} --namespace {ns}`"
+                ))));
+            }
+        }
+        let method = if consume.is_some() {
+            "join_token"
+        } else {
+            "renewal"
+        };
+        let ev = audit(
+            &actor,
+            "cert.issue",
+            "",
+            serde_json::json!({ "spiffe_id": allowed.as_str(), "method": method }),
+        );
+        let (cert, chain) = match self
+            .state
+            .ca
+            .issue(&csr.spki, &allowed, &[], self.state.svid_ttl, consume.as_ref().map(|h| &h[..]), ev)
+            .await
+        {
+            Ok(v) => v,
+            Err(IssueError::Store(ward_store::StoreError::TokenUnavailable)) => {
+                return Err(self.refuse("used_token", Status::unauthenticated(
+                    "join token already used or expired: create a new one with `ward join-token create`",
+                )))
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        self.state.metrics.issued(method);
+        let snap = self.state.ca.snapshot();
+        Ok(Response::new(SignCertificateResponse {
+            spiffe_id: allowed.to_string(),
+            cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+            trust_bundle: snap.bundle.iter().map(|c| c.to_vec()).collect(),
+            serial: cert.serial,
+            not_after: cert.not_after.unix_timestamp(),
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = peer_of(&req);
+        let id = match &*peer {
+            PeerAuth::Verified(p) => {
+                if self.state.ca.snapshot().revoked.contains(&p.serial) {
+                    return Err(Status::permission_denied(format!(
+                        "client certificate {} is revoked",
+                        p.serial
+                    )));
+                }
+                p.id.to_string()
+            }
+            PeerAuth::Rejected(why) => {
+                return Err(Status::unauthenticated(format!(
+                    "client certificate refused: {why}"
+                )))
+            }
+            PeerAuth::Anonymous => {
+                return Err(Status::unauthenticated(
+                    "the watch stream needs a ward client certificate (mTLS)",
+                ))
+            }
+        };
+        let guard = Watchers::add(&self.state, id);
+        let stream = WatchStream::new(self.state.ca.subscribe()).map(move |snap| {
+            let _keep = &guard;
+            Ok(to_response(&snap))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn to_response(s: &TrustSnapshot) -> WatchResponse {
+    let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
+    revoked.sort();
+    WatchResponse {
+        version: s.version,
+        bundle: Some(TrustBundle {
+            trust_domain: s.trust_domain.to_string(),
+            x509_authorities: s.bundle.iter().map(|c| c.to_vec()).collect(),
+            refresh_hint: 300,
+        }),
+        revoked_serials: revoked,
+    }
+}

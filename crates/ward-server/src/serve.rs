@@ -1,0 +1,465 @@
+//! Start-up and the connection loop: one TCP port, TLS 1.3, HTTP/1.1 and
+//! HTTP/2 (gRPC) on the same router.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rcgen::PublicKeyData;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use ward_api::v1::identity_server::IdentityServer;
+use ward_identity::{SpiffeId, TrustDomain, DEFAULT_TRUST_DOMAIN};
+use ward_store::{SqliteStore, Store};
+
+use crate::ca::{audit, CaManager};
+use crate::config::Config;
+use crate::datadir::{random_token, DataDirFiles, ServerInfo};
+use crate::error::StartError;
+use crate::grpc::IdentityService;
+use crate::metrics::Metrics;
+use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control plane, bound and ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    identity: Arc<ServerIdentity>,
+    acceptor: TlsAcceptor,
+    files: DataDirFiles,
+    info: ServerInfo,
+}
+
+impl Server {
+    /// Initializes the data dir if it is new, opens the store, loads the CA
+    /// and binds the port.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let files = DataDirFiles::new(&config.data_dir);
+        files.ensure_dir()?;
+        let (kek_raw, _) = files.secret_file(&files.kek(), || {
+            ward_ca::Kek::generate()
+                .map(|(_, raw)| raw.to_vec())
+                .unwrap_or_default()
+        })?;
+        let kek = ward_ca::Kek::from_bytes(&kek_raw)?;
+        let (admin_token, created) = files.secret_file(&files.admin_token(), || {
+            format!("{}\n", random_token("wat_")).into_bytes()
+        })?;
+        let admin_token = String::from_utf8_lossy(&admin_token).trim().to_string();
+        if created {
+            tracing::info!(path = %files.admin_token().display(), "admin token created");
+        }
+
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path()).await?);
+        let wanted = config
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        let td = store.init_meta("trust_domain", &wanted).await?;
+        if let Some(asked) = &config.trust_domain {
+            if *asked != td {
+                return Err(StartError::Config(format!(
+                    "this data dir belongs to trust domain {td}, not {asked}; the trust domain is set once, at initialization"
+                )));
+            }
+        }
+        let td = TrustDomain::new(&td)
+            .map_err(|e| StartError::Config(format!("stored trust domain: {e}")))?;
+        let upstream = match &config.upstream_ca {
+            Some((cert, key)) => {
+                let c = std::fs::read_to_string(cert).map_err(|e| StartError::io(cert, e))?;
+                let k = std::fs::read_to_string(key).map_err(|e| StartError::io(key, e))?;
+                Some(ward_ca::CaMaterial::from_pem(&c, &k)?)
+            }
+            None => None,
+        };
+        let ca = CaManager::open(
+            store.clone(),
+            kek,
+            td.clone(),
+            config.ca_ttl,
+            config.root_ttl,
+            upstream,
+            files.clone(),
+        )
+        .await?;
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot listen on {}: {e} (choose another address with --listen)",
+                config.listen
+            ))
+        })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+
+        let state = Arc::new(AppState {
+            ca: ca.clone(),
+            store: store.clone(),
+            admin_token_hash: token_hash(&admin_token),
+            svid_ttl: config.svid_ttl,
+            metrics: Metrics::new(),
+            watchers: Watchers::default(),
+        });
+        let mut names = config.dns_names.clone();
+        if !local_addr.ip().is_unspecified() {
+            names.push(local_addr.ip().to_string());
+        }
+        let identity = ServerIdentity::new(td.clone(), names)?;
+        identity.renew(&state).await?;
+
+        let tls = tls_config(identity.resolver.clone());
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let snap = ca.snapshot();
+        let info = ServerInfo {
+            url: format!("https://{local_addr}"),
+            root_fingerprint: ward_ca::fingerprint(&snap.root),
+            trust_domain: td.to_string(),
+            pid: std::process::id(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&info).map_err(|e| StartError::Config(e.to_string()))?;
+        files.write_public(&files.server_info(), &json)?;
+        tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "configuration");
+        Ok(Server {
+            listener,
+            local_addr,
+            state,
+            identity,
+            acceptor,
+            files,
+            info,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `sha256:<hex>` of the root certificate.
+    pub fn root_fingerprint(&self) -> &str {
+        &self.info.root_fingerprint
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.info.trust_domain
+    }
+
+    /// The data dir's files.
+    pub fn files(&self) -> &DataDirFiles {
+        &self.files
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run(self) -> Result<(), StartError> {
+        let Server {
+            listener,
+            state,
+            identity,
+            acceptor,
+            ..
+        } = self;
+        spawn_maintenance(state.clone(), identity);
+        let grpc = tonic::service::Routes::new(IdentityServer::new(IdentityService {
+            state: state.clone(),
+        }));
+        let router = crate::admin::routes()
+            .with_state(state.clone())
+            .merge(grpc.into_axum_router())
+            .fallback(crate::admin::not_found);
+        // Outside the router, so that it runs before routing and fallback:
+        // an unauthenticated caller cannot probe which paths exist.
+        let router = tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::admin::require_admin,
+            ))
+            .service(router);
+
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = peer_auth(&state, tls.get_ref().1.peer_certificates());
+                let conn = ConnInfo {
+                    remote,
+                    peer: Arc::new(peer),
+                };
+                let svc = router.map_request(move |req: hyper::Request<Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(conn.clone());
+                    req
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(64 * 1024);
+                builder
+                    .http2()
+                    .max_concurrent_streams(1000)
+                    .max_header_list_size(64 * 1024);
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tls),
+                        TowerToHyperService::new(svc),
+                    )
+                    .await
+                {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        tracing::info!("shutting down");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Rotation schedule and the server's own certificate, checked often
+/// enough for the shortest lifetimes in use.
+fn spawn_maintenance(state: Arc<AppState>, identity: Arc<ServerIdentity>) {
+    let tick = (state.svid_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = state.ca.reconcile(false).await {
+                tracing::error!(error = %e, "CA rotation failed; will retry");
+            }
+            if identity.due(&state) {
+                if let Err(e) = identity.renew(&state).await {
+                    tracing::error!(error = %e, "renewing the server certificate failed; will retry");
+                }
+            }
+        }
+    });
+}
+
+/// Verifies a client's chain against the current bundle, once per
+/// connection, right after the handshake.
+fn peer_auth(state: &AppState, chain: Option<&[CertificateDer<'static>]>) -> PeerAuth {
+    let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+        return PeerAuth::Anonymous;
+    };
+    let snap = state.ca.snapshot();
+    let now = UnixTime::now();
+    match ward_tls::verify_svid_chain(chain, &snap.bundle, true, now) {
+        Ok(p) if p.id.trust_domain_name() != snap.trust_domain.as_str() => PeerAuth::Rejected(
+            format!("{} is not in trust domain {}", p.id, snap.trust_domain),
+        ),
+        Ok(p) if snap.revoked.contains(&p.serial) => {
+            PeerAuth::Rejected(format!("certificate {} is revoked", p.serial))
+        }
+        Ok(p) => PeerAuth::Verified(p),
+        Err(e) => PeerAuth::Rejected(e.to_string()),
+    }
+}
+
+/// Accepts any client certificate *chain* during the handshake but still
+/// checks the handshake signature (proof of key possession). The chain is
+/// verified against the trust bundle by [`peer_auth`] right after the
+/// handshake and before any request is served; an unverified chain never
+/// becomes an identity. Deferring it lets a refused renewal get a gRPC
+/// status that says why, instead of a bare TLS alert; clients without a
+/// certificate (join-token bootstrap, admin with a bearer token) are
+/// served too.
+#[derive(Debug)]
+struct DeferredClientCertVerifier {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for DeferredClientCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn tls_config(resolver: Arc<Resolver>) -> ServerConfig {
+    let provider = ward_tls::provider();
+    let algs = provider.signature_verification_algorithms;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by the aws-lc-rs provider")
+        .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier { algs }))
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg
+}
+
+#[derive(Debug)]
+struct Resolver(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The server's own X509-SVID (`spiffe://<td>/ward/server`), renewed at
+/// half-life and whenever the signing CA changes. Its chain includes the
+/// root so that clients can pin the root by fingerprint.
+struct ServerIdentity {
+    id: SpiffeId,
+    names: Vec<String>,
+    key_pkcs8: Vec<u8>,
+    spki: Vec<u8>,
+    resolver: Arc<Resolver>,
+    /// (renew at, issuing CA serial).
+    schedule: std::sync::Mutex<(i64, String)>,
+}
+
+impl ServerIdentity {
+    fn new(td: TrustDomain, names: Vec<String>) -> Result<Arc<ServerIdentity>, StartError> {
+        let key = rcgen::KeyPair::generate().map_err(ward_ca::CaError::from)?;
+        let id = SpiffeId::from_parts(&td, "/ward/server")
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        // A throwaway self-signed certificate until `renew` runs.
+        let placeholder = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .and_then(|p| p.self_signed(&key))
+            .map_err(ward_ca::CaError::from)?;
+        let key_pkcs8 = key.serialize_der();
+        let signing_key = signing_key(&key_pkcs8)?;
+        let ck = CertifiedKey::new(vec![placeholder.der().clone()], signing_key);
+        Ok(Arc::new(ServerIdentity {
+            id,
+            names,
+            spki: key.subject_public_key_info(),
+            key_pkcs8,
+            resolver: Arc::new(Resolver(ArcSwap::from_pointee(ck))),
+            schedule: std::sync::Mutex::new((0, String::new())),
+        }))
+    }
+
+    fn due(&self, state: &AppState) -> bool {
+        let (renew_at, issuer) = self.schedule.lock().map(|g| g.clone()).unwrap_or_default();
+        ward_ca::now().unix_timestamp() >= renew_at
+            || issuer != state.ca.active().authority.serial()
+    }
+
+    async fn renew(&self, state: &AppState) -> Result<(), StartError> {
+        let ev = audit(
+            "server",
+            "cert.issue",
+            "",
+            serde_json::json!({ "spiffe_id": self.id.as_str(), "method": "server" }),
+        );
+        let (cert, mut chain) = state
+            .ca
+            .issue(&self.spki, &self.id, &self.names, state.svid_ttl, None, ev)
+            .await
+            .map_err(|e| StartError::Config(format!("issuing the server certificate: {e}")))?;
+        chain.push(state.ca.snapshot().root.clone());
+        let ck = CertifiedKey::new(chain, signing_key(&self.key_pkcs8)?);
+        self.resolver.0.store(Arc::new(ck));
+        let nb = cert.not_before.unix_timestamp();
+        let na = cert.not_after.unix_timestamp();
+        if let Ok(mut s) = self.schedule.lock() {
+            *s = (
+                nb + (na - nb) / 2,
+                state.ca.active().authority.serial().to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn signing_key(pkcs8: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, StartError> {
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    ward_tls::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| StartError::Config(format!("server key: {e}")))
+}

@@ -1,0 +1,98 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::digest::{digest, SHA256};
+use ward_store::Store;
+use ward_tls::VerifiedPeer;
+
+use crate::ca::CaManager;
+use crate::metrics::Metrics;
+
+/// Shared by every handler.
+pub(crate) struct AppState {
+    pub ca: Arc<CaManager>,
+    pub store: Arc<dyn Store>,
+    /// SHA-256 of the admin token; the token itself is only in its file.
+    pub admin_token_hash: [u8; 32],
+    pub svid_ttl: Duration,
+    pub metrics: Metrics,
+    pub watchers: Watchers,
+}
+
+/// How the peer of a connection authenticated, decided once right after
+/// the TLS handshake.
+#[derive(Debug, Clone)]
+pub(crate) enum PeerAuth {
+    /// No client certificate.
+    Anonymous,
+    /// A chain that verified against the current bundle.
+    Verified(VerifiedPeer),
+    /// A certificate was presented and refused; the reason is for the
+    /// client.
+    Rejected(String),
+}
+
+/// Put in every request's extensions by the connection acceptor.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub remote: SocketAddr,
+    pub peer: Arc<PeerAuth>,
+}
+
+/// Workloads following the watch stream, for `ward status`.
+#[derive(Default)]
+pub(crate) struct Watchers {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, (String, i64)>>,
+}
+
+/// Removes its watcher from the list when the stream ends.
+pub(crate) struct WatchGuard {
+    id: u64,
+    state: Arc<AppState>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Ok(mut live) = self.state.watchers.live.lock() {
+            live.remove(&self.id);
+        }
+        self.state.metrics.watch_streams.dec();
+    }
+}
+
+impl Watchers {
+    pub(crate) fn add(state: &Arc<AppState>, spiffe_id: String) -> WatchGuard {
+        let id = state.watchers.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut live) = state.watchers.live.lock() {
+            live.insert(id, (spiffe_id, ward_ca::now().unix_timestamp()));
+        }
+        state.metrics.watch_streams.inc();
+        WatchGuard {
+            id,
+            state: state.clone(),
+        }
+    }
+
+    /// (SPIFFE ID, connected since) of each live stream.
+    pub(crate) fn list(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<_> = self
+            .live
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// SHA-256 of a secret token, as stored.
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
+    let d = digest(&SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
