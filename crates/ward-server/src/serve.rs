@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rcgen::PublicKeyData;
@@ -239,10 +239,13 @@ impl Server {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
+                    .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(64 * 1024);
                 builder
                     .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
                     .max_concurrent_streams(1000)
                     .max_header_list_size(64 * 1024);
                 if let Err(e) = builder

@@ -1,0 +1,433 @@
+//! The admin CLI against a real `ward server`: registry, issuance,
+//! inspection, revocation, CA rotation, status, help.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+#[test]
+fn issue_verify_rotate_verify() {
+    let s = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    let v = s
+        .cli_json(&[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            "spiffe://ward.internal/ns/default/sa/web",
+            "--out-cert",
+            a_cert.to_str().unwrap(),
+            "--out-key",
+            a_key.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(v["spiffe_id"], "spiffe://ward.internal/ns/default/sa/web");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&a_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_pem = std::fs::read_to_string(&a_key).unwrap();
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8 PEM"
+    );
+
+    // Every X509-SVID rule, checked on the issued leaf.
+    let pem = std::fs::read(&a_cert).unwrap();
+    let chain = ward_ca::parse_pem_certs(&pem).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and signing CA");
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(
+        ward_identity::validate_leaf(&leaf).unwrap().as_str(),
+        "spiffe://ward.internal/ns/default/sa/web"
+    );
+    let ku = leaf.key_usage().unwrap().unwrap();
+    assert!(
+        ku.critical
+            && ku.value.digital_signature()
+            && !ku.value.key_encipherment()
+            && !ku.value.key_cert_sign()
+    );
+    let eku = leaf.extended_key_usage().unwrap().unwrap();
+    assert!(eku.value.server_auth && eku.value.client_auth);
+    assert!(!leaf.basic_constraints().unwrap().unwrap().value.ca);
+    let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(
+        (86400..=86400 + 10).contains(&life),
+        "24 h default (+10 s backdating): {life}"
+    );
+    let (_, signing) = X509Certificate::from_der(&chain[1]).unwrap();
+    ward_identity::validate_ca(&signing).unwrap();
+
+    let (ok, out) = openssl_verify(&s.bundle_path(), &a_cert);
+    assert!(ok, "{out}");
+    assert!(s
+        .cli(&["cert", "inspect", a_cert.to_str().unwrap()])
+        .status
+        .success());
+
+    // Rotate the signing CA; old and new leaves both verify against the
+    // published bundle.
+    let before = s.cli_json(&["ca", "show"]).unwrap();
+    let r = s.cli_json(&["ca", "rotate"]).unwrap();
+    assert_ne!(r["active_serial"], before["signing"][0]["serial"]);
+    let (b_cert, b_key) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+    let bundle = dir.path().join("bundle.pem");
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/web",
+        "--out-cert",
+        b_cert.to_str().unwrap(),
+        "--out-key",
+        b_key.to_str().unwrap(),
+        "--out-bundle",
+        bundle.to_str().unwrap(),
+    ])
+    .unwrap();
+    let b_chain = ward_ca::parse_pem_certs(&std::fs::read(&b_cert).unwrap()).unwrap();
+    assert_ne!(b_chain[1], chain[1], "issued by the new signing CA");
+    for cert in [&a_cert, &b_cert] {
+        let (ok, out) = openssl_verify(&bundle, cert);
+        assert!(ok, "{}: {out}", cert.display());
+        assert!(s
+            .cli(&[
+                "--trust-bundle",
+                bundle.to_str().unwrap(),
+                "cert",
+                "inspect",
+                cert.to_str().unwrap()
+            ])
+            .status
+            .success());
+    }
+    let after = s.cli_json(&["ca", "show"]).unwrap();
+    let states: Vec<&str> = after["signing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["retired", "active"]);
+    assert!(
+        after["bundle_sequence"].as_u64().unwrap() > before["bundle_sequence"].as_u64().unwrap()
+    );
+
+    // A certificate from another CA fails inspection.
+    let other = server(&[]);
+    let (ok, _) = openssl_verify(&other.bundle_path(), &a_cert);
+    assert!(!ok);
+    let out = other.cli(&["cert", "inspect", a_cert.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn registry_tokens_revocation_status_audit() {
+    let s = server(&[]);
+    let v = s
+        .cli_json(&["service", "add", "payments", "--namespace", "prod"])
+        .unwrap();
+    assert_eq!(v["spiffe_id"], "spiffe://ward.internal/ns/prod/sa/payments");
+    let dup = s.cli(&["service", "add", "payments", "--namespace", "prod"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let bad = s.cli(&["service", "add", "bad/name"]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    let list = s.cli_json(&["service", "list"]).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Tokens only for registered services, and shown once.
+    let t = s
+        .cli_json(&[
+            "join-token",
+            "create",
+            "--service",
+            "payments",
+            "--namespace",
+            "prod",
+            "--ttl",
+            "10m",
+            "--uses",
+            "3",
+        ])
+        .unwrap();
+    assert!(t["token"].as_str().unwrap().starts_with("wjt_"));
+    assert_eq!(t["uses"], 3);
+    let missing = s.cli(&["join-token", "create", "--service", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ward service add nope"));
+    let db = std::fs::read(s.data_dir.join("ward.db")).unwrap();
+    let raw = t["token"].as_str().unwrap().as_bytes();
+    assert!(
+        !db.windows(raw.len()).any(|w| w == raw),
+        "the token itself is never stored"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("c.pem");
+    let k = dir.path().join("c.key");
+    let issued = s
+        .cli_json(&[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            "spiffe://ward.internal/ns/prod/sa/payments",
+            "--ttl",
+            "30m",
+            "--out-cert",
+            c.to_str().unwrap(),
+            "--out-key",
+            k.to_str().unwrap(),
+        ])
+        .unwrap();
+    let serial = issued["serial"].as_str().unwrap();
+    let status = s.cli_json(&["status"]).unwrap();
+    assert_eq!(status["services"], 1);
+    assert!(
+        status["certificates_near_expiry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["serial"] == serial),
+        "{status}"
+    );
+
+    let r = s
+        .cli_json(&["cert", "revoke", "--cert", c.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(r["serial"], serial);
+    let list = s
+        .cli_json(&[
+            "cert",
+            "list",
+            "--spiffe-id",
+            "spiffe://ward.internal/ns/prod/sa/payments",
+        ])
+        .unwrap();
+    assert!(list[0]["revoked_at"].is_i64());
+    assert_eq!(s.cli(&["cert", "revoke", "00ff"]).status.code(), Some(1));
+
+    assert!(s
+        .cli(&["service", "remove", "payments", "--namespace", "prod"])
+        .status
+        .success());
+    assert_eq!(
+        s.cli(&["service", "remove", "payments", "--namespace", "prod"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let audit = s.cli_json(&["audit", "--limit", "1000"]).unwrap();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for want in [
+        "ca.root.create",
+        "service.add",
+        "join-token.create",
+        "cert.issue",
+        "cert.revoke",
+        "service.remove",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let audit_text = audit.to_string();
+    assert!(
+        !audit_text.contains(t["token"].as_str().unwrap()),
+        "no secrets in the audit log"
+    );
+}
+
+#[test]
+fn data_dir_files_and_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = server(&["--trust-domain", "example.org"]);
+    for f in ["kek.key", "admin.token"] {
+        let mode = std::fs::metadata(s.data_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let fp = s.fingerprint.clone();
+    s.cli_json(&["service", "add", "web"]).unwrap();
+    s.kill9();
+    s.spawn("127.0.0.1:0").unwrap();
+    assert_eq!(s.fingerprint, fp, "same root after restart");
+    assert_eq!(
+        s.cli_json(&["service", "list"]).unwrap()[0]["spiffe_id"],
+        "spiffe://example.org/ns/default/sa/web"
+    );
+    // The trust domain is set once.
+    s.kill9();
+    s.extra_args = vec!["--trust-domain".into(), "other.org".into()];
+    assert!(s.spawn("127.0.0.1:0").is_err());
+    // Fingerprint-pinned access with an explicit server URL.
+    s.extra_args.clear();
+    s.spawn("127.0.0.1:0").unwrap();
+    let out = ward_testkit::ward(
+        std::path::Path::new(bin()),
+        &[
+            "--output",
+            "json",
+            "--server",
+            &s.url,
+            "--ca-fingerprint",
+            &s.fingerprint,
+            "--admin-token-file",
+            s.data_dir.join("admin.token").to_str().unwrap(),
+            "service",
+            "list",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = ward_testkit::ward(
+        std::path::Path::new(bin()),
+        &[
+            "--server",
+            &s.url,
+            "--ca-fingerprint",
+            &wrong,
+            "--admin-token-file",
+            s.data_dir.join("admin.token").to_str().unwrap(),
+            "service",
+            "list",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fingerprint"));
+}
+
+#[test]
+fn upstream_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = (dir.path().join("up.pem"), dir.path().join("up.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Example Corp/CN=Example Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let s = server(&[
+        "--upstream-ca-cert",
+        ca.to_str().unwrap(),
+        "--upstream-ca-key",
+        key.to_str().unwrap(),
+        "--ca-ttl",
+        "2d",
+    ]);
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/a",
+        "--out-cert",
+        c.to_str().unwrap(),
+        "--out-key",
+        k.to_str().unwrap(),
+    ])
+    .unwrap();
+    // Verifies against the enterprise root alone, with the chain ward returned.
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ca)
+        .arg("-untrusted")
+        .arg(&c)
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = s.cli_json(&["ca", "show"]).unwrap();
+    assert!(v["root"]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("Example Root"));
+}
+
+#[test]
+fn help_is_complete() {
+    let cmds: &[&[&str]] = &[
+        &[],
+        &["server"],
+        &["service"],
+        &["service", "add"],
+        &["service", "list"],
+        &["service", "remove"],
+        &["join-token", "create"],
+        &["cert", "issue"],
+        &["cert", "inspect"],
+        &["cert", "revoke"],
+        &["cert", "list"],
+        &["ca", "show"],
+        &["ca", "fingerprint"],
+        &["ca", "rotate"],
+        &["status"],
+        &["audit"],
+    ];
+    for c in cmds {
+        let out = ward_testkit::ward(std::path::Path::new(bin()), &[*c, &["--help"]].concat());
+        assert!(out.status.success(), "{c:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{c:?}: {text}");
+        assert!(text.contains("--output"), "{c:?}: global flags shown");
+    }
+    let out = ward_testkit::ward(std::path::Path::new(bin()), &["server", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--trust-domain",
+        "--svid-ttl",
+        "--upstream-ca-cert",
+        "--dns-name",
+        "--data-dir",
+    ] {
+        assert!(text.contains(flag), "{flag}");
+    }
+    let out = ward_testkit::ward(std::path::Path::new(bin()), &["service", "add"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}

@@ -1,0 +1,265 @@
+//! The `ward.v1` gRPC API of a real `ward server`: join-token signing,
+//! renewal over mTLS, every refusal with its status, and the watch stream.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use ward_api::v1::WatchRequest;
+
+fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(
+        e.message().contains(needle),
+        "{:?} does not mention {needle:?}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn signing_refusals_store_nothing() {
+    let s = server(&[]);
+    s.cli_json(&["service", "add", "web"]).unwrap();
+    s.cli_json(&["service", "add", "db"]).unwrap();
+    let web = id("spiffe://ward.internal/ns/default/sa/web");
+    let db = id("spiffe://ward.internal/ns/default/sa/db");
+    let tok = token(&s, "web", &[]);
+    let mut c = s.grpc(None).await.unwrap();
+    let before = count_certs(&s);
+
+    // A CSR for another identity than the token's.
+    assert_status(
+        c.sign_certificate(sign_req(csr(&db).0, &tok)).await,
+        Code::PermissionDenied,
+        "requests spiffe://ward.internal/ns/default/sa/db",
+    );
+    // Garbage, a bad signature, an RSA-1024 key.
+    assert_status(
+        c.sign_certificate(sign_req(b"garbage".to_vec(), &tok))
+            .await,
+        Code::InvalidArgument,
+        "PKCS#10",
+    );
+    let (mut bad_sig, _) = csr(&web);
+    *bad_sig.last_mut().unwrap() ^= 1;
+    assert_status(
+        c.sign_certificate(sign_req(bad_sig, &tok)).await,
+        Code::InvalidArgument,
+        "signature",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = dir.path().join("rsa.csr");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:1024",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/O=x",
+            "-addext",
+            "subjectAltName=URI:spiffe://ward.internal/ns/default/sa/web",
+            "-outform",
+            "DER",
+            "-out",
+        ])
+        .arg(&rsa)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_status(
+        c.sign_certificate(sign_req(std::fs::read(&rsa).unwrap(), &tok))
+            .await,
+        Code::InvalidArgument,
+        "RSA-1024",
+    );
+    // An unknown token, and no credential at all.
+    assert_status(
+        c.sign_certificate(sign_req(csr(&web).0, "wjt_nope")).await,
+        Code::Unauthenticated,
+        "not recognised",
+    );
+    assert_status(
+        c.sign_certificate(sign_req(csr(&web).0, "")).await,
+        Code::Unauthenticated,
+        "no credential",
+    );
+    assert_eq!(
+        count_certs(&s),
+        before,
+        "nothing stored by refused requests"
+    );
+
+    // The token was not consumed by any of that: it still buys one certificate.
+    let (good, key) = csr(&web);
+    let resp = c
+        .sign_certificate(sign_req(good, &tok))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.spiffe_id, web.as_str());
+    assert_eq!(resp.cert_chain.len(), 2);
+    assert!(!resp.trust_bundle.is_empty());
+    assert_eq!(count_certs(&s), before + 1);
+    // Used up.
+    assert_status(
+        c.sign_certificate(sign_req(csr(&web).0, &tok)).await,
+        Code::Unauthenticated,
+        "already used",
+    );
+    // Expired.
+    let short = token(&s, "web", &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_status(
+        c.sign_certificate(sign_req(csr(&web).0, &short)).await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    assert_eq!(count_certs(&s), before + 1);
+
+    // Renewal with the current certificate over mTLS.
+    let mut renew = s.grpc(Some((chain(&resp), key))).await.unwrap();
+    let (csr2, key2) = csr(&web);
+    let resp2 = renew
+        .sign_certificate(sign_req(csr2, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(resp2.serial, resp.serial);
+    // ... but only for its own identity.
+    assert_status(
+        renew.sign_certificate(sign_req(csr(&db).0, "")).await,
+        Code::PermissionDenied,
+        "this credential is for spiffe://ward.internal/ns/default/sa/web",
+    );
+
+    // A revoked client certificate cannot renew.
+    s.cli_json(&["cert", "revoke", &resp2.serial]).unwrap();
+    let mut revoked = s.grpc(Some((chain(&resp2), key2))).await.unwrap();
+    let e = revoked
+        .sign_certificate(sign_req(csr(&web).0, ""))
+        .await
+        .expect_err("revoked");
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{e:?}"
+    );
+    assert!(e.message().contains("revoked"), "{e:?}");
+
+    // A client certificate from another CA (same trust domain name) cannot renew.
+    let td = ward_identity::TrustDomain::new("ward.internal").unwrap();
+    let now = ward_ca::now();
+    let root = ward_ca::CaMaterial::generate_root(&td, Duration::from_secs(3600), now).unwrap();
+    let other = ward_ca::SigningAuthority::new(
+        &root
+            .generate_signing_ca(&td, 1, Duration::from_secs(600), now)
+            .unwrap(),
+    )
+    .unwrap();
+    let (ocsr, okey) = csr(&web);
+    let v = ward_ca::validate_csr(&ocsr).unwrap();
+    let leaf = other
+        .issue_svid(&v.spki, &web, &[], Duration::from_secs(60), now)
+        .unwrap();
+    let mut foreign = s
+        .grpc(Some((vec![leaf.der, other.cert_der().clone()], okey)))
+        .await
+        .unwrap();
+    assert_status(
+        foreign.sign_certificate(sign_req(csr(&web).0, "")).await,
+        Code::Unauthenticated,
+        "does not verify against the trust bundle",
+    );
+
+    // Exactly the successful issuances are in the audit log (plus the server's own certificate).
+    let audit = s.cli_json(&["audit", "--limit", "1000"]).unwrap();
+    let issued: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"] == "cert.issue" && e["detail"].as_str().unwrap().contains("/sa/web")
+        })
+        .collect();
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!(count_certs(&s), before + 2);
+}
+
+#[tokio::test]
+async fn watch_stream_follows_bundle_and_revocations() {
+    let s = server(&[]);
+    s.cli_json(&["service", "add", "web"]).unwrap();
+    let web = id("spiffe://ward.internal/ns/default/sa/web");
+    let mut c = s.grpc(None).await.unwrap();
+    assert_status(
+        c.watch(WatchRequest {}).await.map(|_| ()),
+        Code::Unauthenticated,
+        "client certificate",
+    );
+
+    let (req, key) = csr(&web);
+    let resp = c
+        .sign_certificate(sign_req(req, &token(&s, "web", &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut w = s.grpc(Some((chain(&resp), key))).await.unwrap();
+    let mut stream = w.watch(WatchRequest {}).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b = first.bundle.unwrap();
+    assert_eq!(b.trust_domain, "ward.internal");
+    assert_eq!(b.x509_authorities.len(), 2, "root and signing CA");
+    let status = s.cli_json(&["status"]).unwrap();
+    assert_eq!(status["connected_proxies"][0]["spiffe_id"], web.as_str());
+
+    s.cli_json(&["ca", "rotate"]).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(next.version > first.version);
+    assert_eq!(
+        next.bundle.unwrap().x509_authorities.len(),
+        3,
+        "the new signing CA is published, the old one kept"
+    );
+
+    // A revocation reaches the stream within 5 s.
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, kp) = (dir.path().join("x.pem"), dir.path().join("x.key"));
+    let other = s
+        .cli_json(&[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            web.as_str(),
+            "--out-cert",
+            cp.to_str().unwrap(),
+            "--out-key",
+            kp.to_str().unwrap(),
+        ])
+        .unwrap();
+    let serial = other["serial"].as_str().unwrap().to_string();
+    s.cli_json(&["cert", "revoke", &serial]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("revocation pushed within 5 s")
+            .unwrap()
+            .unwrap();
+        if m.revoked_serials.contains(&serial) {
+            break;
+        }
+    }
+}
