@@ -104,7 +104,7 @@ mod tests {
         let fp = fingerprint(&root.cert_der);
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64);
 
-        let bundle = spiffe_bundle_json(&[root.cert_der.clone()], 3, 300);
+        let bundle = spiffe_bundle_json(std::slice::from_ref(&root.cert_der), 3, 300);
         let key = &bundle["keys"][0];
         assert_eq!(key["kty"], "EC");
         assert_eq!(key["crv"], "P-256");

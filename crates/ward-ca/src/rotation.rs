@@ -120,12 +120,12 @@ mod tests {
         let day = Duration::from_secs(86400);
         assert_eq!(next_action(&[], t0), Some(Action::Prepare));
         let p = ca(1, State::Prepared, t0, 8);
-        assert_eq!(next_action(&[p.clone()], t0), Some(Action::Activate(1)));
+        assert_eq!(next_action(std::slice::from_ref(&p), t0), Some(Action::Activate(1)));
 
         let a = ca(1, State::Active, t0, 8);
-        assert_eq!(next_action(&[a.clone()], t0 + 3 * day), None);
+        assert_eq!(next_action(std::slice::from_ref(&a), t0 + 3 * day), None);
         assert_eq!(
-            next_action(&[a.clone()], t0 + 4 * day),
+            next_action(std::slice::from_ref(&a), t0 + 4 * day),
             Some(Action::Prepare)
         );
         let p = ca(2, State::Prepared, t0 + 4 * day, 8);
