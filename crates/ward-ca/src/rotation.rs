@@ -120,7 +120,10 @@ mod tests {
         let day = Duration::from_secs(86400);
         assert_eq!(next_action(&[], t0), Some(Action::Prepare));
         let p = ca(1, State::Prepared, t0, 8);
-        assert_eq!(next_action(std::slice::from_ref(&p), t0), Some(Action::Activate(1)));
+        assert_eq!(
+            next_action(std::slice::from_ref(&p), t0),
+            Some(Action::Activate(1))
+        );
 
         let a = ca(1, State::Active, t0, 8);
         assert_eq!(next_action(std::slice::from_ref(&a), t0 + 3 * day), None);

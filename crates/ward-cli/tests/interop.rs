@@ -16,17 +16,42 @@ fn python_cryptography_accepts_issued_svids() {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("c.key"));
     let id = "spiffe://ward.internal/ns/shop/sa/cart";
-    s.cli_json(&["cert", "issue", "--spiffe-id", id, "--out-cert", c.to_str().unwrap(), "--out-key", k.to_str().unwrap()]).unwrap();
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        id,
+        "--out-cert",
+        c.to_str().unwrap(),
+        "--out-key",
+        k.to_str().unwrap(),
+    ])
+    .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/check_svid.py");
     let run = |bundle: &std::path::Path, want: &str| {
-        Command::new(python()).arg(script).arg(&c).arg(bundle).arg(want).output().expect("python3 runs")
+        Command::new(python())
+            .arg(script)
+            .arg(&c)
+            .arg(bundle)
+            .arg(want)
+            .output()
+            .expect("python3 runs")
     };
     let out = run(&s.bundle_path(), id);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The same check fails against another trust domain's bundle, and for another ID.
     let other = server(&[]);
     assert!(!run(&other.bundle_path(), id).status.success());
-    assert!(!run(&s.bundle_path(), "spiffe://ward.internal/ns/shop/sa/other").status.success());
+    assert!(
+        !run(&s.bundle_path(), "spiffe://ward.internal/ns/shop/sa/other")
+            .status
+            .success()
+    );
 }
 
 #[test]
@@ -42,11 +67,18 @@ fn curl_reaches_the_admin_api_over_tls13() {
         .arg(format!("https://localhost:{port}/api/v1/status"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["trust_domain"], "ward.internal");
     // Without the CA, curl refuses the server; with TLS 1.2 only, the server refuses.
-    let out = Command::new("curl").args(["-sS", &format!("https://localhost:{port}/healthz")]).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", &format!("https://localhost:{port}/healthz")])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let out = Command::new("curl")
         .args(["-sS", "--tls-max", "1.2", "--cacert"])

@@ -1,0 +1,158 @@
+//! ward's benchmarks. `ward-bench sign [--ward PATH] [--seconds N]`
+//! measures certificate signing in-process (one core) and through the
+//! gRPC API of a real `ward server`, each next to a baseline measured in
+//! the same run: bare ECDSA P-256 signatures per second on one core.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use serde_json::json;
+use ward_api::v1::SignCertificateRequest;
+use ward_ca::{validate_csr, CaMaterial, SigningAuthority};
+use ward_identity::{SpiffeId, TrustDomain};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: u64 = flag("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let ward = flag("--ward").unwrap_or_else(|| "target/release/ward".into());
+    match args.get(1).map(String::as_str) {
+        Some("sign") => sign(&ward, Duration::from_secs(seconds)),
+        _ => {
+            eprintln!("usage: ward-bench sign [--ward PATH] [--seconds N]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn sign(ward: &str, dur: Duration) -> anyhow::Result<()> {
+    let td = TrustDomain::new("ward.internal")?;
+    let id = SpiffeId::for_service(&td, "default", "bench")?;
+    // Client-side work (key generation, CSR encoding) is done up front.
+    let csrs: Vec<Vec<u8>> = (0..4096)
+        .map(|_| ward_ca::testing::csr_for(&id).0)
+        .collect();
+
+    let baseline = ecdsa_baseline(dur);
+    let in_process = in_process(&td, &id, &csrs, dur)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let grpc = rt.block_on(over_grpc(ward, &csrs, dur))?;
+    let report = json!({
+        "baseline_ecdsa_p256_signs_per_sec_1core": baseline.round(),
+        "in_process_certs_per_sec_1core": in_process.round(),
+        "in_process_ratio_to_baseline": (in_process / baseline * 1000.0).round() / 1000.0,
+        "grpc_certs_per_sec": grpc.round(),
+        "grpc_ratio_to_baseline": (grpc / baseline * 1000.0).round() / 1000.0,
+        "targets": { "in_process_certs_per_sec_1core": 2000, "grpc_certs_per_sec": 1000 },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn ecdsa_baseline(dur: Duration) -> f64 {
+    let rng = SystemRandom::new();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+    let msg = [7u8; 512];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..100 {
+            let _ = key.sign(&rng, &msg).expect("sign");
+        }
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// CSR checks (parse, signature, key, ID) and signing, on this thread.
+fn in_process(
+    td: &TrustDomain,
+    id: &SpiffeId,
+    csrs: &[Vec<u8>],
+    dur: Duration,
+) -> anyhow::Result<f64> {
+    let now = ward_ca::now();
+    let root = CaMaterial::generate_root(td, Duration::from_secs(86400), now)?;
+    let ca =
+        SigningAuthority::new(&root.generate_signing_ca(td, 1, Duration::from_secs(3600), now)?)?;
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < dur {
+        let csr = validate_csr(&csrs[n % csrs.len()]).context("csr")?;
+        anyhow::ensure!(csr.spiffe_id == *id);
+        let _ = ca.issue_svid(
+            &csr.spki,
+            &csr.spiffe_id,
+            &[],
+            Duration::from_secs(3600),
+            now,
+        )?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Concurrent clients on keep-alive HTTP/2 connections to a real server,
+/// each request a join-token issuance committed to SQLite.
+async fn over_grpc(ward: &str, csrs: &[Vec<u8>], dur: Duration) -> anyhow::Result<f64> {
+    let s = ward_testkit::WardServer::start(ward, &[])?;
+    s.cli_json(&["service", "add", "bench"])?;
+    let mut tokens = Vec::new();
+    for _ in 0..20 {
+        let v = s.cli_json(&[
+            "join-token",
+            "create",
+            "--service",
+            "bench",
+            "--uses",
+            "10000",
+            "--ttl",
+            "1h",
+        ])?;
+        tokens.push(v["token"].as_str().unwrap_or_default().to_string());
+    }
+    let tokens = Arc::new(tokens);
+    let csrs = Arc::new(csrs.to_vec());
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + dur;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in 0..4 {
+        let client = s.grpc(None).await?;
+        for worker in 0..16 {
+            let mut c = client.clone();
+            let (tokens, csrs, done) = (tokens.clone(), csrs.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = conn * 16 + worker;
+                while Instant::now() < deadline {
+                    let n = done.load(Ordering::Relaxed);
+                    let req = SignCertificateRequest {
+                        csr: csrs[i % csrs.len()].clone(),
+                        join_token: tokens[(n / 9000).min(tokens.len() - 1)].clone(),
+                    };
+                    c.sign_certificate(req).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 64;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
