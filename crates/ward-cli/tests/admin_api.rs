@@ -122,3 +122,86 @@ async fn admin_api_requires_the_token_and_leaks_nothing() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn admin_client_certificate_is_accepted_until_revoked() {
+    let s = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
+    let v = s
+        .cli_json(&[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            "spiffe://ward.internal/ward/admin",
+            "--out-cert",
+            c.to_str().unwrap(),
+            "--out-key",
+            k.to_str().unwrap(),
+        ])
+        .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
+    let admin = s.https_with_cert(Some((chain, key))).unwrap();
+    let r = admin
+        .get(format!("{}/api/v1/services", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A workload certificate is not an admin credential.
+    let (wc, wk) = (dir.path().join("w.pem"), dir.path().join("w.key"));
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/web",
+        "--out-cert",
+        wc.to_str().unwrap(),
+        "--out-key",
+        wk.to_str().unwrap(),
+    ])
+    .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&wc).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&wk).unwrap()).unwrap();
+    let workload = s.https_with_cert(Some((chain, key))).unwrap();
+    assert_eq!(
+        workload
+            .get(format!("{}/api/v1/services", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // The server's own identity cannot be issued.
+    let out = s.cli(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ward/server",
+        "--out-cert",
+        wc.to_str().unwrap(),
+        "--out-key",
+        wk.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Revoked: refused on new connections.
+    s.cli_json(&["cert", "revoke", v["serial"].as_str().unwrap()])
+        .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
+    let revoked = s.https_with_cert(Some((chain, key))).unwrap();
+    assert_eq!(
+        revoked
+            .get(format!("{}/api/v1/services", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}

@@ -155,8 +155,16 @@ impl WardServer {
 
     /// An HTTPS client that trusts this server by its root fingerprint.
     pub fn https(&self) -> anyhow::Result<reqwest::Client> {
+        self.https_with_cert(None)
+    }
+
+    /// Like [`WardServer::https`], presenting a client certificate.
+    pub fn https_with_cert(
+        &self,
+        client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> anyhow::Result<reqwest::Client> {
         let trust = ControlPlaneTrust::fingerprint(&self.fingerprint).map_err(|e| anyhow!(e))?;
-        let tls = ward_tls::client_config(trust, None, &[b"http/1.1"])?;
+        let tls = ward_tls::client_config(trust, client_cert, &[b"http/1.1"])?;
         Ok(reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(30))
