@@ -76,6 +76,9 @@ pub(crate) enum Command {
     /// Show, fingerprint and rotate the CA.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Apply, list, show and delete authorization policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Server health, registered services, connected proxies, certificates near expiry.
     Status,
     /// Read the audit log.
@@ -108,6 +111,33 @@ pub(crate) struct ServerArgs {
     /// Private key (PEM) of --upstream-ca-cert.
     #[arg(long, requires = "upstream_ca_cert")]
     pub upstream_ca_key: Option<PathBuf>,
+    /// What happens to traffic that no ALLOW policy covers: deny (zero trust) or allow.
+    #[arg(long, default_value = "deny")]
+    pub default_policy: ward_policy::DefaultAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PolicyCmd {
+    /// Validate and apply policies from a YAML/JSON file or a directory of them
+    /// (multi-document YAML); all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List policies.
+    List,
+    /// Show one policy.
+    Get {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
+    /// Delete one policy.
+    Delete {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +271,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::JoinToken(c) => cmd_admin::join_token(&g, c).await,
         Command::Cert(c) => cmd_cert::run(&g, c).await,
         Command::Ca(c) => cmd_admin::ca(&g, c).await,
+        Command::Policy(c) => cmd_admin::policy(&g, c).await,
         Command::Status => cmd_admin::status(&g).await,
         Command::Audit(a) => cmd_admin::audit(&g, a).await,
     }

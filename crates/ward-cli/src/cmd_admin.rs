@@ -1,7 +1,7 @@
 //! Registry, join tokens, CA, status and audit commands.
 use serde_json::{json, Value};
 
-use crate::cli::{AuditArgs, CaCmd, Global, JoinTokenCmd, Output, ServiceCmd};
+use crate::cli::{AuditArgs, CaCmd, Global, JoinTokenCmd, Output, PolicyCmd, ServiceCmd};
 use crate::client::Api;
 use crate::output::{print, time};
 
@@ -196,5 +196,116 @@ pub(crate) async fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<()> {
         (_, v) => v,
     };
     print(g, &v, &["id", "at", "actor", "action", "target"]);
+    Ok(())
+}
+
+/// Reads every policy document in `paths` (files, or directories of
+/// `.yaml`/`.yml`/`.json` files), with where each came from.
+pub(crate) fn read_policy_documents(
+    paths: &[std::path::PathBuf],
+) -> anyhow::Result<(Vec<Value>, Vec<String>)> {
+    use anyhow::Context;
+    use serde::Deserialize;
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                })
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let (mut docs, mut sources) = (Vec::new(), Vec::new());
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let v = Value::deserialize(doc)
+                .map_err(|e| anyhow::anyhow!("{}, document {}: {e}", f.display(), i + 1))?;
+            if v.is_null() {
+                continue;
+            }
+            docs.push(v);
+            sources.push(format!("{}, document {}", f.display(), i + 1));
+        }
+    }
+    if docs.is_empty() {
+        anyhow::bail!("no policy documents found");
+    }
+    Ok((docs, sources))
+}
+
+pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    match c {
+        PolicyCmd::Apply { files } => {
+            let (docs, sources) = read_policy_documents(&files)?;
+            let v = api
+                .post(
+                    "/api/v1/policies/apply",
+                    json!({ "policies": docs, "sources": sources }),
+                )
+                .await?;
+            if g.output == Output::Json {
+                print(g, &v, &[]);
+            } else {
+                for p in v["applied"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "policy {}/{} applied (version {})",
+                        p["namespace"].as_str().unwrap_or_default(),
+                        p["name"].as_str().unwrap_or_default(),
+                        p["version"]
+                    );
+                }
+            }
+        }
+        PolicyCmd::List => {
+            let mut v = api.get("/api/v1/policies").await?;
+            if let Value::Array(rows) = &mut v {
+                if g.output == Output::Table {
+                    for r in rows {
+                        r["action"] = r["policy"]["spec"]["action"].clone();
+                        r["service"] = r["policy"]["spec"]["selector"]["service"].clone();
+                        r["updated"] = json!(time(r["updated_at"].as_i64().unwrap_or(0)));
+                    }
+                }
+            }
+            print(
+                g,
+                &v,
+                &[
+                    "namespace",
+                    "name",
+                    "service",
+                    "action",
+                    "version",
+                    "updated",
+                ],
+            );
+        }
+        PolicyCmd::Get { name, namespace } => {
+            let v = api
+                .get(&format!("/api/v1/policies/{namespace}/{name}"))
+                .await?;
+            if g.output == Output::Json {
+                print(g, &v, &[]);
+            } else {
+                print!("{}", serde_yaml_ng::to_string(&v["policy"])?);
+            }
+        }
+        PolicyCmd::Delete { name, namespace } => {
+            api.delete(&format!("/api/v1/policies/{namespace}/{name}"))
+                .await?;
+            print(g, &json!({ "deleted": format!("{namespace}/{name}") }), &[]);
+        }
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         config.dns_names = a.dns_names;
     }
     config.upstream_ca = a.upstream_ca_cert.zip(a.upstream_ca_key);
+    config.default_policy = a.default_policy;
     let server = ward_server::Server::build(config).await?;
     let addr = server.local_addr();
     let files = server.files().clone();

@@ -431,3 +431,59 @@ fn help_is_complete() {
     let out = ward_testkit::ward(std::path::Path::new(bin()), &["service", "add"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
+
+#[test]
+fn policies_apply_all_or_nothing() {
+    let s = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: payments-from-frontend, namespace: default }\n\
+         spec:\n  selector: { service: payments }\n  action: ALLOW\n  rules:\n  - from: [{ source: { principals: [\"ward.internal/ns/default/sa/frontend\"] } }]\n\
+         ---\napiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: deny-ledger }\nspec:\n  selector: { service: ledger }\n  action: DENY\n  rules: [{}]\n",
+    )
+    .unwrap();
+    let v = s
+        .cli_json(&["policy", "apply", "-f", good.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(v["applied"].as_array().unwrap().len(), 2);
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: new-one }\nspec: { action: ALLOW, rules: [{}] }\n\
+         ---\napiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: broken }\nspec:\n  rules:\n  - from: [{ source: { ipBlocks: [\"10.0.0.0/40\"] } }]\n",
+    )
+    .unwrap();
+    let out = s.cli(&["policy", "apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml, document 2")
+            && err.contains("spec.rules[0].from[0].source.ipBlocks[0]"),
+        "{err}"
+    );
+    let list = s.cli_json(&["policy", "list"]).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["deny-ledger", "payments-from-frontend"],
+        "the rejected file changed nothing"
+    );
+    let p = s
+        .cli_json(&["policy", "get", "payments-from-frontend"])
+        .unwrap();
+    assert_eq!(p["version"], 1);
+    assert!(s.cli(&["policy", "delete", "deny-ledger"]).status.success());
+    assert_eq!(
+        s.cli(&["policy", "delete", "deny-ledger"]).status.code(),
+        Some(1)
+    );
+    let audit = s.cli_json(&["audit"]).unwrap().to_string();
+    assert!(audit.contains("policy.apply") && audit.contains("policy.delete"));
+}

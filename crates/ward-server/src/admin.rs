@@ -170,6 +170,12 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/api/v1/certificates/{serial}/revoke",
             post(revoke_certificate),
         )
+        .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/policies/apply", post(apply_policies))
+        .route(
+            "/api/v1/policies/{namespace}/{name}",
+            get(get_policy).delete(delete_policy),
+        )
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/ca", get(show_ca))
         .route("/api/v1/ca/rotate", post(rotate_ca))
@@ -492,6 +498,112 @@ async fn revoke_certificate(
             "no certificate with serial {serial}"
         ))),
     }
+}
+
+// ---- policies ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyPolicies {
+    policies: Vec<Value>,
+    /// Where each policy came from ("file.yaml, document 2"), for errors.
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+fn policy_json(p: &ward_store::PolicyRecord) -> Value {
+    json!({
+        "namespace": p.namespace, "name": p.name, "version": p.version, "updated_at": p.updated_at,
+        "policy": serde_json::from_str::<Value>(&p.spec_json).unwrap_or(Value::Null),
+    })
+}
+
+/// Validates every policy first; stores all of them in one transaction or
+/// none (a file with one bad policy changes nothing).
+async fn apply_policies(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Json(body): Json<ApplyPolicies>,
+) -> ApiResult<Json<Value>> {
+    if body.policies.is_empty() {
+        return Err(ApiError::bad_request("no policies to apply"));
+    }
+    let mut parsed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, v) in body.policies.iter().enumerate() {
+        let source = body
+            .sources
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("policy {}", i + 1));
+        let p = ward_policy::parse_policy(&v.to_string())
+            .map_err(|e| ApiError::bad_request(format!("{source}: {e}")))?;
+        if !seen.insert(p.key()) {
+            return Err(ApiError::bad_request(format!(
+                "{source}: policy {} appears twice",
+                p.key()
+            )));
+        }
+        let json = serde_json::to_string(&p).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        parsed.push((p.metadata.namespace.clone(), p.metadata.name.clone(), json));
+    }
+    let at = now();
+    let events: Vec<_> = parsed
+        .iter()
+        .map(|(ns, name, json)| {
+            audit(
+                &actor.0,
+                "policy.apply",
+                &format!("{ns}/{name}"),
+                json!({ "policy": serde_json::from_str::<Value>(json).unwrap_or_default() }),
+            )
+        })
+        .collect();
+    let stored = s.store.apply_policies(&parsed, at, &events).await?;
+    s.mesh.set_policies(s.store.list_policies().await?);
+    Ok(Json(
+        json!({ "applied": stored.iter().map(policy_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn list_policies(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {
+    Ok(Json(
+        s.store
+            .list_policies()
+            .await?
+            .iter()
+            .map(policy_json)
+            .collect(),
+    ))
+}
+
+async fn get_policy(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let all = s.store.list_policies().await?;
+    all.iter()
+        .find(|p| p.namespace == ns && p.name == name)
+        .map(|p| Json(policy_json(p)))
+        .ok_or_else(|| ApiError::not_found(format!("no policy {ns}/{name}")))
+}
+
+async fn delete_policy(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let ev = audit(
+        &actor.0,
+        "policy.delete",
+        &format!("{ns}/{name}"),
+        json!({}),
+    );
+    if !s.store.delete_policy(&ns, &name, &ev).await? {
+        return Err(ApiError::not_found(format!("no policy {ns}/{name}")));
+    }
+    s.mesh.set_policies(s.store.list_policies().await?);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- audit, CA, status ----

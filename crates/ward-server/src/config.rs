@@ -30,6 +30,8 @@ pub struct Config {
     pub dns_names: Vec<String>,
     /// An existing CA to sign below: certificate and key PEM files.
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
+    /// What happens to traffic no ALLOW policy covers.
+    pub default_policy: ward_policy::DefaultAction,
 }
 
 mod secs {
@@ -61,6 +63,7 @@ impl Config {
             root_ttl: Duration::from_secs(365 * 24 * 3600),
             dns_names,
             upstream_ca: None,
+            default_policy: ward_policy::DefaultAction::Deny,
         }
     }
 

@@ -8,7 +8,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use ward_api::v1::identity_server::Identity;
 use ward_api::v1::{
-    SignCertificateRequest, SignCertificateResponse, TrustBundle, WatchRequest, WatchResponse,
+    ServiceEndpoints, SignCertificateRequest, SignCertificateResponse, TrustBundle, WatchRequest,
+    WatchResponse,
 };
 use ward_identity::SpiffeId;
 
@@ -195,25 +196,61 @@ impl Identity for IdentityService {
                 ))
             }
         };
+        let advertise = req.into_inner().advertise;
+        let endpoint = if advertise.is_empty() {
+            None
+        } else {
+            if advertise.parse::<std::net::SocketAddr>().is_err() && !advertise.contains(':') {
+                return Err(Status::invalid_argument("advertise must be host:port"));
+            }
+            Some(self.state.mesh.advertise(&id, &advertise))
+        };
         let guard = Watchers::add(&self.state, id);
-        let stream = WatchStream::new(self.state.ca.subscribe()).map(move |snap| {
-            let _keep = &guard;
-            Ok(to_response(&snap))
+        let state = self.state.clone();
+        // One snapshot now, then one after every change of the trust
+        // bundle, revocations, endpoints or policies. `watch` receivers
+        // coalesce, so a slow reader gets the latest state, not a backlog.
+        let ca = WatchStream::new(self.state.ca.subscribe()).map(|_| ());
+        let mesh = WatchStream::new(self.state.mesh.subscribe()).map(|_| ());
+        let stream = ca.merge(mesh).map(move |()| {
+            let _keep = (&guard, &endpoint);
+            Ok(to_response(&state))
         });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-fn to_response(s: &TrustSnapshot) -> WatchResponse {
+fn to_response(state: &AppState) -> WatchResponse {
+    let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
+    let mesh_version = *state.mesh.subscribe().borrow();
     WatchResponse {
-        version: s.version,
+        version: s.version + mesh_version,
         bundle: Some(TrustBundle {
             trust_domain: s.trust_domain.to_string(),
             x509_authorities: s.bundle.iter().map(|c| c.to_vec()).collect(),
             refresh_hint: 300,
         }),
         revoked_serials: revoked,
+        endpoints: state
+            .mesh
+            .endpoints()
+            .into_iter()
+            .map(|(spiffe_id, addresses)| ServiceEndpoints {
+                spiffe_id,
+                addresses,
+            })
+            .collect(),
+        policies_json: state
+            .mesh
+            .policies()
+            .iter()
+            .map(|p| p.spec_json.clone())
+            .collect(),
+        default_action: match state.mesh.default_action {
+            ward_policy::DefaultAction::Deny => "deny".into(),
+            ward_policy::DefaultAction::Allow => "allow".into(),
+        },
     }
 }

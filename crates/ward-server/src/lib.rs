@@ -16,6 +16,7 @@ mod config;
 mod datadir;
 mod error;
 mod grpc;
+mod mesh;
 mod metrics;
 mod serve;
 mod state;

@@ -117,6 +117,7 @@ impl Server {
             svid_ttl: config.svid_ttl,
             metrics: Metrics::new(),
             watchers: Watchers::default(),
+            mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
         });
         let mut names = config.dns_names.clone();
         if !local_addr.ip().is_unspecified() {

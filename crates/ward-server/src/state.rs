@@ -9,6 +9,7 @@ use ward_store::Store;
 use ward_tls::VerifiedPeer;
 
 use crate::ca::CaManager;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 
 /// Shared by every handler.
@@ -20,6 +21,7 @@ pub(crate) struct AppState {
     pub svid_ttl: Duration,
     pub metrics: Metrics,
     pub watchers: Watchers,
+    pub mesh: Arc<Mesh>,
 }
 
 /// How the peer of a connection authenticated, decided once right after

@@ -113,6 +113,19 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEvent,
     ) -> Result<()>;
 
+    /// Creates or replaces policies, all in one transaction; a policy whose
+    /// document is unchanged keeps its version. Returns the stored records.
+    async fn apply_policies(
+        &self,
+        policies: &[(String, String, String)],
+        at: i64,
+        audit: &[AuditEvent],
+    ) -> Result<Vec<PolicyRecord>>;
+    /// Every policy, by namespace then name.
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>>;
+    /// Deletes a policy; false if there was none.
+    async fn delete_policy(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool>;
+
     /// Appends to the audit log on its own.
     async fn audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit entries with id greater than `after`, oldest first, at most `limit`.

@@ -121,3 +121,18 @@ pub struct AuditRecord {
     /// JSON details.
     pub detail: String,
 }
+
+/// A stored authorization policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct PolicyRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The whole policy document, validated, as JSON.
+    pub spec_json: String,
+    /// Increases each time the policy changes.
+    pub version: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}

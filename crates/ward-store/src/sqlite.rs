@@ -8,8 +8,8 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, Result, Service, Store,
-    StoreError,
+    AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, PolicyRecord, Result,
+    Service, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -409,6 +409,75 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn apply_policies(
+        &self,
+        policies: &[(String, String, String)],
+        at: i64,
+        audit: &[AuditEvent],
+    ) -> Result<Vec<PolicyRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(policies.len());
+        for (namespace, name, json) in policies {
+            let current: Option<(String, i64)> = sqlx::query_as(
+                "SELECT spec_json, version FROM policies WHERE namespace = ? AND name = ?",
+            )
+            .bind(namespace)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let version = match current {
+                Some((old, v)) if old == *json => v,
+                Some((_, v)) => v + 1,
+                None => 1,
+            };
+            sqlx::query(
+                "INSERT INTO policies (namespace, name, spec_json, version, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (namespace, name) DO UPDATE SET spec_json = excluded.spec_json, \
+                 version = excluded.version, updated_at = excluded.updated_at",
+            )
+            .bind(namespace)
+            .bind(name)
+            .bind(json)
+            .bind(version)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            out.push(PolicyRecord {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                spec_json: json.clone(),
+                version,
+                updated_at: at,
+            });
+        }
+        for e in audit {
+            insert_audit(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>> {
+        Ok(sqlx::query_as("SELECT namespace, name, spec_json, version, updated_at FROM policies ORDER BY namespace, name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn delete_policy(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("DELETE FROM policies WHERE namespace = ? AND name = ?")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn audit(&self, event: &AuditEvent) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         insert_audit(&mut tx, event).await?;
@@ -565,6 +634,38 @@ mod tests {
         let certs = s.list_certificates(&CertQuery::default()).await.unwrap();
         assert_eq!(certs.len(), 1);
         assert_eq!(s.list_audit(0, 100).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn policies_are_versioned() {
+        let (_d, s) = store().await;
+        let p = |json: &str| vec![("default".to_string(), "p".to_string(), json.to_string())];
+        assert_eq!(
+            s.apply_policies(&p("{}"), 1, &[ev("policy.apply")])
+                .await
+                .unwrap()[0]
+                .version,
+            1
+        );
+        assert_eq!(
+            s.apply_policies(&p("{}"), 2, &[]).await.unwrap()[0].version,
+            1,
+            "unchanged"
+        );
+        assert_eq!(
+            s.apply_policies(&p("{\"a\":1}"), 3, &[]).await.unwrap()[0].version,
+            2
+        );
+        assert_eq!(s.list_policies().await.unwrap().len(), 1);
+        assert!(s
+            .delete_policy("default", "p", &ev("policy.delete"))
+            .await
+            .unwrap());
+        assert!(!s
+            .delete_policy("default", "p", &ev("policy.delete"))
+            .await
+            .unwrap());
+        assert!(s.list_policies().await.unwrap().is_empty());
     }
 
     #[tokio::test]

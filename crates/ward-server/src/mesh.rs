@@ -1,0 +1,102 @@
+//! What the mesh needs beyond the CA: where each service's sidecars are,
+//! and the authorization policies. Both are pushed on the watch stream.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use ward_policy::DefaultAction;
+use ward_store::PolicyRecord;
+
+pub(crate) struct Mesh {
+    /// SPIFFE ID → address → number of open streams advertising it.
+    endpoints: Mutex<BTreeMap<String, BTreeMap<String, usize>>>,
+    policies: ArcSwap<Vec<PolicyRecord>>,
+    pub default_action: DefaultAction,
+    changed: watch::Sender<u64>,
+}
+
+/// Removes an advertised endpoint when its watch stream ends.
+pub(crate) struct EndpointGuard {
+    mesh: Arc<Mesh>,
+    id: String,
+    addr: String,
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.mesh.remove(&self.id, &self.addr);
+    }
+}
+
+impl Mesh {
+    pub(crate) fn new(policies: Vec<PolicyRecord>, default_action: DefaultAction) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            endpoints: Mutex::new(BTreeMap::new()),
+            policies: ArcSwap::from_pointee(policies),
+            default_action,
+            changed: watch::channel(1).0,
+        })
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub(crate) fn advertise(self: &Arc<Self>, id: &str, addr: &str) -> EndpointGuard {
+        if let Ok(mut eps) = self.endpoints.lock() {
+            *eps.entry(id.to_string())
+                .or_default()
+                .entry(addr.to_string())
+                .or_default() += 1;
+        }
+        self.bump();
+        EndpointGuard {
+            mesh: self.clone(),
+            id: id.to_string(),
+            addr: addr.to_string(),
+        }
+    }
+
+    fn remove(&self, id: &str, addr: &str) {
+        if let Ok(mut eps) = self.endpoints.lock() {
+            if let Some(addrs) = eps.get_mut(id) {
+                if let Some(n) = addrs.get_mut(addr) {
+                    *n -= 1;
+                    if *n == 0 {
+                        addrs.remove(addr);
+                    }
+                }
+                if addrs.is_empty() {
+                    eps.remove(id);
+                }
+            }
+        }
+        self.bump();
+    }
+
+    /// (SPIFFE ID, addresses) of every service with a live sidecar.
+    pub(crate) fn endpoints(&self) -> Vec<(String, Vec<String>)> {
+        self.endpoints
+            .lock()
+            .map(|eps| {
+                eps.iter()
+                    .map(|(id, a)| (id.clone(), a.keys().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn policies(&self) -> Arc<Vec<PolicyRecord>> {
+        self.policies.load_full()
+    }
+
+    pub(crate) fn set_policies(&self, policies: Vec<PolicyRecord>) {
+        self.policies.store(Arc::new(policies));
+        self.bump();
+    }
+}
