@@ -6,13 +6,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use ward_api::v1::identity_client::IdentityClient;
 use ward_tls::ControlPlaneTrust;
 
@@ -187,37 +186,15 @@ pub fn ward(bin: &Path, args: &[&str]) -> Output {
         .expect("running ward")
 }
 
-/// A gRPC channel to `addr` over TLS 1.3 (h2), verifying the server with
+/// A gRPC client for `addr` over TLS 1.3 (h2), verifying the server with
 /// `trust`.
 pub async fn grpc_client(
     addr: &str,
     trust: ControlPlaneTrust,
     client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> anyhow::Result<IdentityClient<Channel>> {
-    let tls = Arc::new(ward_tls::client_config(trust, client_cert, &[b"h2"])?);
-    let addr = addr.to_string();
-    let connector = tower::service_fn(move |_uri: http_uri::Uri| {
-        let tls = tls.clone();
-        let addr = addr.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
-            let name = rustls_pki_types::ServerName::try_from("localhost")
-                .map_err(std::io::Error::other)?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = Endpoint::from_static("http://ward.invalid")
-        .connect_with_connector(connector)
-        .await?;
-    Ok(IdentityClient::new(channel))
-}
-
-mod http_uri {
-    pub use tonic::codegen::http::Uri;
+    let tls = ward_tls::client_config(trust, client_cert, &[b"h2"])?;
+    Ok(IdentityClient::new(ward_api::connect(addr, tls).await?))
 }
 
 /// Parses a PEM private key.

@@ -11,7 +11,10 @@
 //! ID `spiffe://<trust domain>/ward/server`.
 #![warn(missing_docs)]
 
+mod mesh;
 mod verify;
+
+pub use mesh::{peer_identity, MeshTls, Trust};
 
 pub use verify::{
     client_config, provider, unix_time, verify_svid_chain, ControlPlaneTrust, ControlPlaneVerifier,
