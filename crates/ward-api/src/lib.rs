@@ -11,6 +11,12 @@ pub mod v1 {
     tonic::include_proto!("ward.v1");
 }
 
+/// The sample `ward.demo.v1` service run by `ward demo` and the tests.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod demo {
+    tonic::include_proto!("ward.demo.v1");
+}
+
 use std::sync::Arc;
 
 use tonic::transport::{Channel, Endpoint};
@@ -19,7 +25,10 @@ use tonic::transport::{Channel, Endpoint};
 /// with `tls` (which decides how the server is verified and which client
 /// certificate is shown). HTTP/2 is negotiated by ALPN; the channel
 /// reconnects by itself when the connection drops.
-pub async fn connect(addr: &str, tls: rustls::ClientConfig) -> Result<Channel, tonic::transport::Error> {
+pub async fn connect(
+    addr: &str,
+    tls: rustls::ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = tls;
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tls = Arc::new(tls);
@@ -32,8 +41,11 @@ pub async fn connect(addr: &str, tls: rustls::ClientConfig) -> Result<Channel, t
             tcp.set_nodelay(true)?;
             // The name is not used for verification (the SPIFFE ID is);
             // it only fills the SNI field.
-            let name = rustls_pki_types::ServerName::try_from("ward-server").map_err(std::io::Error::other)?;
-            let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+            let name = rustls_pki_types::ServerName::try_from("ward-server")
+                .map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });

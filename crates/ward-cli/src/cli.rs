@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{cmd_admin, cmd_cert, cmd_server};
+use crate::{cmd_admin, cmd_cert, cmd_proxy, cmd_server};
 
 /// ward: zero-trust service-to-service security in one binary.
 ///
@@ -64,6 +64,10 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Run the control plane (initializes the data dir on first start).
     Server(ServerArgs),
+    /// Run a sidecar beside an app: mTLS in and out, authorization, rotation.
+    Proxy(ProxyArgs),
+    /// Run the sample app used by `ward demo` (HTTP, gRPC ward.demo.v1.Echo, TCP echo).
+    SampleApp(SampleAppArgs),
     /// Manage the service registry.
     #[command(subcommand)]
     Service(ServiceCmd),
@@ -114,6 +118,61 @@ pub(crate) struct ServerArgs {
     /// What happens to traffic that no ALLOW policy covers: deny (zero trust) or allow.
     #[arg(long, default_value = "deny")]
     pub default_policy: ward_policy::DefaultAction,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ProxyArgs {
+    /// Join token for the first certificate (or set WARD_JOIN_TOKEN).
+    #[arg(long, env = "WARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+    /// The service this sidecar serves.
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Inbound mTLS listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// The app's address on loopback.
+    #[arg(long)]
+    pub app: SocketAddr,
+    /// How the app speaks.
+    #[arg(long, default_value = "http")]
+    pub app_protocol: ward_proxy::Protocol,
+    /// Where peers reach the inbound listener [default: its bound address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto]: a local port to reach a service (repeatable).
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<ward_proxy::Upstream>,
+    /// Admin listener: /live /ready /metrics /config /certs /shutdown.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Keep the key and certificate here, to restart without a new join token.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub drain_timeout: Duration,
+    /// Worker threads [default: cores, at most 2].
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SampleAppArgs {
+    /// Name it reports.
+    #[arg(long, default_value = "sample")]
+    pub name: String,
+    /// HTTP/1.1, HTTP/2 (h2c) and gRPC.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Optional TCP echo port.
+    #[arg(long)]
+    pub tcp_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -267,6 +326,8 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Server(a) => cmd_server::run(&g, a).await,
+        Command::Proxy(a) => cmd_proxy::run(&g, a).await,
+        Command::SampleApp(a) => cmd_proxy::sample_app(&g, a).await,
         Command::Service(c) => cmd_admin::service(&g, c).await,
         Command::JoinToken(c) => cmd_admin::join_token(&g, c).await,
         Command::Cert(c) => cmd_cert::run(&g, c).await,

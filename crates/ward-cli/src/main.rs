@@ -3,8 +3,10 @@ mod cli;
 mod client;
 mod cmd_admin;
 mod cmd_cert;
+mod cmd_proxy;
 mod cmd_server;
 mod output;
+mod sample_app;
 
 use clap::Parser;
 

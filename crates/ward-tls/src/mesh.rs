@@ -14,7 +14,9 @@ use rustls::crypto::{verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use ward_identity::SpiffeId;
 
@@ -61,7 +63,11 @@ impl MeshTls {
     }
 
     /// Replaces this workload's certificate (after a renewal).
-    pub fn set_identity(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), rustls::Error> {
+    pub fn set_identity(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
         self.identity.store(Arc::new(certified_key(chain, key)?));
         Ok(())
     }
@@ -82,7 +88,11 @@ impl MeshTls {
     }
 
     /// Verifies a peer chain against the trust in force.
-    pub fn verify_peer(&self, chain: &[CertificateDer<'_>], client: bool) -> Result<VerifiedPeer, VerifyError> {
+    pub fn verify_peer(
+        &self,
+        chain: &[CertificateDer<'_>],
+        client: bool,
+    ) -> Result<VerifiedPeer, VerifyError> {
         let trust = self.trust.load();
         let peer = verify_svid_chain(chain, &trust.bundle, client, UnixTime::now())?;
         if !trust.trust_domain.is_empty() && peer.id.trust_domain_name() != trust.trust_domain {
@@ -92,7 +102,10 @@ impl MeshTls {
             });
         }
         if trust.revoked.contains(&peer.serial) {
-            return Err(VerifyError::Chain(format!("certificate {} is revoked", peer.serial)));
+            return Err(VerifyError::Chain(format!(
+                "certificate {} is revoked",
+                peer.serial
+            )));
         }
         Ok(peer)
     }
@@ -102,7 +115,10 @@ impl MeshTls {
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the aws-lc-rs provider supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(PeerVerifier { tls: self.clone(), expected: None }))
+            .with_client_cert_verifier(Arc::new(PeerVerifier {
+                tls: self.clone(),
+                expected: None,
+            }))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg
@@ -114,14 +130,20 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the aws-lc-rs provider supports TLS 1.3")
             .dangerous() // not insecure: PeerVerifier checks chain, revocation and SPIFFE ID
-            .with_custom_certificate_verifier(Arc::new(PeerVerifier { tls: self.clone(), expected: Some(expected) }))
+            .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+                tls: self.clone(),
+                expected: Some(expected),
+            }))
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg
     }
 }
 
-fn certified_key(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<CertifiedKey, rustls::Error> {
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
     let signing = provider().key_provider.load_private_key(key)?;
     Ok(CertifiedKey::new(chain, signing))
 }
@@ -181,7 +203,9 @@ impl ServerCertVerifier for PeerVerifier {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
     fn verify_tls13_signature(
         &self,
@@ -217,7 +241,9 @@ impl ClientCertVerifier for PeerVerifier {
         _c: &CertificateDer<'_>,
         _d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
     fn verify_tls13_signature(
         &self,

@@ -1,0 +1,115 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use ward_tls::ControlPlaneTrust;
+
+/// How an upstream port carries traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2 (gRPC), request by request.
+    Http,
+    /// Opaque bytes.
+    Tcp,
+    /// Detected from the first bytes; TCP when they are not HTTP.
+    Auto,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(Protocol::Http),
+            "tcp" => Ok(Protocol::Tcp),
+            "auto" => Ok(Protocol::Auto),
+            _ => Err(format!("{s:?} is not a protocol (http, tcp or auto)")),
+        }
+    }
+}
+
+/// One `--upstream NAME[.NS]=LISTEN_ADDR[,protocol=P]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    /// Service name.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Local plaintext port the app connects to.
+    pub listen: SocketAddr,
+    /// What it carries.
+    pub protocol: Protocol,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or("expected NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto]")?;
+        let (service, namespace) = match name.split_once('.') {
+            Some((s, ns)) => (s.to_string(), ns.to_string()),
+            None => (name.to_string(), "default".to_string()),
+        };
+        let mut parts = rest.split(',');
+        let listen = parts
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| format!("{rest:?}: the listen address must be IP:PORT ({e})"))?;
+        let mut protocol = Protocol::Http;
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("protocol", p)) => protocol = p.parse()?,
+                _ => {
+                    return Err(format!(
+                        "unknown upstream option {opt:?} (known: protocol=http|tcp|auto)"
+                    ))
+                }
+            }
+        }
+        Ok(Upstream {
+            service,
+            namespace,
+            listen,
+            protocol,
+        })
+    }
+}
+
+/// Everything `ward proxy` is told. No secrets: the join token is used
+/// once and not kept here.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyConfig {
+    /// Control plane `host:port`.
+    pub server: String,
+    /// How the control plane is trusted.
+    #[serde(skip)]
+    pub trust: ControlPlaneTrust,
+    /// This workload's service.
+    pub service: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Inbound mTLS listener.
+    pub inbound: SocketAddr,
+    /// The app, on loopback.
+    pub app: SocketAddr,
+    /// How the app speaks.
+    pub app_protocol: Protocol,
+    /// Where peers reach the inbound listener (default: its bound address).
+    pub advertise: Option<String>,
+    /// Outbound ports.
+    pub upstreams: Vec<Upstream>,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Keeps the key and certificate across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(serialize_with = "secs")]
+    pub drain_timeout: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}

@@ -1,0 +1,200 @@
+//! This workload's X509-SVID: bought with a join token (or loaded from the
+//! state dir), renewed at half-life with jitter over mTLS, the key never
+//! leaving this process and its state dir.
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use ward_api::v1::identity_client::IdentityClient;
+use ward_api::v1::SignCertificateRequest;
+use ward_identity::SpiffeId;
+use ward_tls::ControlPlaneTrust;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// A certificate chain with its key and validity.
+#[derive(Clone)]
+pub(crate) struct Svid {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key_pkcs8: Vec<u8>,
+    pub bundle: Vec<CertificateDer<'static>>,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Svid {
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
+    }
+
+    fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key_pkcs8: Vec<u8>,
+        bundle: Vec<CertificateDer<'static>>,
+    ) -> anyhow::Result<Svid> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| anyhow!("empty certificate chain"))?;
+        let (_, parsed) =
+            X509Certificate::from_der(leaf).map_err(|e| anyhow!("certificate: {e}"))?;
+        Ok(Svid {
+            serial: hex::encode(parsed.raw_serial()),
+            not_before: parsed.validity().not_before.timestamp(),
+            not_after: parsed.validity().not_after.timestamp(),
+            chain,
+            key_pkcs8,
+            bundle,
+        })
+    }
+
+    /// When to renew: half-life, ±10 % of the lifetime.
+    pub(crate) fn renew_in(&self) -> Duration {
+        let life = (self.not_after - self.not_before).max(1) as f64;
+        let jitter = (random_unit() - 0.5) * 0.2 * life;
+        let at = self.not_before as f64 + life / 2.0 + jitter;
+        let now = ward_ca::now().unix_timestamp() as f64;
+        Duration::from_secs_f64((at - now).max(0.0))
+    }
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Files under `--state-dir`.
+pub(crate) struct StateDir(pub PathBuf);
+
+impl StateDir {
+    fn paths(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.0.join("svid.pem"),
+            self.0.join("svid.key"),
+            self.0.join("bundle.pem"),
+        )
+    }
+
+    /// The saved SVID, if there is one that is still valid for a while.
+    pub(crate) fn load(&self) -> Option<Svid> {
+        let (c, k, b) = self.paths();
+        let chain = read_certs(&c).ok()?;
+        let bundle = read_certs(&b).ok()?;
+        let key_pem = std::fs::read(&k).ok()?;
+        use rustls_pki_types::pem::PemObject;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem).ok()?;
+        let svid = Svid::from_parts(chain, key.secret_pkcs8_der().to_vec(), bundle).ok()?;
+        (svid.not_after > ward_ca::now().unix_timestamp() + 5).then_some(svid)
+    }
+
+    pub(crate) fn save(&self, svid: &Svid) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("creating {}", self.0.display()))?;
+        std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700))?;
+        let (c, k, b) = self.paths();
+        write_atomic(
+            &k,
+            ward_ca::to_pem("PRIVATE KEY", &svid.key_pkcs8).as_bytes(),
+            0o600,
+        )?;
+        let chain: String = svid
+            .chain
+            .iter()
+            .map(|c| ward_ca::to_pem("CERTIFICATE", c))
+            .collect();
+        write_atomic(&c, chain.as_bytes(), 0o644)?;
+        let bundle: String = svid
+            .bundle
+            .iter()
+            .map(|c| ward_ca::to_pem("CERTIFICATE", c))
+            .collect();
+        write_atomic(&b, bundle.as_bytes(), 0o644)
+    }
+}
+
+fn read_certs(p: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let raw = std::fs::read(p)?;
+    Ok(ward_ca::parse_pem_certs(&raw)
+        .map_err(|e| anyhow!(e))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Asks the control plane to sign a new key for `id`, authenticating with
+/// `token` or, when absent, with `current` over mTLS.
+pub(crate) async fn request_svid(
+    server: &str,
+    trust: &ControlPlaneTrust,
+    id: &SpiffeId,
+    token: Option<&str>,
+    current: Option<&Svid>,
+) -> anyhow::Result<Svid> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    let client_cert = current.map(|s| (s.chain.clone(), s.key()));
+    let tls = ward_tls::client_config(trust.clone(), client_cert, &[b"h2"])?;
+    let channel = ward_api::connect(server, tls)
+        .await
+        .with_context(|| format!("connecting to the ward server at {server}"))?;
+    let resp = IdentityClient::new(channel)
+        .sign_certificate(SignCertificateRequest {
+            csr,
+            join_token: token.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("the ward server refused to sign: {}", s.message()))?
+        .into_inner();
+    if resp.spiffe_id != id.as_str() {
+        bail!("the server issued {} instead of {id}", resp.spiffe_id);
+    }
+    let chain = resp
+        .cert_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let bundle = resp
+        .trust_bundle
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    Svid::from_parts(chain, key.serialize_der(), bundle)
+}
+
+/// The current SVID, shared by the renewal loop and the control client.
+pub(crate) struct Current(pub Mutex<Svid>);
+
+impl Current {
+    pub(crate) fn get(&self) -> Svid {
+        self.0
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+    pub(crate) fn set(&self, svid: Svid) {
+        match self.0.lock() {
+            Ok(mut g) => *g = svid,
+            Err(p) => *p.into_inner() = svid,
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The inbound listener: mTLS in, policy, plaintext to the app.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest::{digest, SHA256};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use ward_policy::{HttpAttributes, Request as PolicyRequest};
+
+use crate::metrics::{DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::{Shared, ALPN_H2, ALPN_TCP};
+
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+pub(crate) const PEER_ID: HeaderName = HeaderName::from_static("x-ward-peer-id");
+pub(crate) const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Set by the outbound sidecar when the app's request was HTTP/2, so the
+/// inbound side speaks HTTP/2 to its app too (gRPC needs it).
+pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("x-ward-orig-proto");
+
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+struct Inbound {
+    shared: Arc<Shared>,
+    app_h1: Client<HttpConnector, Incoming>,
+    app_h2: Client<HttpConnector, Incoming>,
+}
+
+struct Peer {
+    id: String,
+    serial: String,
+    xfcc: HeaderValue,
+    remote: SocketAddr,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>) {
+    let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
+        ALPN_H2,
+        b"http/1.1",
+        ALPN_TCP,
+    ])));
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let ctx = Arc::new(Inbound {
+        app_h1: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(http.clone()),
+        app_h2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(http),
+        shared: shared.clone(),
+    });
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); tokio::time::sleep(Duration::from_millis(20)).await; continue; }
+            },
+            _ = crate::stopped(&mut stop) => return,
+        };
+        let Ok(permit) = conns.clone().acquire_owned().await else {
+            return;
+        };
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            handle(ctx, acceptor, tcp, remote).await;
+        });
+    }
+}
+
+async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let m = &ctx.shared.metrics;
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            m.handshakes
+                .get_or_create(&HandshakeLabels {
+                    direction: "inbound",
+                    result: "error",
+                })
+                .inc();
+            tracing::info!(%remote, error = %e, "inbound handshake refused");
+            return;
+        }
+        Err(_) => {
+            m.handshakes
+                .get_or_create(&HandshakeLabels {
+                    direction: "inbound",
+                    result: "timeout",
+                })
+                .inc();
+            return;
+        }
+    };
+    m.handshakes
+        .get_or_create(&HandshakeLabels {
+            direction: "inbound",
+            result: "ok",
+        })
+        .inc();
+    let (_, conn) = tls.get_ref();
+    let certs = conn.peer_certificates();
+    let Some(peer) = ward_tls::peer_identity(certs) else {
+        return;
+    };
+    let hash = certs
+        .and_then(|c| c.first())
+        .map(|c| hex::encode(digest(&SHA256, c)))
+        .unwrap_or_default();
+    let xfcc = format!("By={};Hash={hash};URI={}", ctx.shared.id, peer.id);
+    let peer = Arc::new(Peer {
+        id: peer.id.to_string(),
+        serial: peer.serial.clone(),
+        xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
+        remote,
+    });
+    if conn.alpn_protocol() == Some(ALPN_TCP) {
+        tcp_to_app(ctx, tls, peer).await;
+        return;
+    }
+    let svc = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (ctx, peer) = (ctx.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(ctx.request(req, &peer).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(Some(100))
+        .keep_alive_interval(Duration::from_secs(30));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let mut stop = ctx.shared.shutdown.subscribe();
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
+        _ = crate::stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+impl Inbound {
+    async fn request(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let start = Instant::now();
+        let shared = &self.shared;
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(String::from)
+            })
+            .unwrap_or_default();
+        let decision = {
+            let headers: Vec<(&str, &str)> = req
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+                .collect();
+            let preq = PolicyRequest {
+                namespace: &shared.cfg.namespace,
+                service: &shared.cfg.service,
+                destination_port: shared.inbound_port,
+                source_principal: Some(&peer.id),
+                source_ip: Some(peer.remote.ip()),
+                http: Some(HttpAttributes {
+                    method: method.as_str(),
+                    path: &path,
+                    host: &host,
+                    headers,
+                    request_principal: None,
+                }),
+            };
+            shared.policies.load().evaluate(&preq)
+        };
+        // A peer revoked after its handshake is refused on its open
+        // connections too, from the moment the revocation arrives.
+        let revoked = shared.tls.trust().revoked.contains(&peer.serial);
+        let allowed = decision.allowed() && !revoked;
+        let label = if allowed { "allow" } else { "deny" };
+        shared
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision: label,
+                policy: decision.policy().to_string(),
+                dry_run: "false",
+            })
+            .inc();
+        for m in &decision.reported {
+            shared
+                .metrics
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    decision: "match",
+                    policy: m.policy.clone(),
+                    dry_run: if m.dry_run { "true" } else { "false" },
+                })
+                .inc();
+        }
+        let resp = if revoked {
+            local(StatusCode::FORBIDDEN, "peer certificate revoked\n")
+        } else if !allowed {
+            local(StatusCode::FORBIDDEN, "RBAC: access denied\n")
+        } else {
+            let h2 = req
+                .headers_mut()
+                .remove(ORIG_PROTO)
+                .is_some_and(|v| v == "h2")
+                || req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let headers = req.headers_mut();
+            headers.remove(XFCC);
+            headers.remove(PEER_ID);
+            headers.insert(XFCC, peer.xfcc.clone());
+            if let Ok(v) = HeaderValue::from_str(&peer.id) {
+                headers.insert(PEER_ID, v);
+            }
+            if !h2 && !headers.contains_key(HOST) {
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    headers.insert(HOST, v);
+                }
+            }
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            match format!("http://{}{pq}", shared.cfg.app).parse() {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
+            }
+            *req.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let client = if h2 { &self.app_h2 } else { &self.app_h1 };
+            match client.request(req).await {
+                Ok(r) => r.map(|b| b.boxed()),
+                Err(e) => {
+                    tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
+                    local(
+                        StatusCode::BAD_GATEWAY,
+                        "the application is not reachable\n",
+                    )
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        shared
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: "inbound",
+                peer: peer.id.clone(),
+                status,
+                decision: label,
+            })
+            .inc();
+        tracing::info!(
+            target: "ward::access",
+            direction = "inbound",
+            peer = %peer.id,
+            method = %method,
+            path = %path,
+            status,
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            decision = label,
+            policy = decision.policy(),
+            "request"
+        );
+        resp
+    }
+}
+
+async fn tcp_to_app(
+    ctx: Arc<Inbound>,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Arc<Peer>,
+) {
+    let shared = &ctx.shared;
+    let preq = PolicyRequest {
+        namespace: &shared.cfg.namespace,
+        service: &shared.cfg.service,
+        destination_port: shared.inbound_port,
+        source_principal: Some(&peer.id),
+        source_ip: Some(peer.remote.ip()),
+        http: None,
+    };
+    let d = shared.policies.load().evaluate(&preq);
+    let label = if d.allowed() { "allow" } else { "deny" };
+    shared
+        .metrics
+        .tcp_connections
+        .get_or_create(&HandshakeLabels {
+            direction: "inbound",
+            result: label,
+        })
+        .inc();
+    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = label, policy = d.policy(), "connection");
+    if !d.allowed() {
+        return;
+    }
+    let mut app = match TcpStream::connect(shared.cfg.app).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not accept the connection");
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+}

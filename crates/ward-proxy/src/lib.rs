@@ -1,0 +1,427 @@
+//! `ward proxy`: the sidecar. It gives an unmodified app mTLS in and out,
+//! identity-based authorization, and certificate rotation.
+//!
+//! - Inbound: TLS 1.3 with a required, verified client certificate; the
+//!   authorization policy decides per request (HTTP) or per connection
+//!   (TCP); allowed traffic reaches the app on loopback with the caller's
+//!   identity in `x-ward-peer-id` and `x-forwarded-client-cert`.
+//! - Outbound: each upstream port takes plaintext from the app and carries
+//!   it over mTLS to a sidecar of the target service, whose SPIFFE ID must
+//!   be exactly that service's. HTTP requests are multiplexed over pooled
+//!   HTTP/2 connections between sidecars; TCP gets a connection of its own.
+//! - The control plane's watch stream brings the bundle, revocations,
+//!   endpoints and policies; the certificate is renewed at half-life. When
+//!   the control plane is down the sidecar keeps serving with what it has.
+#![allow(missing_docs)]
+
+mod admin;
+mod config;
+mod identity;
+mod inbound;
+mod metrics;
+mod outbound;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use ward_api::v1::identity_client::IdentityClient;
+use ward_api::v1::{WatchRequest, WatchResponse};
+use ward_identity::{SpiffeId, TrustDomain};
+use ward_policy::{DefaultAction, PolicySet};
+use ward_tls::{MeshTls, Trust};
+
+pub use config::{Protocol, ProxyConfig, Upstream};
+use identity::{Current, StateDir};
+
+/// ALPN protocols between sidecars.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_TCP: &[u8] = b"ward-tcp/1";
+
+/// State shared by every listener.
+pub(crate) struct Shared {
+    pub cfg: Arc<ProxyConfig>,
+    pub id: SpiffeId,
+    pub td: TrustDomain,
+    pub tls: Arc<MeshTls>,
+    pub svid: Current,
+    pub policies: ArcSwap<PolicySet>,
+    /// SPIFFE ID → sidecar addresses.
+    pub endpoints: ArcSwap<HashMap<String, Vec<String>>>,
+    pub configured: AtomicBool,
+    pub connected: AtomicBool,
+    pub metrics: metrics::Metrics,
+    pub shutdown: watch::Sender<bool>,
+    pub inbound_port: u16,
+}
+
+impl Shared {
+    pub(crate) fn ready(&self) -> bool {
+        let svid = self.svid.get();
+        self.configured.load(Ordering::Relaxed)
+            && svid.not_after > ward_ca::now().unix_timestamp()
+            && !self.tls.trust().bundle.is_empty()
+    }
+}
+
+/// A sidecar with its listeners bound.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    inbound: TcpListener,
+    upstreams: Vec<(Upstream, TcpListener)>,
+    admin: Option<TcpListener>,
+    advertise: String,
+}
+
+/// Addresses the sidecar bound (useful with port 0).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bound {
+    pub spiffe_id: String,
+    pub inbound: SocketAddr,
+    pub advertise: String,
+    pub admin: Option<SocketAddr>,
+    pub upstreams: HashMap<String, SocketAddr>,
+}
+
+impl Proxy {
+    /// Gets an identity (state dir, or join token), then binds every port.
+    pub async fn build(cfg: ProxyConfig, join_token: Option<String>) -> anyhow::Result<Proxy> {
+        let state = cfg.state_dir.clone().map(StateDir);
+        let saved = state.as_ref().and_then(StateDir::load);
+        let svid = match saved {
+            Some(s) => {
+                tracing::info!(
+                    serial = s.serial,
+                    "using the certificate saved in the state dir"
+                );
+                s
+            }
+            None => {
+                let token = join_token.ok_or_else(|| {
+                    anyhow!("no valid certificate in the state dir and no join token: pass --join-token (create one with `ward join-token create --service {}`)", cfg.service)
+                })?;
+                // The trust domain is learnt from the server's bundle; the
+                // ID requested must be the token's, which the server checks.
+                let td = discover_trust_domain(&cfg).await?;
+                let id = SpiffeId::for_service(&td, &cfg.namespace, &cfg.service)?;
+                let s = identity::request_svid(&cfg.server, &cfg.trust, &id, Some(&token), None)
+                    .await?;
+                if let Some(st) = &state {
+                    st.save(&s)?;
+                }
+                s
+            }
+        };
+        let leaf = svid.chain.first().ok_or_else(|| anyhow!("empty chain"))?;
+        let peer = ward_tls::peer_identity(Some(std::slice::from_ref(leaf)))
+            .ok_or_else(|| anyhow!("the certificate is not an X509-SVID"))?;
+        let id = peer.id;
+        let td = id.trust_domain();
+        let trust = Trust {
+            bundle: svid.bundle.clone(),
+            revoked: Default::default(),
+            trust_domain: td.to_string(),
+        };
+        let tls = MeshTls::new(svid.chain.clone(), svid.key(), trust)?;
+
+        let inbound = TcpListener::bind(cfg.inbound)
+            .await
+            .with_context(|| format!("binding --inbound {}", cfg.inbound))?;
+        let inbound_addr = inbound.local_addr()?;
+        let mut upstreams = Vec::new();
+        for u in &cfg.upstreams {
+            let l = TcpListener::bind(u.listen)
+                .await
+                .with_context(|| format!("binding --upstream {}", u.listen))?;
+            upstreams.push((u.clone(), l));
+        }
+        let admin = match cfg.admin {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding --admin {a}"))?,
+            ),
+            None => None,
+        };
+        let advertise = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| inbound_addr.to_string());
+        let metrics = metrics::Metrics::new();
+        metrics.cert_expiry.set(svid.not_after);
+        let shared = Arc::new(Shared {
+            id,
+            td,
+            tls,
+            svid: Current(std::sync::Mutex::new(svid)),
+            policies: ArcSwap::from_pointee(PolicySet::new(Vec::new(), DefaultAction::Deny)),
+            endpoints: ArcSwap::from_pointee(HashMap::new()),
+            configured: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            metrics,
+            shutdown: watch::channel(false).0,
+            inbound_port: inbound_addr.port(),
+            cfg: Arc::new(cfg),
+        });
+        Ok(Proxy {
+            shared,
+            inbound,
+            upstreams,
+            admin,
+            advertise,
+        })
+    }
+
+    /// What was bound.
+    pub fn bound(&self) -> anyhow::Result<Bound> {
+        Ok(Bound {
+            spiffe_id: self.shared.id.to_string(),
+            inbound: self.inbound.local_addr()?,
+            advertise: self.advertise.clone(),
+            admin: self.admin.as_ref().map(|a| a.local_addr()).transpose()?,
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|(u, l)| Ok((format!("{}.{}", u.service, u.namespace), l.local_addr()?)))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT or `POST /shutdown`, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Proxy {
+            shared,
+            inbound,
+            upstreams,
+            admin,
+            advertise,
+        } = self;
+        tracing::info!(config = %serde_json::to_string(&*shared.cfg).unwrap_or_default(), id = %shared.id, "sidecar starting");
+        tokio::spawn(control_loop(shared.clone(), advertise));
+        tokio::spawn(renew_loop(shared.clone()));
+        let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(inbound::serve(
+            shared.clone(),
+            inbound,
+            conns.clone(),
+        )));
+        for (u, l) in upstreams {
+            tasks.push(tokio::spawn(outbound::serve(
+                shared.clone(),
+                u,
+                l,
+                conns.clone(),
+            )));
+        }
+        if let Some(a) = admin {
+            tokio::spawn(admin::serve(shared.clone(), a));
+        }
+        let mut stop = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = crate::stopped(&mut stop) => {}
+        }
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        let _ = shared.shutdown.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Every connection task holds a permit; all permits back means drained.
+        let drained = tokio::time::timeout(
+            shared.cfg.drain_timeout,
+            conns.acquire_many(MAX_CONNECTIONS as u32),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached with requests still in flight");
+        }
+        Ok(())
+    }
+}
+
+/// Permits of the connection counter; every connection holds one.
+pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Resolves once shutdown has been requested.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The server's trust domain, from the root it presents (which the
+/// client already verified by fingerprint or bundle).
+async fn discover_trust_domain(cfg: &ProxyConfig) -> anyhow::Result<TrustDomain> {
+    let tls = ward_tls::client_config(cfg.trust.clone(), None, &[b"h2"])?;
+    let tls = Arc::new(tls);
+    let tcp = tokio::net::TcpStream::connect(&cfg.server)
+        .await
+        .with_context(|| format!("connecting to {}", cfg.server))?;
+    let name = rustls_pki_types::ServerName::try_from("ward-server")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .context("TLS to the ward server")?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or_else(|| anyhow!("no server certificate"))?;
+    let peer = ward_tls::peer_identity(Some(&[leaf]))
+        .ok_or_else(|| anyhow!("the server certificate is not an X509-SVID"))?;
+    Ok(peer.id.trust_domain())
+}
+
+/// Follows the watch stream, reconnecting with backoff; keeps the last
+/// configuration while the control plane is away.
+async fn control_loop(shared: Arc<Shared>, advertise: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match watch_once(&shared, &advertise).await {
+            Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "control plane unreachable; serving with the last configuration")
+            }
+        }
+        shared.connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if shared.connected.load(Ordering::Relaxed) {
+            backoff = Duration::from_millis(100);
+        }
+    }
+}
+
+async fn watch_once(shared: &Arc<Shared>, advertise: &str) -> anyhow::Result<()> {
+    let svid = shared.svid.get();
+    let tls = ward_tls::client_config(
+        shared.cfg.trust.clone(),
+        Some((svid.chain.clone(), svid.key())),
+        &[b"h2"],
+    )?;
+    let channel = ward_api::connect(&shared.cfg.server, tls).await?;
+    let mut stream = IdentityClient::new(channel)
+        .watch(WatchRequest {
+            advertise: advertise.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))?
+        .into_inner();
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))?
+    {
+        shared.connected.store(true, Ordering::Relaxed);
+        apply(shared, msg);
+    }
+    Ok(())
+}
+
+fn apply(shared: &Shared, msg: WatchResponse) {
+    if let Some(b) = msg.bundle {
+        let trust = Trust {
+            bundle: b
+                .x509_authorities
+                .into_iter()
+                .map(rustls_pki_types::CertificateDer::from)
+                .collect(),
+            revoked: msg.revoked_serials.into_iter().collect(),
+            trust_domain: shared.td.to_string(),
+        };
+        shared.tls.set_trust(trust);
+    }
+    shared.endpoints.store(Arc::new(
+        msg.endpoints
+            .into_iter()
+            .map(|e| (e.spiffe_id, e.addresses))
+            .collect(),
+    ));
+    let mut policies = Vec::new();
+    for p in &msg.policies_json {
+        match ward_policy::parse_policy(p) {
+            Ok(p) => policies.push(p),
+            Err(e) => tracing::error!(error = %e, "ignoring a policy this sidecar cannot read"),
+        }
+    }
+    let default = if msg.default_action == "allow" {
+        DefaultAction::Allow
+    } else {
+        DefaultAction::Deny
+    };
+    shared
+        .policies
+        .store(Arc::new(PolicySet::new(policies, default)));
+    shared.configured.store(true, Ordering::Relaxed);
+    tracing::debug!(version = msg.version, "configuration updated");
+}
+
+/// Renews at half-life (±10 %), retrying with backoff; a renewal failure
+/// never drops the current certificate.
+async fn renew_loop(shared: Arc<Shared>) {
+    loop {
+        let current = shared.svid.get();
+        tokio::time::sleep(current.renew_in()).await;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let current = shared.svid.get();
+            match identity::request_svid(
+                &shared.cfg.server,
+                &shared.cfg.trust,
+                &shared.id,
+                None,
+                Some(&current),
+            )
+            .await
+            {
+                Ok(mut new) => {
+                    // The watch stream's bundle is fresher than the one in
+                    // the signing response only if it has arrived.
+                    let trust = shared.tls.trust();
+                    if !trust.bundle.is_empty() {
+                        new.bundle = trust.bundle.clone();
+                    }
+                    if let Err(e) = shared.tls.set_identity(new.chain.clone(), new.key()) {
+                        tracing::error!(error = %e, "the renewed certificate cannot be used");
+                    } else {
+                        if let Some(dir) = shared.cfg.state_dir.clone() {
+                            if let Err(e) = StateDir(dir).save(&new) {
+                                tracing::warn!(error = %e, "could not save the renewed certificate");
+                            }
+                        }
+                        tracing::info!(
+                            serial = new.serial,
+                            not_after = new.not_after,
+                            "certificate renewed"
+                        );
+                        shared.metrics.cert_expiry.set(new.not_after);
+                        shared.svid.set(new);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "renewal failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Outbound ports: plaintext from the app, mTLS to a sidecar of the target
+//! service (verified to hold exactly that service's SPIFFE ID). HTTP
+//! requests share pooled HTTP/2 connections; TCP gets its own connection.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use ward_identity::SpiffeId;
+
+use crate::inbound::{local, Body, ORIG_PROTO};
+use crate::metrics::{HandshakeLabels, RequestLabels};
+use crate::{Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
+
+/// Endpoints that refused a connection are skipped for this long.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
+struct Outbound {
+    shared: Arc<Shared>,
+    up: Upstream,
+    expected: SpiffeId,
+    http: Client<MeshConnector, Incoming>,
+    tcp_tls: TlsConnector,
+    balancer: Balancer,
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    up: Upstream,
+    listener: TcpListener,
+    conns: Arc<Semaphore>,
+) {
+    let expected = match SpiffeId::for_service(&shared.td, &up.namespace, &up.service) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "bad upstream name");
+            return;
+        }
+    };
+    let h2 = TlsConnector::from(Arc::new(
+        shared.tls.client_config(expected.clone(), &[ALPN_H2]),
+    ));
+    let tcp_tls = TlsConnector::from(Arc::new(
+        shared.tls.client_config(expected.clone(), &[ALPN_TCP]),
+    ));
+    let http = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .build(MeshConnector {
+            tls: h2,
+            shared: shared.clone(),
+        });
+    let ctx = Arc::new(Outbound {
+        shared: shared.clone(),
+        up,
+        expected,
+        http,
+        tcp_tls,
+        balancer: Balancer::default(),
+    });
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); tokio::time::sleep(Duration::from_millis(20)).await; continue; }
+            },
+            _ = crate::stopped(&mut stop) => return,
+        };
+        let Ok(permit) = conns.clone().acquire_owned().await else {
+            return;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            match ctx.up.protocol {
+                Protocol::Http => ctx.http_conn(tcp).await,
+                Protocol::Tcp => ctx.tcp_conn(tcp).await,
+                Protocol::Auto => {
+                    if sniff_http(&tcp).await {
+                        ctx.http_conn(tcp).await
+                    } else {
+                        ctx.tcp_conn(tcp).await
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Looks at the first bytes without consuming them: an HTTP/1 method or
+/// the HTTP/2 preface means HTTP; anything else, or nothing within a short
+/// wait (server-speaks-first protocols), means TCP.
+async fn sniff_http(tcp: &TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    let peek = async {
+        loop {
+            match tcp.peek(&mut buf).await {
+                Ok(n) if n >= 8 || n == 0 => return n,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(_) => return 0,
+            }
+        }
+    };
+    let n = tokio::time::timeout(Duration::from_millis(300), peek)
+        .await
+        .unwrap_or(0);
+    const STARTS: [&[u8]; 10] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"PATCH ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"TRACE ",
+        b"PRI * HT",
+    ];
+    n > 0
+        && STARTS
+            .iter()
+            .any(|s| buf[..n].starts_with(&s[..s.len().min(n)]))
+}
+
+impl Outbound {
+    async fn http_conn(self: Arc<Self>, tcp: TcpStream) {
+        let ctx = self.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(ctx.request(req).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(1024)
+            .max_pending_accept_reset_streams(Some(100));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+        tokio::pin!(conn);
+        let mut stop = self.shared.shutdown.subscribe();
+        tokio::select! {
+            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "outbound connection error"); } }
+            _ = crate::stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.shared
+            .endpoints
+            .load()
+            .get(self.expected.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let endpoints = self.endpoints();
+        let Some((ep, _guard)) = self.balancer.pick(&endpoints) else {
+            tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy endpoint for this service\n",
+            );
+        };
+        if req.version() == Version::HTTP_2 {
+            req.headers_mut()
+                .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
+        } else if let Some(host) = req.headers().get(HOST).cloned() {
+            // HTTP/2 carries the host as :authority; keep the app's.
+            req.headers_mut().insert(HOST, host);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        match format!("http://{ep}{pq}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
+        *req.version_mut() = Version::HTTP_2;
+        let resp = match self.http.request(req).await {
+            Ok(r) => r.map(|b| b.boxed()),
+            Err(e) => {
+                if e.is_connect() {
+                    self.balancer.mark_down(&ep);
+                }
+                tracing::warn!(endpoint = %ep, service = %self.expected, error = %error_chain(&e), "upstream request failed");
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream service could not be reached securely\n",
+                )
+            }
+        };
+        let status = resp.status().as_u16();
+        self.shared
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: "outbound",
+                peer: self.expected.to_string(),
+                status,
+                decision: "n/a",
+            })
+            .inc();
+        tracing::info!(
+            target: "ward::access",
+            direction = "outbound",
+            peer = %self.expected,
+            endpoint = %ep,
+            method = %method,
+            path = %path,
+            status,
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+        resp
+    }
+
+    async fn tcp_conn(self: Arc<Self>, mut tcp: TcpStream) {
+        let endpoints = self.endpoints();
+        for _ in 0..endpoints.len().max(1) {
+            let Some((ep, _guard)) = self.balancer.pick(&endpoints) else {
+                tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
+                return;
+            };
+            match connect_tls(&self.tcp_tls, &ep).await {
+                Ok(mut tls) => {
+                    self.shared
+                        .metrics
+                        .handshakes
+                        .get_or_create(&HandshakeLabels {
+                            direction: "outbound",
+                            result: "ok",
+                        })
+                        .inc();
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
+                    return;
+                }
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .handshakes
+                        .get_or_create(&HandshakeLabels {
+                            direction: "outbound",
+                            result: "error",
+                        })
+                        .inc();
+                    tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
+                    self.balancer.mark_down(&ep);
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(i) = src {
+        s.push_str(": ");
+        s.push_str(&i.to_string());
+        src = i.source();
+    }
+    s
+}
+
+async fn connect_tls(tls: &TlsConnector, ep: &str) -> io::Result<TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(ep))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    // The SNI name is not used for verification: the SPIFFE ID is.
+    let name = rustls_pki_types::ServerName::try_from("ward-peer").map_err(io::Error::other)?;
+    tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// Least-loaded choice among live endpoints.
+#[derive(Default)]
+struct Balancer {
+    state: Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>,
+}
+
+struct InFlight {
+    state: Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>,
+    ep: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(e) = s.get_mut(&self.ep) {
+                e.0 = e.0.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Balancer {
+    fn pick(&self, endpoints: &[String]) -> Option<(String, InFlight)> {
+        let mut s = self.state.lock().ok()?;
+        let now = Instant::now();
+        let live = |ep: &String, s: &HashMap<String, (usize, Option<Instant>)>| {
+            s.get(ep).and_then(|e| e.1).is_none_or(|t| t <= now)
+        };
+        let candidates: Vec<&String> = endpoints.iter().filter(|e| live(e, &s)).collect();
+        // When every endpoint is marked down, try them anyway.
+        let pool: Vec<&String> = if candidates.is_empty() {
+            endpoints.iter().collect()
+        } else {
+            candidates
+        };
+        let ep = pool
+            .into_iter()
+            .min_by_key(|e| s.get(*e).map_or(0, |v| v.0))?
+            .clone();
+        s.entry(ep.clone()).or_default().0 += 1;
+        Some((
+            ep.clone(),
+            InFlight {
+                state: self.state.clone(),
+                ep,
+            },
+        ))
+    }
+
+    fn mark_down(&self, ep: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.entry(ep.to_string()).or_default().1 = Some(Instant::now() + DOWN_FOR);
+        }
+    }
+}
+
+/// Connects to a sidecar endpoint (the URI's authority) over mTLS.
+#[derive(Clone)]
+struct MeshConnector {
+    tls: TlsConnector,
+    shared: Arc<Shared>,
+}
+
+struct MeshIo(TokioIo<TlsStream<TcpStream>>);
+
+impl Connection for MeshIo {
+    fn connected(&self) -> Connected {
+        Connected::new().negotiated_h2()
+    }
+}
+
+impl hyper::rt::Read for MeshIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<http::Uri> for MeshConnector {
+    type Response = MeshIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeshIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let ep = uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .ok_or_else(|| io::Error::other("no endpoint"))?;
+            let r = connect_tls(&tls, &ep).await;
+            let result = if r.is_ok() { "ok" } else { "error" };
+            shared
+                .metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    direction: "outbound",
+                    result,
+                })
+                .inc();
+            Ok(MeshIo(TokioIo::new(r?)))
+        })
+    }
+}
