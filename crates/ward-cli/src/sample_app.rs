@@ -32,6 +32,7 @@ pub(crate) async fn run(
         tonic::service::Routes::new(EchoServer::new(EchoSvc(app.clone()))).into_axum_router();
     let router = grpc
         .route("/echo", any(echo))
+        .route("/sleep/{ms}", any(sleep))
         .fallback(any(whoami))
         .layer(axum::Extension(app));
     if let Some(tcp) = tcp {
@@ -62,6 +63,11 @@ async fn whoami(axum::Extension(app): axum::Extension<Arc<App>>, req: Request) -
         "xfcc": header(h, "x-forwarded-client-cert"),
         "host": header(h, "host"),
     }))
+}
+
+async fn sleep(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    format!("slept {ms} ms\n")
 }
 
 async fn echo(req: Request) -> axum::body::Body {

@@ -211,3 +211,84 @@ pub fn chain_from_pem(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>>
         .map(CertificateDer::from)
         .collect())
 }
+
+/// A long-running `ward` process (proxy, sample app) that announces itself
+/// with a JSON line on stdout.
+pub struct Proc {
+    pub child: Child,
+    /// The first JSON line it printed.
+    pub ready: Value,
+}
+
+impl Proc {
+    /// Starts `bin args…` and waits for its JSON ready line.
+    pub fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning ward")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow!("ward {args:?} exited before it was ready"))??;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v.get("event").is_some() {
+                    break v;
+                }
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(Proc { child, ready })
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for exit, at most `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true, at most `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,191 @@
+//! Two sidecars between a client and an app, all real processes: every
+//! protocol arrives intact and the app sees the caller's SPIFFE ID.
+mod common;
+mod mesh_common;
+
+use std::time::Duration;
+
+use mesh_common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ward_api::demo::echo_client::EchoClient;
+use ward_api::demo::{CountRequest, EchoRequest};
+
+const FRONTEND: &str = "spiffe://ward.internal/ns/default/sa/frontend";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
+    let s = common::server(&[]);
+    apply(&s, ALLOW_FRONTEND);
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let tcp_sc = sidecar(&s, "echo-tcp", &pay.tcp, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &[
+            "--upstream",
+            "payments=127.0.0.1:0",
+            "--upstream",
+            "echo-tcp=127.0.0.1:0,protocol=tcp",
+        ],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    wait_for_endpoint(&fe, "echo-tcp").await;
+    let up = fe.upstream("payments.default");
+
+    // HTTP/1.1, with the caller's identity seen by the app.
+    let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let v: serde_json::Value = http1
+        .get(format!("http://{up}/pay/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["peer_id"], FRONTEND);
+    assert_eq!(v["service"], "payments");
+    assert_eq!(v["version"], "HTTP/1.1");
+    let xfcc = v["xfcc"].as_str().unwrap();
+    assert!(
+        xfcc.contains(&format!("URI={FRONTEND}")) && xfcc.contains(&format!("By={}", pay_sc.id)),
+        "{xfcc}"
+    );
+    // Headers forged by the caller are replaced.
+    let v: serde_json::Value = http1
+        .get(format!("http://{up}/x"))
+        .header("x-ward-peer-id", "spiffe://evil/ns/x/sa/y")
+        .header("x-forwarded-client-cert", "By=evil")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["peer_id"], FRONTEND);
+    assert!(!v["xfcc"].as_str().unwrap().contains("evil"));
+    // A large chunked body arrives intact.
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let stream = futures_util::stream::iter(
+        body.chunks(65_536)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let echoed = http1
+        .post(format!("http://{up}/echo"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 200);
+    assert_eq!(echoed.bytes().await.unwrap().as_ref(), body.as_slice());
+
+    // HTTP/2 (prior knowledge) reaches the app as HTTP/2.
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let v: serde_json::Value = http2
+        .get(format!("http://{up}/h2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["peer_id"], FRONTEND);
+
+    // gRPC: unary, a failure with its trailers, server streaming ending in a non-OK status.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{up}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = EchoClient::new(channel);
+    let r = grpc
+        .echo(EchoRequest {
+            message: "hi".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.message.as_str(), r.peer_id.as_str(), r.service.as_str()),
+        ("hi", FRONTEND, "payments")
+    );
+    let e = grpc
+        .echo(EchoRequest {
+            message: "fail".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.message(), "asked to fail");
+    assert_eq!(
+        e.metadata().get("x-demo-detail").unwrap(),
+        "failed-on-purpose"
+    );
+    let mut stream = grpc
+        .count(CountRequest {
+            count: 100,
+            final_code: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(m)) => {
+                assert_eq!(m.index, n);
+                assert_eq!(m.peer_id, FRONTEND);
+                n += 1;
+            }
+            Ok(None) => panic!("stream ended without the requested status"),
+            Err(st) => break st,
+        }
+    };
+    assert_eq!(n, 100);
+    assert_eq!(end.code(), tonic::Code::NotFound);
+
+    // Opaque TCP bytes both ways.
+    let mut tcp = tokio::net::TcpStream::connect(fe.upstream("echo-tcp.default"))
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..262_144u32).map(|i| (i * 13 % 256) as u8).collect();
+    let (mut r, mut w) = tcp.split();
+    let write = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let read = r.read_to_end(&mut got);
+    let (_, res) = tokio::join!(write, read);
+    res.unwrap();
+    assert_eq!(got, data);
+
+    // Requests were multiplexed over pooled connections, not one handshake each.
+    let metrics = reqwest::get(format!("http://{}/metrics", fe.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handshakes: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ward_proxy_tls_handshakes_total{")
+                && l.contains("outbound")
+                && l.contains("\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        handshakes <= 3.0,
+        "{handshakes} outbound handshakes for ~10 requests and 1 TCP connection:\n{metrics}"
+    );
+    let _ = (tcp_sc, pay_sc);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

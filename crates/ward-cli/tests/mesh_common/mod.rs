@@ -1,0 +1,139 @@
+//! A control plane, sample apps and sidecars, started as real processes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use ward_testkit::{wait_until, Proc, WardServer};
+
+pub struct App {
+    pub proc: Proc,
+    pub http: String,
+    pub tcp: String,
+}
+
+pub struct Sidecar {
+    pub proc: Proc,
+    pub inbound: String,
+    pub admin: String,
+    pub upstreams: Value,
+    pub id: String,
+}
+
+impl Sidecar {
+    pub fn upstream(&self, name: &str) -> String {
+        self.upstreams[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no upstream {name}"))
+            .to_string()
+    }
+}
+
+/// Plain-HTTP reqwest clients still need a rustls provider installed.
+pub fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ward"))
+}
+
+pub fn app(name: &str) -> App {
+    init();
+    let proc = Proc::spawn(
+        bin(),
+        &[
+            "--output",
+            "json",
+            "sample-app",
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    let http = proc.ready["http"].as_str().unwrap().to_string();
+    let tcp = proc.ready["tcp"].as_str().unwrap().to_string();
+    App { proc, http, tcp }
+}
+
+pub fn register(s: &WardServer, service: &str) -> String {
+    let _ = s.cli_json(&["service", "add", service]);
+    s.cli_json(&["join-token", "create", "--service", service])
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A sidecar for `service` in front of `app_addr`, with `extra` flags.
+pub fn sidecar(s: &WardServer, service: &str, app_addr: &str, extra: &[&str]) -> Sidecar {
+    let token = register(s, service);
+    let dd = s.data_dir.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--output",
+        "json",
+        "--data-dir",
+        &dd,
+        "proxy",
+        "--join-token",
+        &token,
+        "--service",
+        service,
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        app_addr,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(bin(), &args).unwrap();
+    let p = &proc.ready["proxy"];
+    Sidecar {
+        inbound: p["inbound"].as_str().unwrap().to_string(),
+        admin: p["admin"].as_str().unwrap().to_string(),
+        upstreams: p["upstreams"].clone(),
+        id: p["spiffe_id"].as_str().unwrap().to_string(),
+        proc,
+    }
+}
+
+pub async fn admin_json(sc: &Sidecar, path: &str) -> Value {
+    reqwest::get(format!("http://{}{path}", sc.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `sc` knows an endpoint for `service` and is ready.
+pub async fn wait_for_endpoint(sc: &Sidecar, service: &str) {
+    let id = format!("spiffe://ward.internal/ns/default/sa/{service}");
+    let ok = wait_until(Duration::from_secs(10), || async {
+        let c = admin_json(sc, "/config").await;
+        c["endpoints"][&id]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert!(ok, "{} never learnt an endpoint of {service}", sc.id);
+}
+
+pub fn apply(s: &WardServer, yaml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    s.cli_json(&["policy", "apply", "-f", f.to_str().unwrap()])
+        .unwrap();
+}
+
+pub const ALLOW_FRONTEND: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-frontend }\nspec:\n  action: ALLOW\n  rules:\n  - from: [{ source: { principals: [\"ward.internal/ns/default/sa/frontend\"] } }]\n";
