@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub metrics: metrics::Metrics,
     pub shutdown: watch::Sender<bool>,
     pub inbound_port: u16,
+    /// Bumped on every certificate renewal: outbound pools opened with an
+    /// older certificate are retired, so peers see the new one.
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -167,6 +170,7 @@ impl Proxy {
             metrics,
             shutdown: watch::channel(false).0,
             inbound_port: inbound_addr.port(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             cfg: Arc::new(cfg),
         });
         Ok(Proxy {
@@ -413,6 +417,7 @@ async fn renew_loop(shared: Arc<Shared>) {
                         );
                         shared.metrics.cert_expiry.set(new.not_after);
                         shared.svid.set(new);
+                        shared.generation.fetch_add(1, Ordering::Relaxed);
                     }
                     break;
                 }

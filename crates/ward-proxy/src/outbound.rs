@@ -35,7 +35,9 @@ struct Outbound {
     shared: Arc<Shared>,
     up: Upstream,
     expected: SpiffeId,
-    http: Client<MeshConnector, Incoming>,
+    /// The HTTP/2 pool and the certificate generation it was opened with.
+    http: arc_swap::ArcSwap<(u64, Client<MeshConnector, Incoming>)>,
+    h2_tls: TlsConnector,
     tcp_tls: TlsConnector,
     balancer: Balancer,
 }
@@ -59,21 +61,14 @@ pub(crate) async fn serve(
     let tcp_tls = TlsConnector::from(Arc::new(
         shared.tls.client_config(expected.clone(), &[ALPN_TCP]),
     ));
-    let http = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .build(MeshConnector {
-            tls: h2,
-            shared: shared.clone(),
-        });
+    let http = pool(&h2, &shared);
+    let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed);
     let ctx = Arc::new(Outbound {
         shared: shared.clone(),
         up,
         expected,
-        http,
+        http: arc_swap::ArcSwap::from_pointee((generation, http)),
+        h2_tls: h2,
         tcp_tls,
         balancer: Balancer::default(),
     });
@@ -106,6 +101,19 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+fn pool(tls: &TlsConnector, shared: &Arc<Shared>) -> Client<MeshConnector, Incoming> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .build(MeshConnector {
+            tls: tls.clone(),
+            shared: shared.clone(),
+        })
 }
 
 /// Looks at the first bytes without consuming them: an HTTP/1 method or
@@ -173,6 +181,23 @@ impl Outbound {
         }
     }
 
+    /// The pool for the current certificate. After a renewal a new pool
+    /// takes new requests; the old one's connections finish their streams
+    /// and close when idle.
+    fn client(&self) -> Client<MeshConnector, Incoming> {
+        let generation = self
+            .shared
+            .generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let current = self.http.load();
+        if current.0 == generation {
+            return current.1.clone();
+        }
+        let fresh = pool(&self.h2_tls, &self.shared);
+        self.http.store(Arc::new((generation, fresh.clone())));
+        fresh
+    }
+
     fn endpoints(&self) -> Vec<String> {
         self.shared
             .endpoints
@@ -212,7 +237,7 @@ impl Outbound {
             Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
         }
         *req.version_mut() = Version::HTTP_2;
-        let resp = match self.http.request(req).await {
+        let resp = match self.client().request(req).await {
             Ok(r) => r.map(|b| b.boxed()),
             Err(e) => {
                 if e.is_connect() {

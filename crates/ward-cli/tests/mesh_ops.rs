@@ -1,0 +1,182 @@
+//! Operating the mesh: certificate rotation under load, the control plane
+//! killed under load, SIGTERM with requests in flight.
+mod common;
+mod mesh_common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_common::*;
+
+/// Sends requests in a loop until stopped; counts failures and collects
+/// the peer-certificate hashes the app saw.
+fn load(
+    url: String,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<HashSet<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let hashes = Arc::new(Mutex::new(HashSet::new()));
+    let client = reqwest::Client::new();
+    let task = {
+        let (stop, ok, failed, hashes) = (stop.clone(), ok.clone(), failed.clone(), hashes.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        let xfcc = v["xfcc"].as_str().unwrap_or_default();
+                        if let Some(h) = xfcc.split(';').find_map(|p| p.strip_prefix("Hash=")) {
+                            hashes.lock().unwrap().insert(h.to_string());
+                        }
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("request failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    (stop, ok, failed, hashes, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_loses_no_request() {
+    let s = common::server(&["--svid-ttl", "20s", "--default-policy", "allow"]);
+    let pay = app("payments");
+    let _pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let (stop, ok, failed, hashes, task) =
+        load(format!("http://{}/rot", fe.upstream("payments.default")));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests lost during rotation"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 500,
+        "{} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    let seen = hashes.lock().unwrap().len();
+    assert!(
+        seen >= 3,
+        "the app saw {seen} distinct caller certificates in 60 s with a 20 s lifetime"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_kill9_under_load() {
+    let mut s = common::server(&["--default-policy", "allow"]);
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let (stop, ok, failed, _, task) =
+        load(format!("http://{}/cp", fe.upstream("payments.default")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let addr = s.addr.clone();
+    s.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        admin_json(&fe, "/config").await["control_plane_connected"],
+        false
+    );
+    let during = ok.load(Ordering::Relaxed);
+    s.spawn(&addr).expect("restart on the same address");
+    let reconnected = ward_testkit::wait_until(Duration::from_secs(15), || async {
+        admin_json(&fe, "/config").await["control_plane_connected"] == true
+            && admin_json(&pay_sc, "/config").await["control_plane_connected"] == true
+    })
+    .await;
+    assert!(reconnected, "proxies reconnect after the restart");
+    // A policy applied after the restart reaches the proxies.
+    apply(&s, "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: deny-cp }\nspec:\n  selector: { service: payments }\n  action: DENY\n  rules:\n  - to: [{ operation: { paths: [\"/denied\"] } }]\n");
+    let denied = ward_testkit::wait_until(Duration::from_secs(5), || async {
+        reqwest::get(format!("http://{}/denied", fe.upstream("payments.default")))
+            .await
+            .is_ok_and(|r| r.status() == 403)
+    })
+    .await;
+    assert!(denied, "the new policy is enforced");
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed while the control plane was down"
+    );
+    assert!(ok.load(Ordering::Relaxed) > during && during > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let pay = app("payments");
+    let mut pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let url = format!("http://{}/sleep/1500", fe.upstream("payments.default"));
+    let client = reqwest::Client::new();
+    let mut inflight = Vec::new();
+    for _ in 0..5 {
+        let (c, u) = (client.clone(), url.clone());
+        inflight.push(tokio::spawn(async move {
+            c.get(&u).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = Instant::now();
+    pay_sc.proc.sigterm();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections to the draining sidecar are refused.
+    assert!(
+        tokio::net::TcpStream::connect(&pay_sc.inbound)
+            .await
+            .is_err(),
+        "listener closed"
+    );
+    for r in inflight {
+        assert_eq!(
+            r.await.unwrap().unwrap(),
+            200,
+            "in-flight request completed"
+        );
+    }
+    let status = pay_sc
+        .proc
+        .wait_timeout(Duration::from_secs(10))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() >= Duration::from_millis(900));
+}
