@@ -64,6 +64,13 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Run the control plane (initializes the data dir on first start).
     Server(ServerArgs),
+    /// The whole system on this machine: a control plane, three services behind
+    /// sidecars, a policy, live traffic and a summary.
+    Demo {
+        /// Run unattended and exit non-zero on any unexpected result.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a sidecar beside an app: mTLS in and out, authorization, rotation.
     Proxy(ProxyArgs),
     /// Run the sample app used by `ward demo` (HTTP, gRPC ward.demo.v1.Echo, TCP echo).
@@ -309,10 +316,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 20s, 15m, 24h, 7d)"))
 }
 
-pub(crate) fn init_tracing(g: &Global) {
+pub(crate) fn init_tracing(g: &Global, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -327,6 +334,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(a) => cmd_server::run(&g, a).await,
         Command::Proxy(a) => cmd_proxy::run(&g, a).await,
+        Command::Demo { check } => crate::demo::run(&g, check).await,
         Command::SampleApp(a) => cmd_proxy::sample_app(&g, a).await,
         Command::Service(c) => cmd_admin::service(&g, c).await,
         Command::JoinToken(c) => cmd_admin::join_token(&g, c).await,

@@ -5,6 +5,7 @@ mod cmd_admin;
 mod cmd_cert;
 mod cmd_proxy;
 mod cmd_server;
+mod demo;
 mod output;
 mod sample_app;
 
@@ -12,7 +13,17 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(&args.global);
+    // One crypto provider for the whole process: aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let quiet = matches!(args.command, cli::Command::Demo { .. });
+    cli::init_tracing(
+        &args.global,
+        if quiet {
+            "warn"
+        } else {
+            "info,sqlx=warn,h2=warn,hyper=warn"
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -127,6 +127,16 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         })
         .inc();
     let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        _ => "other",
+    };
+    m.tls_versions
+        .get_or_create(&crate::metrics::TlsVersionLabels {
+            direction: "inbound",
+            version,
+        })
+        .inc();
     let certs = conn.peer_certificates();
     let Some(peer) = ward_tls::peer_identity(certs) else {
         return;

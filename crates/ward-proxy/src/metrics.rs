@@ -19,6 +19,12 @@ pub(crate) struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TlsVersionLabels {
+    pub direction: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DecisionLabels {
     pub decision: &'static str,
     pub policy: String,
@@ -32,6 +38,7 @@ pub(crate) struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub tcp_connections: Family<HandshakeLabels, Counter>,
     pub cert_expiry: Gauge,
+    pub tls_versions: Family<TlsVersionLabels, Counter>,
 }
 
 impl Metrics {
@@ -42,6 +49,12 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let tcp_connections = Family::<HandshakeLabels, Counter>::default();
         let cert_expiry = Gauge::default();
+        let tls_versions = Family::<TlsVersionLabels, Counter>::default();
+        registry.register(
+            "ward_proxy_tls_versions",
+            "Completed handshakes by TLS version",
+            tls_versions.clone(),
+        );
         registry.register(
             "ward_proxy_requests",
             "HTTP requests by direction, peer, status and decision",
@@ -74,6 +87,7 @@ impl Metrics {
             decisions,
             tcp_connections,
             cert_expiry,
+            tls_versions,
         }
     }
 

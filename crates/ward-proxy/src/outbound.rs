@@ -36,9 +36,7 @@ struct Outbound {
     up: Upstream,
     expected: SpiffeId,
     /// The HTTP/2 pool and the certificate generation it was opened with.
-    http: arc_swap::ArcSwap<(u64, Client<MeshConnector, Incoming>)>,
-    h2_tls: TlsConnector,
-    tcp_tls: TlsConnector,
+    pools: arc_swap::ArcSwap<Pools>,
     balancer: Balancer,
 }
 
@@ -55,21 +53,12 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let h2 = TlsConnector::from(Arc::new(
-        shared.tls.client_config(expected.clone(), &[ALPN_H2]),
-    ));
-    let tcp_tls = TlsConnector::from(Arc::new(
-        shared.tls.client_config(expected.clone(), &[ALPN_TCP]),
-    ));
-    let http = pool(&h2, &shared);
-    let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed);
+    let pools = Pools::new(&shared, &expected);
     let ctx = Arc::new(Outbound {
         shared: shared.clone(),
         up,
         expected,
-        http: arc_swap::ArcSwap::from_pointee((generation, http)),
-        h2_tls: h2,
-        tcp_tls,
+        pools: arc_swap::ArcSwap::from_pointee(pools),
         balancer: Balancer::default(),
     });
     let mut stop = shared.shutdown.subscribe();
@@ -103,17 +92,41 @@ pub(crate) async fn serve(
     }
 }
 
-fn pool(tls: &TlsConnector, shared: &Arc<Shared>) -> Client<MeshConnector, Incoming> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .build(MeshConnector {
-            tls: tls.clone(),
-            shared: shared.clone(),
-        })
+/// Connections to the upstream made with one certificate generation: a
+/// pooled HTTP/2 client and a TLS connector for TCP, each with its own
+/// TLS session cache, so nothing made with an older certificate (pooled
+/// connections, resumable sessions) is used after a renewal.
+struct Pools {
+    generation: u64,
+    http: Client<MeshConnector, Incoming>,
+    tcp: TlsConnector,
+}
+
+impl Pools {
+    fn new(shared: &Arc<Shared>, expected: &SpiffeId) -> Pools {
+        let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed);
+        let h2 = TlsConnector::from(Arc::new(
+            shared.tls.client_config(expected.clone(), &[ALPN_H2]),
+        ));
+        let tcp = TlsConnector::from(Arc::new(
+            shared.tls.client_config(expected.clone(), &[ALPN_TCP]),
+        ));
+        let http = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .build(MeshConnector {
+                tls: h2,
+                shared: shared.clone(),
+            });
+        Pools {
+            generation,
+            http,
+            tcp,
+        }
+    }
 }
 
 /// Looks at the first bytes without consuming them: an HTTP/1 method or
@@ -162,7 +175,7 @@ impl Outbound {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(Duration::from_secs(10))
             .max_buf_size(64 * 1024);
         builder
             .http2()
@@ -181,20 +194,20 @@ impl Outbound {
         }
     }
 
-    /// The pool for the current certificate. After a renewal a new pool
-    /// takes new requests; the old one's connections finish their streams
-    /// and close when idle.
-    fn client(&self) -> Client<MeshConnector, Incoming> {
+    /// The pools for the current certificate. After a renewal new pools
+    /// take new work; the old connections finish their streams and close
+    /// when idle.
+    fn pools(&self) -> Arc<Pools> {
         let generation = self
             .shared
             .generation
             .load(std::sync::atomic::Ordering::Relaxed);
-        let current = self.http.load();
-        if current.0 == generation {
-            return current.1.clone();
+        let current = self.pools.load_full();
+        if current.generation == generation {
+            return current;
         }
-        let fresh = pool(&self.h2_tls, &self.shared);
-        self.http.store(Arc::new((generation, fresh.clone())));
+        let fresh = Arc::new(Pools::new(&self.shared, &self.expected));
+        self.pools.store(fresh.clone());
         fresh
     }
 
@@ -237,7 +250,7 @@ impl Outbound {
             Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
         }
         *req.version_mut() = Version::HTTP_2;
-        let resp = match self.client().request(req).await {
+        let resp = match self.pools().http.request(req).await {
             Ok(r) => r.map(|b| b.boxed()),
             Err(e) => {
                 if e.is_connect() {
@@ -282,7 +295,7 @@ impl Outbound {
                 tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
                 return;
             };
-            match connect_tls(&self.tcp_tls, &ep).await {
+            match connect_tls(&self.pools().tcp, &ep).await {
                 Ok(mut tls) => {
                     self.shared
                         .metrics

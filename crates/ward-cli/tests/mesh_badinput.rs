@@ -1,0 +1,221 @@
+//! Bad input on both sidecar listeners (outbound plaintext, inbound mTLS):
+//! each is answered or cut off, and the sidecar keeps serving.
+mod common;
+mod mesh_common;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_common::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+struct Target {
+    name: &'static str,
+    addr: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    async fn connect(&self, alpn: &[u8]) -> Pin<Box<dyn Io>> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        match &self.tls {
+            None => Box::pin(tcp),
+            Some(cfg) => {
+                let mut cfg = (**cfg).clone();
+                cfg.alpn_protocols = vec![alpn.to_vec()];
+                let name = rustls_pki_types::ServerName::try_from("ward-peer").unwrap();
+                Box::pin(
+                    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                        .connect(name, tcp)
+                        .await
+                        .unwrap(),
+                )
+            }
+        }
+    }
+}
+
+async fn read_all(io: &mut Pin<Box<dyn Io>>, limit: Duration) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, io.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_both_listeners() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+
+    // An mTLS client identity for talking to the inbound listener directly.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/tester",
+        "--out-cert",
+        c.to_str().unwrap(),
+        "--out-key",
+        k.to_str().unwrap(),
+    ])
+    .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
+    let bundle =
+        ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
+    let mesh = ward_tls::MeshTls::new(
+        chain,
+        key,
+        ward_tls::Trust {
+            bundle,
+            revoked: Default::default(),
+            trust_domain: "ward.internal".into(),
+        },
+    )
+    .unwrap();
+    let inbound_tls = Arc::new(mesh.client_config(common::id(&pay_sc.id), &[b"http/1.1"]));
+
+    let targets = [
+        Target {
+            name: "outbound",
+            addr: fe.upstream("payments.default"),
+            tls: None,
+        },
+        Target {
+            name: "inbound",
+            addr: pay_sc.inbound.clone(),
+            tls: Some(inbound_tls),
+        },
+    ];
+    for t in &targets {
+        // Conflicting Content-Length and Transfer-Encoding: the chunked body
+        // wins, the connection is closed after the response, and the bytes
+        // after the body are never read as a second (smuggled) request.
+        let mut io = t.connect(b"http/1.1").await;
+        io.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let out = read_all(&mut io, Duration::from_secs(5)).await;
+        assert!(
+            !out.contains("/smuggled"),
+            "{}: smuggled request was served: {out}",
+            t.name
+        );
+        assert_eq!(
+            out.matches("HTTP/1.1 ").count(),
+            1,
+            "{}: one response only: {out}",
+            t.name
+        );
+
+        // 64 KiB of headers: 431.
+        let mut io = t.connect(b"http/1.1").await;
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let _ = io.write_all(big.as_bytes()).await;
+        let out = read_all(&mut io, Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 431"), "{}: {out:.80}", t.name);
+
+        // HTTP/2: 10,000 streams opened and reset within a second: the
+        // connection is closed, memory stays bounded.
+        let io = t.connect(b"h2").await;
+        let pid = if t.name == "inbound" {
+            pay_sc.proc.child.id()
+        } else {
+            fe.proc.child.id()
+        };
+        let before = rss_kib(pid);
+        let (mut h2, conn) = h2::client::handshake(io).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let start = Instant::now();
+        let mut opened = 0;
+        for _ in 0..10_000 {
+            let req = http::Request::builder()
+                .method("GET")
+                .uri(format!("http://{}/sleep/5000", t.addr))
+                .body(())
+                .unwrap();
+            let ready = match tokio::time::timeout(Duration::from_secs(2), h2.clone().ready()).await
+            {
+                Ok(Ok(r)) => r,
+                _ => break,
+            };
+            h2 = ready;
+            match h2.send_request(req, true) {
+                Ok((_resp, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        assert!(
+            matches!(closed, Ok(Ok(Err(_))) | Ok(Ok(Ok(())))),
+            "{}: connection not closed after {opened} resets",
+            t.name
+        );
+        assert!(
+            opened < 10_000 || start.elapsed() > Duration::from_secs(1),
+            "{}: all 10,000 resets accepted in under a second",
+            t.name
+        );
+        let after = rss_kib(pid);
+        assert!(
+            after < before + 64 * 1024,
+            "{}: RSS grew from {before} to {after} KiB",
+            t.name
+        );
+
+        // A client that sends one header byte a second is cut off.
+        let mut io = t.connect(b"http/1.1").await;
+        let start = Instant::now();
+        let mut cut = false;
+        for b in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if io.write_all(&[*b]).await.is_err() || io.flush().await.is_err() {
+                cut = true;
+                break;
+            }
+            let mut one = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), io.read(&mut one)).await {
+                // EOF or a 408: the server gave up on us.
+                let _ = n;
+                cut = true;
+                break;
+            }
+        }
+        assert!(cut, "{}: slow client never cut off", t.name);
+        assert!(start.elapsed() < Duration::from_secs(40), "{}", t.name);
+    }
+
+    // Both sidecars still serve.
+    let r = reqwest::get(format!(
+        "http://{}/still-alive",
+        fe.upstream("payments.default")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+}
