@@ -197,7 +197,7 @@ async fn watch_stream_follows_bundle_and_revocations() {
     let web = id("spiffe://ward.internal/ns/default/sa/web");
     let mut c = s.grpc(None).await.unwrap();
     assert_status(
-        c.watch(WatchRequest {}).await.map(|_| ()),
+        c.watch(WatchRequest::default()).await.map(|_| ()),
         Code::Unauthenticated,
         "client certificate",
     );
@@ -209,7 +209,7 @@ async fn watch_stream_follows_bundle_and_revocations() {
         .unwrap()
         .into_inner();
     let mut w = s.grpc(Some((chain(&resp), key))).await.unwrap();
-    let mut stream = w.watch(WatchRequest {}).await.unwrap().into_inner();
+    let mut stream = w.watch(WatchRequest::default()).await.unwrap().into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .unwrap()

@@ -12,15 +12,16 @@ use mesh_common::*;
 
 /// Sends requests in a loop until stopped; counts failures and collects
 /// the peer-certificate hashes the app saw.
-fn load(
-    url: String,
-) -> (
-    Arc<AtomicBool>,
-    Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
-    Arc<Mutex<HashSet<String>>>,
-    tokio::task::JoinHandle<()>,
-) {
+/// Handles on a running load loop.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    hashes: Arc<Mutex<HashSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(url: String) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -48,7 +49,13 @@ fn load(
             }
         })
     };
-    (stop, ok, failed, hashes, task)
+    Load {
+        stop,
+        ok,
+        failed,
+        hashes,
+        task,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,8 +70,13 @@ async fn rotation_under_load_loses_no_request() {
         &["--upstream", "payments=127.0.0.1:0"],
     );
     wait_for_endpoint(&fe, "payments").await;
-    let (stop, ok, failed, hashes, task) =
-        load(format!("http://{}/rot", fe.upstream("payments.default")));
+    let Load {
+        stop,
+        ok,
+        failed,
+        hashes,
+        task,
+    } = load(format!("http://{}/rot", fe.upstream("payments.default")));
     tokio::time::sleep(Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
@@ -97,8 +109,13 @@ async fn control_plane_kill9_under_load() {
         &["--upstream", "payments=127.0.0.1:0"],
     );
     wait_for_endpoint(&fe, "payments").await;
-    let (stop, ok, failed, _, task) =
-        load(format!("http://{}/cp", fe.upstream("payments.default")));
+    let Load {
+        stop,
+        ok,
+        failed,
+        task,
+        ..
+    } = load(format!("http://{}/cp", fe.upstream("payments.default")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let addr = s.addr.clone();
     s.kill9();

@@ -348,14 +348,17 @@ async fn connect_tls(tls: &TlsConnector, ep: &str) -> io::Result<TlsStream<TcpSt
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
+/// Per endpoint: requests in flight, and until when it is skipped.
+type EndpointState = Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>;
+
 /// Least-loaded choice among live endpoints.
 #[derive(Default)]
 struct Balancer {
-    state: Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>,
+    state: EndpointState,
 }
 
 struct InFlight {
-    state: Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>,
+    state: EndpointState,
     ep: String,
 }
 
