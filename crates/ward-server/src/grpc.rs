@@ -212,9 +212,16 @@ impl Identity for IdentityService {
         // coalesce, so a slow reader gets the latest state, not a backlog.
         let ca = WatchStream::new(self.state.ca.subscribe()).map(|_| ());
         let mesh = WatchStream::new(self.state.mesh.subscribe()).map(|_| ());
-        let stream = ca.merge(mesh).map(move |()| {
+        // Both sources fire at once on subscription; send each version once.
+        let mut last = None;
+        let stream = ca.merge(mesh).filter_map(move |()| {
             let _keep = (&guard, &endpoint);
-            Ok(to_response(&state))
+            let r = to_response(&state);
+            if last == Some(r.version) {
+                return None;
+            }
+            last = Some(r.version);
+            Some(Ok(r))
         });
         Ok(Response::new(Box::pin(stream)))
     }
