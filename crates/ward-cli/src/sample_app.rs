@@ -32,6 +32,7 @@ pub(crate) async fn run(
         tonic::service::Routes::new(EchoServer::new(EchoSvc(app.clone()))).into_axum_router();
     let router = grpc
         .route("/echo", any(echo))
+        .route("/ws", any(ws))
         .route("/sleep/{ms}", any(sleep))
         .fallback(any(whoami))
         .layer(axum::Extension(app));
@@ -68,6 +69,33 @@ async fn whoami(axum::Extension(app): axum::Extension<Arc<App>>, req: Request) -
 async fn sleep(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
     tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     format!("slept {ms} ms\n")
+}
+
+/// WebSocket echo: every message comes back, prefixed with the caller's
+/// identity as the app saw it.
+async fn ws(
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    let peer = headers
+        .get("x-ward-peer-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    upgrade.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        while let Some(Ok(msg)) = socket.recv().await {
+            let reply = match msg {
+                Message::Text(t) => Message::Text(format!("{peer} {}", t.as_str()).into()),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 async fn echo(req: Request) -> axum::body::Body {

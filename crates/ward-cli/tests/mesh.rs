@@ -150,6 +150,33 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
     assert_eq!(n, 100);
     assert_eq!(end.code(), tonic::Code::NotFound);
 
+    // WebSocket: the upgrade crosses both sidecars, messages flow both ways.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{up}/ws"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..5 {
+            ws.send(Message::Text(format!("msg {i}").into()))
+                .await
+                .unwrap();
+            let m = ws.next().await.unwrap().unwrap();
+            assert_eq!(
+                m.into_text().unwrap().as_str(),
+                format!("{FRONTEND} msg {i}")
+            );
+        }
+        let blob: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        ws.send(Message::Binary(blob.clone().into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_data().as_ref(),
+            blob.as_slice()
+        );
+        ws.close(None).await.unwrap();
+    }
+
     // Opaque TCP bytes both ways.
     let mut tcp = tokio::net::TcpStream::connect(fe.upstream("echo-tcp.default"))
         .await

@@ -287,20 +287,34 @@ impl Inbound {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
             }
-            *req.version_mut() = if h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            };
-            let client = if h2 { &self.app_h2 } else { &self.app_h1 };
-            match client.request(req).await {
-                Ok(r) => r.map(|b| b.boxed()),
-                Err(e) => {
-                    tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
-                    local(
+            if crate::upgrade::is_upgrade(&req) {
+                // Upgrades (WebSocket) get a connection of their own.
+                if let Ok(pq) = pq.parse() {
+                    *req.uri_mut() = pq;
+                }
+                match TcpStream::connect(shared.cfg.app).await {
+                    Ok(app) => crate::upgrade::forward(req, app).await,
+                    Err(_) => local(
                         StatusCode::BAD_GATEWAY,
                         "the application is not reachable\n",
-                    )
+                    ),
+                }
+            } else {
+                *req.version_mut() = if h2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                let client = if h2 { &self.app_h2 } else { &self.app_h1 };
+                match client.request(req).await {
+                    Ok(r) => r.map(|b| b.boxed()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
+                        local(
+                            StatusCode::BAD_GATEWAY,
+                            "the application is not reachable\n",
+                        )
+                    }
                 }
             }
         };

@@ -20,6 +20,7 @@ mod identity;
 mod inbound;
 mod metrics;
 mod outbound;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

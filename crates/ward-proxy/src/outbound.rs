@@ -232,6 +232,24 @@ impl Outbound {
                 "no healthy endpoint for this service\n",
             );
         };
+        if crate::upgrade::is_upgrade(&req) {
+            // An upgrade needs an HTTP/1.1 connection of its own to the peer.
+            let tls = TlsConnector::from(Arc::new(
+                self.shared
+                    .tls
+                    .client_config(self.expected.clone(), &[b"http/1.1"]),
+            ));
+            return match connect_tls(&tls, &ep).await {
+                Ok(io) => crate::upgrade::forward(req, io).await,
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
+                    local(
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream service could not be reached securely\n",
+                    )
+                }
+            };
+        }
         if req.version() == Version::HTTP_2 {
             req.headers_mut()
                 .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
