@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -98,7 +97,7 @@ pub(crate) async fn serve(
 /// connections, resumable sessions) is used after a renewal.
 struct Pools {
     generation: u64,
-    http: Client<MeshConnector, Incoming>,
+    http: Client<MeshConnector, Body>,
     tcp: TlsConnector,
 }
 
@@ -220,66 +219,15 @@ impl Outbound {
             .unwrap_or_default()
     }
 
-    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let endpoints = self.endpoints();
-        let Some((ep, _guard)) = self.balancer.pick(&endpoints) else {
-            tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
-            return local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy endpoint for this service\n",
-            );
-        };
-        if crate::upgrade::is_upgrade(&req) {
-            // An upgrade needs an HTTP/1.1 connection of its own to the peer.
-            let tls = TlsConnector::from(Arc::new(
-                self.shared
-                    .tls
-                    .client_config(self.expected.clone(), &[b"http/1.1"]),
-            ));
-            return match connect_tls(&tls, &ep).await {
-                Ok(io) => crate::upgrade::forward(req, io).await,
-                Err(e) => {
-                    tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
-                    local(
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream service could not be reached securely\n",
-                    )
-                }
-            };
-        }
-        if req.version() == Version::HTTP_2 {
-            req.headers_mut()
-                .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
-        } else if let Some(host) = req.headers().get(HOST).cloned() {
-            // HTTP/2 carries the host as :authority; keep the app's.
-            req.headers_mut().insert(HOST, host);
-        }
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        match format!("http://{ep}{pq}").parse() {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
-        }
-        *req.version_mut() = Version::HTTP_2;
-        let resp = match self.pools().http.request(req).await {
-            Ok(r) => r.map(|b| b.boxed()),
-            Err(e) => {
-                if e.is_connect() {
-                    self.balancer.mark_down(&ep);
-                }
-                tracing::warn!(endpoint = %ep, service = %self.expected, error = %error_chain(&e), "upstream request failed");
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream service could not be reached securely\n",
-                )
-            }
+        let (resp, ep) = if crate::upgrade::is_upgrade(&req) {
+            self.forward_upgrade(req, &endpoints).await
+        } else {
+            self.forward_http(req, endpoints).await
         };
         let status = resp.status().as_u16();
         self.shared
@@ -304,6 +252,112 @@ impl Outbound {
             "request"
         );
         resp
+    }
+
+    /// An upgrade (WebSocket) needs an HTTP/1.1 connection of its own.
+    async fn forward_upgrade(
+        &self,
+        req: Request<Incoming>,
+        endpoints: &[String],
+    ) -> (Response<Body>, String) {
+        let Some((ep, _guard)) = self.balancer.pick(endpoints) else {
+            return (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy endpoint for this service\n",
+                ),
+                String::new(),
+            );
+        };
+        let tls = TlsConnector::from(Arc::new(
+            self.shared
+                .tls
+                .client_config(self.expected.clone(), &[b"http/1.1"]),
+        ));
+        let resp = match connect_tls(&tls, &ep).await {
+            Ok(io) => crate::upgrade::forward(req, io).await,
+            Err(e) => {
+                tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
+                self.balancer.mark_down(&ep);
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream service could not be reached securely\n",
+                )
+            }
+        };
+        (resp, ep)
+    }
+
+    /// Sends an HTTP request over the pooled HTTP/2 connections, least
+    /// loaded endpoint first. A request without a body that fails to
+    /// connect is retried on another endpoint, and the dead endpoint is
+    /// skipped for a while.
+    async fn forward_http(
+        &self,
+        mut req: Request<Incoming>,
+        endpoints: Vec<String>,
+    ) -> (Response<Body>, String) {
+        if req.version() == Version::HTTP_2 {
+            req.headers_mut()
+                .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
+        }
+        let retryable = hyper::body::Body::is_end_stream(req.body());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body.boxed());
+        let mut tried: Vec<String> = Vec::new();
+        let attempts = if retryable {
+            endpoints.len().clamp(1, 3)
+        } else {
+            1
+        };
+        let client = self.pools().http.clone();
+        for _ in 0..attempts {
+            let Some((ep, _guard)) = self.balancer.pick_excluding(&endpoints, &tried) else {
+                break;
+            };
+            let Ok(uri) = format!("http://{ep}{pq}").parse::<http::Uri>() else {
+                return (local(StatusCode::BAD_REQUEST, "bad request target\n"), ep);
+            };
+            let mut r = Request::new(body.take().unwrap_or_else(empty));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = uri;
+            *r.version_mut() = Version::HTTP_2;
+            *r.headers_mut() = parts.headers.clone();
+            match client.request(r).await {
+                Ok(resp) => return (resp.map(|b| b.boxed()), ep),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, service = %self.expected, error = %error_chain(&e), "upstream request failed");
+                    if !e.is_connect() {
+                        break;
+                    }
+                    self.balancer.mark_down(&ep);
+                    tried.push(ep);
+                }
+            }
+        }
+        if endpoints.is_empty() {
+            tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
+            return (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy endpoint for this service\n",
+                ),
+                String::new(),
+            );
+        }
+        (
+            local(
+                StatusCode::BAD_GATEWAY,
+                "the upstream service could not be reached securely\n",
+            ),
+            tried.join(","),
+        )
     }
 
     async fn tcp_conn(self: Arc<Self>, mut tcp: TcpStream) {
@@ -343,6 +397,12 @@ impl Outbound {
     }
 }
 
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -369,10 +429,11 @@ async fn connect_tls(tls: &TlsConnector, ep: &str) -> io::Result<TlsStream<TcpSt
 /// Per endpoint: requests in flight, and until when it is skipped.
 type EndpointState = Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>;
 
-/// Least-loaded choice among live endpoints.
+/// Least-loaded choice among live endpoints; ties go round-robin.
 #[derive(Default)]
 struct Balancer {
     state: EndpointState,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 struct InFlight {
@@ -392,6 +453,20 @@ impl Drop for InFlight {
 
 impl Balancer {
     fn pick(&self, endpoints: &[String]) -> Option<(String, InFlight)> {
+        self.pick_excluding(endpoints, &[])
+    }
+
+    fn pick_excluding(
+        &self,
+        endpoints: &[String],
+        exclude: &[String],
+    ) -> Option<(String, InFlight)> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .filter(|e| !exclude.contains(e))
+            .cloned()
+            .collect();
+        let endpoints = endpoints.as_slice();
         let mut s = self.state.lock().ok()?;
         let now = Instant::now();
         let live = |ep: &String, s: &HashMap<String, (usize, Option<Instant>)>| {
@@ -404,10 +479,15 @@ impl Balancer {
         } else {
             candidates
         };
-        let ep = pool
-            .into_iter()
-            .min_by_key(|e| s.get(*e).map_or(0, |v| v.0))?
-            .clone();
+        if pool.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
+        let ep = pool[start..]
+            .iter()
+            .chain(&pool[..start])
+            .min_by_key(|e| s.get(**e).map_or(0, |v| v.0))?
+            .to_string();
         s.entry(ep.clone()).or_default().0 += 1;
         Some((
             ep.clone(),
