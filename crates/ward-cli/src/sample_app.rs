@@ -33,6 +33,7 @@ pub(crate) async fn run(
     let router = grpc
         .route("/echo", any(echo))
         .route("/ws", any(ws))
+        .route("/bytes/{n}", any(bytes))
         .route("/sleep/{ms}", any(sleep))
         .fallback(any(whoami))
         .layer(axum::Extension(app));
@@ -96,6 +97,11 @@ async fn ws(
             }
         }
     })
+}
+
+/// `n` bytes (at most 1 MiB), for benchmarks.
+async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> Vec<u8> {
+    vec![b'x'; n.min(1 << 20)]
 }
 
 async fn echo(req: Request) -> axum::body::Body {

@@ -156,6 +156,11 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         tcp_to_app(ctx, tls, peer).await;
         return;
     }
+    if ctx.shared.cfg.app_protocol == crate::Protocol::Tcp {
+        // HTTP framing towards an app that speaks raw TCP would corrupt both.
+        tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
+        return;
+    }
     let svc = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
