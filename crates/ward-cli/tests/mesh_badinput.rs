@@ -110,9 +110,9 @@ async fn bad_input_on_both_listeners() {
         },
     ];
     for t in &targets {
-        // Conflicting Content-Length and Transfer-Encoding: the chunked body
-        // wins, the connection is closed after the response, and the bytes
-        // after the body are never read as a second (smuggled) request.
+        // Conflicting Content-Length and Transfer-Encoding: 400, the
+        // connection is closed, and the bytes after the body are never read
+        // as a second (smuggled) request.
         let mut io = t.connect(b"http/1.1").await;
         io.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let out = read_all(&mut io, Duration::from_secs(5)).await;

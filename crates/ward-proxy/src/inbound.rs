@@ -161,11 +161,17 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
         return;
     }
+    let budget = Arc::new(crate::abuse::CancelBudget::default());
     let svc = {
-        let ctx = ctx.clone();
+        let (ctx, budget) = (ctx.clone(), budget.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (ctx, peer) = (ctx.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(ctx.request(req, &peer).await) }
+            let guard = crate::abuse::RequestGuard::new(&budget);
+            async move {
+                let resp = ctx.request(req, &peer).await;
+                guard.done();
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -181,10 +187,12 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(Some(100))
         .keep_alive_interval(Duration::from_secs(30));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(tls)), svc);
     tokio::pin!(conn);
     let mut stop = ctx.shared.shutdown.subscribe();
     tokio::select! {
+        _ = budget.tripped() => {}
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
         _ = crate::stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();

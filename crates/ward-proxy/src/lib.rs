@@ -14,12 +14,14 @@
 //!   the control plane is down the sidecar keeps serving with what it has.
 #![allow(missing_docs)]
 
+mod abuse;
 mod admin;
 mod config;
 mod identity;
 mod inbound;
 mod metrics;
 mod outbound;
+mod strict_h1;
 mod upgrade;
 
 use std::collections::HashMap;

@@ -166,10 +166,19 @@ async fn sniff_http(tcp: &TcpStream) -> bool {
 impl Outbound {
     async fn http_conn(self: Arc<Self>, tcp: TcpStream) {
         let ctx = self.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(ctx.request(req).await) }
-        });
+        let budget = Arc::new(crate::abuse::CancelBudget::default());
+        let svc = {
+            let budget = budget.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let ctx = ctx.clone();
+                let guard = crate::abuse::RequestGuard::new(&budget);
+                async move {
+                    let resp = ctx.request(req).await;
+                    guard.done();
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -181,10 +190,14 @@ impl Outbound {
             .timer(TokioTimer::new())
             .max_concurrent_streams(1024)
             .max_pending_accept_reset_streams(Some(100));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(crate::strict_h1::StrictH1::new(tcp)),
+            svc,
+        );
         tokio::pin!(conn);
         let mut stop = self.shared.shutdown.subscribe();
         tokio::select! {
+            _ = budget.tripped() => {}
             r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "outbound connection error"); } }
             _ = crate::stopped(&mut stop) => {
                 conn.as_mut().graceful_shutdown();
