@@ -1,0 +1,261 @@
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::Value;
+
+use crate::claims::StrictObject;
+use crate::{Algorithm, Claims, JwkSet};
+
+/// The most clock skew any check tolerates.
+pub const MAX_LEEWAY_SECS: i64 = 60;
+
+/// Why a token was refused. The messages are safe to return to clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// Not three base64url parts of JSON.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// Larger than the limit.
+    #[error("token too large")]
+    TooLarge,
+    /// `alg` is `none` (in any spelling).
+    #[error("unsigned tokens (alg none) are refused")]
+    AlgNone,
+    /// `alg` is not one ward accepts.
+    #[error("algorithm {0:?} is not accepted")]
+    UnsupportedAlgorithm(String),
+    /// No key in the set has that `kid` and fits the algorithm.
+    #[error("no key matches the token's kid and algorithm")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("invalid signature")]
+    BadSignature,
+    /// `crit` names extensions ward does not implement.
+    #[error("unsupported critical header parameters")]
+    UnknownCritical,
+    /// `typ` is not the one required.
+    #[error("wrong token type (typ)")]
+    WrongType,
+    /// A required claim is missing.
+    #[error("missing claim {0}")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong JSON type.
+    #[error("claim {0} has the wrong type")]
+    ClaimType(&'static str),
+    /// `exp` is past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// `iss` does not match.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` does not contain the verifier.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// The token is bound to another certificate, or the caller presented none.
+    #[error("token is bound to another certificate")]
+    CertificateBinding,
+    /// A key could not be used.
+    #[error("bad key: {0}")]
+    BadKey(String),
+}
+
+/// What a verifier requires of a token.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Exact `iss`.
+    pub issuer: Option<String>,
+    /// `aud` must contain this.
+    pub audience: Option<String>,
+    /// Required `typ` (compared case-insensitively, `application/` prefix allowed).
+    pub typ: Option<String>,
+    /// Claims that must be present.
+    pub required: Vec<&'static str>,
+    /// Clock skew tolerance, capped at [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: i64,
+    /// Largest accepted token in bytes.
+    pub max_size: usize,
+    /// SHA-256 of the DER certificate the caller presented (RFC 8705).
+    /// When the token has `cnf.x5t#S256`, it must equal this.
+    pub peer_cert_sha256: Option<[u8; 32]>,
+    /// Time to check against (unix seconds); `None` means now.
+    pub now: Option<i64>,
+}
+
+impl Validation {
+    /// The RFC 9068 rules for an access token for `audience` from `issuer`.
+    pub fn access_token(issuer: &str, audience: &str) -> Validation {
+        Validation {
+            issuer: Some(issuer.to_string()),
+            audience: Some(audience.to_string()),
+            typ: Some("at+jwt".into()),
+            required: vec!["iss", "sub", "aud", "exp", "iat", "jti", "client_id"],
+            leeway_secs: 30,
+            max_size: 8 * 1024,
+            peer_cert_sha256: None,
+            now: None,
+        }
+    }
+
+    /// Checks at a fixed time (tests, replays).
+    pub fn at(mut self, now: i64) -> Validation {
+        self.now = Some(now);
+        self
+    }
+}
+
+fn b64(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::Malformed(format!("{what} is not base64url")))
+}
+
+fn numeric(claims: &Claims, name: &'static str) -> Result<Option<i64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map(|f| Some(f.floor() as i64))
+            .ok_or(JwtError::ClaimType(name)),
+        Some(_) => Err(JwtError::ClaimType(name)),
+    }
+}
+
+/// Verifies a JWS compact token against `keys` and `v`; returns its claims.
+pub fn verify(token: &str, keys: &JwkSet, v: &Validation) -> Result<Claims, JwtError> {
+    if token.len() > v.max_size {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("a JWS has exactly three parts".into()));
+    };
+    if s.is_empty() {
+        return Err(JwtError::BadSignature);
+    }
+    let header: StrictObject = serde_json::from_slice(&b64(h, "header")?)
+        .map_err(|e| JwtError::Malformed(format!("header: {e}")))?;
+    let header = header.0;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| JwtError::Malformed("no alg".into()))?;
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(JwtError::AlgNone);
+    }
+    let alg =
+        Algorithm::from_name(alg).ok_or_else(|| JwtError::UnsupportedAlgorithm(alg.to_string()))?;
+    if header.contains_key("crit") {
+        return Err(JwtError::UnknownCritical);
+    }
+    if let Some(want) = &v.typ {
+        let typ = header
+            .get("typ")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if typ != want.to_ascii_lowercase() {
+            return Err(JwtError::WrongType);
+        }
+    }
+    // Keys come from the verifier's set only: jku, x5u, jwk and x5c are
+    // never consulted.
+    let kid = header
+        .get("kid")
+        .map(|k| {
+            k.as_str()
+                .ok_or(JwtError::Malformed("kid is not a string".into()))
+        })
+        .transpose()?;
+    let candidates: Vec<_> = keys
+        .keys
+        .iter()
+        .filter(|k| k.allows(alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        .collect();
+    if candidates.is_empty() {
+        return Err(JwtError::UnknownKey);
+    }
+    let sig = b64(s, "signature")?;
+    let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+    if !candidates.iter().any(|k| k.verify(alg, signed, &sig)) {
+        return Err(JwtError::BadSignature);
+    }
+    let payload: StrictObject = serde_json::from_slice(&b64(p, "payload")?)
+        .map_err(|e| JwtError::Malformed(format!("claims: {e}")))?;
+    let claims = Claims(payload.0);
+    check_claims(&claims, v)?;
+    Ok(claims)
+}
+
+fn check_claims(c: &Claims, v: &Validation) -> Result<(), JwtError> {
+    for name in &v.required {
+        if c.get(name).is_none() {
+            return Err(JwtError::MissingClaim(name));
+        }
+    }
+    let now = v.now.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let leeway = v.leeway_secs.clamp(0, MAX_LEEWAY_SECS);
+    let exp = numeric(c, "exp")?;
+    let nbf = numeric(c, "nbf")?;
+    let iat = numeric(c, "iat")?;
+    if exp.is_some_and(|exp| now >= exp + leeway) {
+        return Err(JwtError::Expired);
+    }
+    if nbf.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(JwtError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| now + leeway < iat) {
+        return Err(JwtError::IssuedInFuture);
+    }
+    for (name, ok) in [
+        ("iss", c.get("iss").is_none_or(Value::is_string)),
+        ("sub", c.get("sub").is_none_or(Value::is_string)),
+        ("jti", c.get("jti").is_none_or(Value::is_string)),
+        ("client_id", c.get("client_id").is_none_or(Value::is_string)),
+        ("scope", c.get("scope").is_none_or(Value::is_string)),
+    ] {
+        if !ok {
+            return Err(JwtError::ClaimType(name));
+        }
+    }
+    match c.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return Err(JwtError::ClaimType("aud")),
+    }
+    if let Some(iss) = &v.issuer {
+        if c.iss() != Some(iss.as_str()) {
+            return Err(JwtError::WrongIssuer);
+        }
+    }
+    if let Some(aud) = &v.audience {
+        if !c.aud().contains(&aud.as_str()) {
+            return Err(JwtError::WrongAudience);
+        }
+    }
+    if let Some(bound) = c.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
+        let bound = bound.as_str().ok_or(JwtError::ClaimType("cnf"))?;
+        let bound = URL_SAFE_NO_PAD
+            .decode(bound)
+            .map_err(|_| JwtError::ClaimType("cnf"))?;
+        match &v.peer_cert_sha256 {
+            Some(peer) if verify_slices_are_equal(peer, &bound).is_ok() => {}
+            _ => return Err(JwtError::CertificateBinding),
+        }
+    }
+    Ok(())
+}
