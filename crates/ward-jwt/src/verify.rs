@@ -86,6 +86,9 @@ pub struct Validation {
     pub peer_cert_sha256: Option<[u8; 32]>,
     /// Time to check against (unix seconds); `None` means now.
     pub now: Option<i64>,
+    /// Enforce `cnf.x5t#S256` (off only for introspection, which reports
+    /// the binding instead of checking it).
+    pub check_binding: bool,
 }
 
 impl Validation {
@@ -100,6 +103,7 @@ impl Validation {
             max_size: 8 * 1024,
             peer_cert_sha256: None,
             now: None,
+            check_binding: true,
         }
     }
 
@@ -247,7 +251,11 @@ fn check_claims(c: &Claims, v: &Validation) -> Result<(), JwtError> {
             return Err(JwtError::WrongAudience);
         }
     }
-    if let Some(bound) = c.get("cnf").and_then(|cnf| cnf.get("x5t#S256")) {
+    if let Some(bound) = c
+        .get("cnf")
+        .and_then(|cnf| cnf.get("x5t#S256"))
+        .filter(|_| v.check_binding)
+    {
         let bound = bound.as_str().ok_or(JwtError::ClaimType("cnf"))?;
         let bound = URL_SAFE_NO_PAD
             .decode(bound)

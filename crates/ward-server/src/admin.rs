@@ -176,6 +176,21 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/api/v1/policies/{namespace}/{name}",
             get(get_policy).delete(delete_policy),
         )
+        .route("/api/v1/clients", get(list_clients).post(create_client))
+        .route(
+            "/api/v1/clients/{id}",
+            get(get_client).delete(delete_client),
+        )
+        .route("/api/v1/signing-keys", get(list_signing_keys))
+        .route("/api/v1/signing-keys/rotate", post(rotate_signing_key))
+        .route("/oauth2/token", post(crate::oauth::token))
+        .route("/oauth2/introspect", post(crate::oauth::introspect))
+        .route("/oauth2/revoke", post(crate::oauth::revoke))
+        .route("/oauth2/jwks", get(crate::oauth::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(crate::oauth::metadata),
+        )
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/ca", get(show_ca))
         .route("/api/v1/ca/rotate", post(rotate_ca))
@@ -604,6 +619,160 @@ async fn delete_policy(
     }
     s.mesh.set_policies(s.store.list_policies().await?);
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- OAuth2 clients and signing keys ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateClient {
+    name: String,
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    auth: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    /// private_key_jwt: the client's public JWK set.
+    #[serde(default)]
+    jwks: Option<Value>,
+}
+
+fn client_json(c: &ward_store::OAuthClient) -> Value {
+    json!({
+        "client_id": c.client_id, "service_id": c.service_id, "auth": c.auth_method,
+        "scopes": serde_json::from_str::<Value>(&c.scopes).unwrap_or_default(),
+        "audiences": serde_json::from_str::<Value>(&c.audiences).unwrap_or_default(),
+        "created_at": c.created_at,
+    })
+}
+
+async fn create_client(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Json(body): Json<CreateClient>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let ns = body.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let svc = s
+        .store
+        .get_service(&ns, &body.service)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "service {ns}/{} is not registered: add it with `ward service add {}`",
+                body.service, body.service
+            ))
+        })?;
+    if SpiffeId::for_service(s.ca.trust_domain(), &ns, &body.name).is_err() {
+        return Err(ApiError::bad_request(
+            "the client name may contain letters, digits, '.', '-' and '_'",
+        ));
+    }
+    let (secret, secret_hash, jwks) = match body.auth.as_str() {
+        "client_secret_basic" | "client_secret_post" => {
+            let secret = random_token("wcs_");
+            let hash = s.oauth.hash_secret(&secret);
+            (Some(secret), Some(hash), None)
+        }
+        "tls_client_auth" => (None, None, None),
+        "private_key_jwt" => {
+            let jwks = body.jwks.ok_or_else(|| ApiError::bad_request("private_key_jwt needs the client's public keys (jwks)"))?;
+            let parsed = ward_jwt::JwkSet::from_json(&jwks.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if parsed.keys.is_empty() {
+                return Err(ApiError::bad_request("the client's jwks has no usable signing key"));
+            }
+            (None, None, Some(jwks.to_string()))
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "auth {other:?} is not supported (tls_client_auth, private_key_jwt, client_secret_basic, client_secret_post)"
+            )))
+        }
+    };
+    let audiences = if body.audiences.is_empty() {
+        vec![body.service.clone()]
+    } else {
+        body.audiences
+    };
+    let client = ward_store::OAuthClient {
+        client_id: body.name,
+        service_id: svc.spiffe_id,
+        auth_method: body.auth,
+        secret_hash,
+        jwks,
+        scopes: json!(body.scopes).to_string(),
+        audiences: json!(audiences).to_string(),
+        created_at: now(),
+    };
+    let ev = audit(
+        &actor.0,
+        "client.create",
+        &client.client_id,
+        json!({ "auth": client.auth_method, "service": client.service_id }),
+    );
+    s.store.create_client(&client, &ev).await?;
+    let mut v = client_json(&client);
+    if let Some(secret) = secret {
+        // Shown once; only its keyed hash is stored.
+        v["client_secret"] = json!(secret);
+    }
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn list_clients(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {
+    Ok(Json(
+        s.store
+            .list_clients()
+            .await?
+            .iter()
+            .map(client_json)
+            .collect(),
+    ))
+}
+
+async fn get_client(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    s.store
+        .get_client(&id)
+        .await?
+        .map(|c| Json(client_json(&c)))
+        .ok_or_else(|| ApiError::not_found(format!("no client {id}")))
+}
+
+async fn delete_client(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if s.store
+        .delete_client(&id, &audit(&actor.0, "client.delete", &id, json!({})))
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no client {id}")))
+    }
+}
+
+async fn list_signing_keys(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {
+    let keys = s.store.list_signing_keys().await?;
+    Ok(Json(
+        keys.iter()
+            .map(|k| json!({ "kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at, "retire_until": k.retire_until }))
+            .collect(),
+    ))
+}
+
+async fn rotate_signing_key(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Json<Value>> {
+    let active = s.oauth.rotate(&actor.0).await?;
+    Ok(Json(json!({ "active_kid": active })))
 }
 
 // ---- audit, CA, status ----

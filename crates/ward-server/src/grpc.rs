@@ -212,9 +212,10 @@ impl Identity for IdentityService {
         // coalesce, so a slow reader gets the latest state, not a backlog.
         let ca = WatchStream::new(self.state.ca.subscribe()).map(|_| ());
         let mesh = WatchStream::new(self.state.mesh.subscribe()).map(|_| ());
-        // Both sources fire at once on subscription; send each version once.
+        let tokens = WatchStream::new(self.state.oauth.changed.subscribe()).map(|_| ());
+        // Every source fires at once on subscription; send each version once.
         let mut last = None;
-        let stream = ca.merge(mesh).filter_map(move |()| {
+        let stream = ca.merge(mesh).merge(tokens).filter_map(move |()| {
             let _keep = (&guard, &endpoint);
             let r = to_response(&state);
             if last == Some(r.version) {
@@ -231,7 +232,7 @@ fn to_response(state: &AppState) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
-    let mesh_version = *state.mesh.subscribe().borrow();
+    let mesh_version = *state.mesh.subscribe().borrow() + *state.oauth.changed.subscribe().borrow();
     WatchResponse {
         version: s.version + mesh_version,
         bundle: Some(TrustBundle {
@@ -249,6 +250,7 @@ fn to_response(state: &AppState) -> WatchResponse {
                 addresses,
             })
             .collect(),
+        revoked_token_ids: state.oauth.revoked_ids(),
         policies_json: state
             .mesh
             .policies()

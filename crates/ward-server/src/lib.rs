@@ -18,6 +18,7 @@ mod error;
 mod grpc;
 mod mesh;
 mod metrics;
+mod oauth;
 mod serve;
 mod state;
 

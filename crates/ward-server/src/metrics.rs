@@ -25,6 +25,8 @@ pub(crate) struct Metrics {
     pub watch_streams: Gauge,
     /// Admin API requests refused for lack of credentials.
     pub admin_unauthorized: Counter,
+    /// Access tokens issued.
+    pub tokens_issued: Counter,
 }
 
 impl Metrics {
@@ -34,6 +36,12 @@ impl Metrics {
         let sign_failures = Family::<ReasonLabel, Counter>::default();
         let watch_streams = Gauge::default();
         let admin_unauthorized = Counter::default();
+        let tokens_issued = Counter::default();
+        registry.register(
+            "oauth_tokens_issued",
+            "Access tokens issued",
+            tokens_issued.clone(),
+        );
         registry.register("certificates_issued", "X509-SVIDs issued", issued.clone());
         registry.register(
             "certificate_sign_failures",
@@ -52,6 +60,7 @@ impl Metrics {
             sign_failures,
             watch_streams,
             admin_unauthorized,
+            tokens_issued,
         }
     }
 

@@ -58,6 +58,7 @@ impl Server {
                 .unwrap_or_default()
         })?;
         let kek = ward_ca::Kek::from_bytes(&kek_raw)?;
+        let oauth_kek = ward_ca::Kek::from_bytes(&kek_raw)?;
         let (admin_token, created) = files.secret_file(&files.admin_token(), || {
             format!("{}\n", random_token("wat_")).into_bytes()
         })?;
@@ -110,7 +111,11 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Config(e.to_string()))?;
 
+        let oauth =
+            crate::oauth::OAuth::open(store.clone(), oauth_kek, format!("https://{local_addr}"))
+                .await?;
         let state = Arc::new(AppState {
+            oauth,
             ca: ca.clone(),
             store: store.clone(),
             admin_token_hash: token_hash(&admin_token),
@@ -227,10 +232,18 @@ impl Server {
                         return;
                     }
                 };
-                let peer = peer_auth(&state, tls.get_ref().1.peer_certificates());
+                let certs = tls.get_ref().1.peer_certificates();
+                let peer = peer_auth(&state, certs);
+                let cert_sha256 = match (&peer, certs.and_then(|c| c.first())) {
+                    (PeerAuth::Verified(_), Some(leaf)) => {
+                        Some(crate::oauth::cert_thumbprint(leaf))
+                    }
+                    _ => None,
+                };
                 let conn = ConnInfo {
                     remote,
                     peer: Arc::new(peer),
+                    cert_sha256,
                 };
                 let svc = router.map_request(move |req: hyper::Request<Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
@@ -287,6 +300,9 @@ fn spawn_maintenance(state: Arc<AppState>, identity: Arc<ServerIdentity>) {
             interval.tick().await;
             if let Err(e) = state.ca.reconcile(false).await {
                 tracing::error!(error = %e, "CA rotation failed; will retry");
+            }
+            if let Err(e) = state.oauth.maintain().await {
+                tracing::error!(error = %e, "signing-key maintenance failed; will retry");
             }
             if identity.due(&state) {
                 if let Err(e) = identity.renew(&state).await {

@@ -22,6 +22,7 @@ pub(crate) struct AppState {
     pub metrics: Metrics,
     pub watchers: Watchers,
     pub mesh: Arc<Mesh>,
+    pub oauth: Arc<crate::oauth::OAuth>,
 }
 
 /// How the peer of a connection authenticated, decided once right after
@@ -42,6 +43,8 @@ pub(crate) enum PeerAuth {
 pub(crate) struct ConnInfo {
     pub remote: SocketAddr,
     pub peer: Arc<PeerAuth>,
+    /// SHA-256 of the client's leaf certificate, when it verified.
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 /// Workloads following the watch stream, for `ward status`.

@@ -126,6 +126,36 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a policy; false if there was none.
     async fn delete_policy(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool>;
 
+    /// Stores a new OAuth2 client. [`StoreError::Conflict`] if the id exists.
+    async fn create_client(&self, client: &OAuthClient, audit: &AuditEvent) -> Result<()>;
+    /// One client.
+    async fn get_client(&self, client_id: &str) -> Result<Option<OAuthClient>>;
+    /// Every client.
+    async fn list_clients(&self) -> Result<Vec<OAuthClient>>;
+    /// Deletes a client; false if there was none.
+    async fn delete_client(&self, client_id: &str, audit: &AuditEvent) -> Result<bool>;
+
+    /// Every token signing key.
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Inserts keys and changes states/deletes others, in one transaction.
+    async fn update_signing_keys(
+        &self,
+        insert: &[SigningKeyRecord],
+        states: &[(String, String, Option<i64>)],
+        delete: &[String],
+        audit: &AuditEvent,
+    ) -> Result<()>;
+
+    /// Marks a token id revoked until it would have expired anyway.
+    async fn revoke_token(&self, jti: &str, expires_at: i64, audit: &AuditEvent) -> Result<()>;
+    /// Token ids revoked and not yet expired at `now`.
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>>;
+    /// Records a client assertion id; false if it was seen before (replay).
+    async fn use_assertion(&self, jti: &str, expires_at: i64, now: i64) -> Result<bool>;
+    /// Appends to the audit log through the group-commit writer (for
+    /// high-rate events such as token issuance).
+    async fn audit_batched(&self, event: &AuditEvent) -> Result<()>;
+
     /// Appends to the audit log on its own.
     async fn audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit entries with id greater than `after`, oldest first, at most `limit`.

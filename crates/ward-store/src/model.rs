@@ -136,3 +136,44 @@ pub struct PolicyRecord {
     /// Unix seconds.
     pub updated_at: i64,
 }
+
+/// An OAuth2 client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct OAuthClient {
+    /// Client id.
+    pub client_id: String,
+    /// SPIFFE ID of the service it acts for.
+    pub service_id: String,
+    /// How it authenticates at the token endpoint.
+    pub auth_method: String,
+    /// Keyed hash of its secret, for secret-based methods.
+    #[serde(skip)]
+    pub secret_hash: Option<Vec<u8>>,
+    /// Its public keys, for private_key_jwt.
+    pub jwks: Option<String>,
+    /// Allowed scopes, JSON array.
+    pub scopes: String,
+    /// Allowed audiences, JSON array.
+    pub audiences: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A token signing key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SigningKeyRecord {
+    /// Key id.
+    pub kid: String,
+    /// JWS algorithm.
+    pub alg: String,
+    /// next | active | retired.
+    pub state: String,
+    /// The public JWK, JSON.
+    pub public_jwk: String,
+    /// PKCS#8, sealed with the key-encryption key.
+    pub key_sealed: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Retired keys stay published until then.
+    pub retire_until: Option<i64>,
+}

@@ -8,8 +8,8 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, PolicyRecord, Result,
-    Service, Store, StoreError,
+    AuditEvent, AuditRecord, CaRecord, CertQuery, CertRecord, JoinToken, OAuthClient, PolicyRecord,
+    Result, Service, SigningKeyRecord, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -25,7 +25,8 @@ pub struct SqliteStore {
 }
 
 struct IssueJob {
-    cert: CertRecord,
+    /// `None` for an audit entry alone.
+    cert: Option<CertRecord>,
     consume: Option<Vec<u8>>,
     now: i64,
     audit: AuditEvent,
@@ -99,6 +100,9 @@ async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<IssueJob>) {
 }
 
 async fn issue_one(tx: &mut Transaction<'_, Sqlite>, job: &IssueJob) -> Result<()> {
+    let Some(c) = &job.cert else {
+        return insert_audit(tx, &job.audit).await;
+    };
     if let Some(hash) = &job.consume {
         let done = sqlx::query(
             "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left > 0 AND expires_at > ?",
@@ -111,7 +115,6 @@ async fn issue_one(tx: &mut Transaction<'_, Sqlite>, job: &IssueJob) -> Result<(
             return Err(StoreError::TokenUnavailable);
         }
     }
-    let c = &job.cert;
     sqlx::query(
         "INSERT INTO certificates (serial, spiffe_id, issuer_serial, not_before, not_after, revoked_at, created_at, der) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -277,7 +280,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let (done, wait) = oneshot::channel();
         let job = IssueJob {
-            cert: cert.clone(),
+            cert: Some(cert.clone()),
             consume: consume.map(<[u8]>::to_vec),
             now,
             audit: audit.clone(),
@@ -476,6 +479,166 @@ impl Store for SqliteStore {
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn create_client(&self, c: &OAuthClient, audit: &AuditEvent) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO oauth_clients (client_id, service_id, auth_method, secret_hash, jwks, scopes, audiences, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.client_id)
+        .bind(&c.service_id)
+        .bind(&c.auth_method)
+        .bind(&c.secret_hash)
+        .bind(&c.jwks)
+        .bind(&c.scopes)
+        .bind(&c.audiences)
+        .bind(c.created_at)
+        .execute(&mut *tx)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!("client {}", c.client_id)))
+            }
+            r => r?,
+        };
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_client(&self, client_id: &str) -> Result<Option<OAuthClient>> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, service_id, auth_method, secret_hash, jwks, scopes, audiences, created_at FROM oauth_clients WHERE client_id = ?",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn list_clients(&self) -> Result<Vec<OAuthClient>> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, service_id, auth_method, secret_hash, jwks, scopes, audiences, created_at FROM oauth_clients ORDER BY client_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delete_client(&self, client_id: &str, audit: &AuditEvent) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("DELETE FROM oauth_clients WHERE client_id = ?")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT kid, alg, state, public_jwk, key_sealed, created_at, retire_until FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn update_signing_keys(
+        &self,
+        insert: &[SigningKeyRecord],
+        states: &[(String, String, Option<i64>)],
+        delete: &[String],
+        audit: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for k in insert {
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, alg, state, public_jwk, key_sealed, created_at, retire_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&k.kid)
+            .bind(&k.alg)
+            .bind(&k.state)
+            .bind(&k.public_jwk)
+            .bind(&k.key_sealed)
+            .bind(k.created_at)
+            .bind(k.retire_until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (kid, state, until) in states {
+            sqlx::query("UPDATE signing_keys SET state = ?, retire_until = ? WHERE kid = ?")
+                .bind(state)
+                .bind(until)
+                .bind(kid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for kid in delete {
+            sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
+                .bind(kid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: i64, audit: &AuditEvent) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT jti FROM revoked_tokens WHERE expires_at > ? ORDER BY jti")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn use_assertion(&self, jti: &str, expires_at: i64, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM used_assertions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("INSERT INTO used_assertions (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn audit_batched(&self, event: &AuditEvent) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let job = IssueJob {
+            cert: None,
+            consume: None,
+            now: 0,
+            audit: event.clone(),
+            done,
+        };
+        self.issue_tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Database("the store is closed".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Database("the store is closed".into()))?
     }
 
     async fn audit(&self, event: &AuditEvent) -> Result<()> {
