@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{cmd_admin, cmd_cert, cmd_proxy, cmd_server};
+use crate::{cmd_admin, cmd_cert, cmd_oauth, cmd_proxy, cmd_server};
 
 /// ward: zero-trust service-to-service security in one binary.
 ///
@@ -90,6 +90,15 @@ pub(crate) enum Command {
     /// Apply, list, show and delete authorization policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// OAuth2 clients of the token endpoint.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Get or verify OAuth2 access tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The access-token signing keys.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCmd),
     /// Server health, registered services, connected proxies, certificates near expiry.
     Status,
     /// Read the audit log.
@@ -180,6 +189,83 @@ pub(crate) struct SampleAppArgs {
     /// Optional TCP echo port.
     #[arg(long)]
     pub tcp_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ClientCmd {
+    /// Register a client; a generated secret is shown once.
+    Create {
+        /// Client id.
+        name: String,
+        /// The service it acts for (must be registered).
+        #[arg(long)]
+        service: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// How it authenticates at the token endpoint.
+        #[arg(long, value_parser = ["tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post"])]
+        auth: String,
+        /// A scope it may request (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An audience it may request tokens for (repeatable) [default: the service itself].
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// private_key_jwt: file with the client's public JWK set.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    /// List clients.
+    List,
+    /// Delete a client.
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCmd {
+    /// Get an access token with client_credentials (client secret, or the
+    /// client's ward certificate for tls_client_auth).
+    Get {
+        #[arg(long)]
+        client: String,
+        /// The client secret (or set WARD_CLIENT_SECRET).
+        #[arg(long, env = "WARD_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Option<String>,
+        /// tls_client_auth: the client's certificate chain (PEM).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// tls_client_auth: its private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        audience: Option<String>,
+        /// Space-separated scopes [default: all the client may have].
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Verify a token offline against a JWKS file or URL (RFC 9068 rules,
+    /// typ included, unless --any-type). Exit 0 valid, 1 invalid.
+    Verify {
+        /// JWKS file or https:// URL.
+        #[arg(long)]
+        jwks: String,
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        audience: Option<String>,
+        /// Accept tokens whose typ is not at+jwt.
+        #[arg(long)]
+        any_type: bool,
+        token: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SigningKeyCmd {
+    /// Activate the pre-published key and publish a new next one.
+    Rotate,
+    /// List keys and their states.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -341,6 +427,9 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(c) => cmd_cert::run(&g, c).await,
         Command::Ca(c) => cmd_admin::ca(&g, c).await,
         Command::Policy(c) => cmd_admin::policy(&g, c).await,
+        Command::Client(c) => cmd_oauth::client(&g, c).await,
+        Command::Token(c) => cmd_oauth::token(&g, c).await,
+        Command::SigningKey(c) => cmd_oauth::signing_key(&g, c).await,
         Command::Status => cmd_admin::status(&g).await,
         Command::Audit(a) => cmd_admin::audit(&g, a).await,
     }

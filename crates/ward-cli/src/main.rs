@@ -3,6 +3,7 @@ mod cli;
 mod client;
 mod cmd_admin;
 mod cmd_cert;
+mod cmd_oauth;
 mod cmd_proxy;
 mod cmd_server;
 mod demo;

@@ -30,8 +30,10 @@ use crate::state::{AppState, ConnInfo, PeerAuth};
 pub(crate) const TOKEN_TTL: i64 = 300;
 /// Signing keys sign for a day before the next one takes over.
 const KEY_ROTATION_SECS: i64 = 24 * 3600;
-/// Longest accepted client assertion lifetime (private_key_jwt).
-const MAX_ASSERTION_TTL: i64 = 300;
+/// Longest accepted client assertion lifetime (private_key_jwt): an
+/// hour, the bound common authorization servers use and the default of
+/// common clients (authlib); the assertion is single-use regardless.
+const MAX_ASSERTION_TTL: i64 = 3600;
 
 struct Keys {
     active: Arc<SigningKey>,
@@ -433,7 +435,7 @@ async fn authenticate(
         let exp = claims.exp().unwrap_or(0);
         if exp > now() + MAX_ASSERTION_TTL {
             return Err(fail(
-                "client assertion lives too long (at most 5 minutes)",
+                "client assertion lives too long (at most 1 hour)",
                 false,
             ));
         }
