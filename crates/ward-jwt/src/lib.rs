@@ -31,10 +31,16 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "tower")]
+mod cache;
 mod claims;
 mod jwk;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod verify;
 
+#[cfg(feature = "tower")]
+pub use cache::{Fetch, JwksCache};
 pub use claims::Claims;
 pub use jwk::{Algorithm, Jwk, JwkSet, SigningKey};
 pub use verify::{verify, JwtError, Validation, MAX_LEEWAY_SECS};

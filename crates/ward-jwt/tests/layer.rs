@@ -1,0 +1,149 @@
+//! The tower layer, the axum extractor and the JWKS cache.
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http::{Request, StatusCode};
+use serde_json::json;
+use tower::ServiceExt;
+use ward_jwt::tower::{JwtAuthLayer, RevocationList};
+use ward_jwt::{Algorithm, Claims, JwkSet, JwksCache, SigningKey, Validation};
+
+const ISS: &str = "https://ward.example";
+
+fn token(key: &SigningKey, jti: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    key.sign("at+jwt", &json!({ "iss": ISS, "sub": "fe", "aud": "payments", "exp": now + 300, "iat": now, "jti": jti, "client_id": "fe", "scope": "payments:read" })).unwrap()
+}
+
+fn app(cache: Arc<JwksCache>, revoked: RevocationList) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|claims: Claims| async move {
+                format!("hello {}", claims.client_id().unwrap_or_default())
+            }),
+        )
+        .layer(
+            JwtAuthLayer::new(cache, Validation::access_token(ISS, "payments"))
+                .with_revocations(revoked),
+        )
+}
+
+async fn call(app: Router, auth: Option<String>) -> (StatusCode, String, String) {
+    let mut req = Request::builder().uri("/");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = app
+        .oneshot(req.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into(), challenge)
+}
+
+#[tokio::test]
+async fn layer_and_extractor() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let keys = JwkSet::from_json(&json!({ "keys": [key.public_jwk()] }).to_string()).unwrap();
+    let cache = Arc::new(JwksCache::fixed(keys));
+    let revoked = RevocationList::default();
+    let app = app(cache, revoked.clone());
+
+    let (s, body, _) = call(app.clone(), Some(format!("Bearer {}", token(&key, "a")))).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello fe"));
+    let (s, _, ch) = call(app.clone(), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(ch, "Bearer realm=\"ward\"");
+    let (s, _, ch) = call(app.clone(), Some("Bearer not.a.token".into())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(ch.contains("error=\"invalid_token\""), "{ch}");
+    let other = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let (s, _, _) = call(app.clone(), Some(format!("Bearer {}", token(&other, "b")))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "signed by another key");
+    revoked.set(["c".to_string()]);
+    let (s, _, ch) = call(app.clone(), Some(format!("Bearer {}", token(&key, "c")))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(ch.contains("revoked"));
+}
+
+#[tokio::test]
+async fn jwks_cache_refreshes_once_for_unknown_kids_and_serves_stale_keys() {
+    let k1 = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let k2 = SigningKey::generate(Algorithm::ES256, "k2").unwrap();
+    let served = Arc::new(std::sync::Mutex::new(json!({ "keys": [k1.public_jwk()] })));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let fetch: ward_jwt::Fetch = {
+        let (served, fetches, down) = (served.clone(), fetches.clone(), down.clone());
+        Arc::new(move || {
+            let (served, fetches, down) = (served.clone(), fetches.clone(), down.clone());
+            Box::pin(async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if down.load(Ordering::SeqCst) {
+                    return Err("issuer down".to_string());
+                }
+                Ok(served.lock().unwrap().to_string())
+            })
+        })
+    };
+    let mut cache = JwksCache::new(fetch);
+    cache.cooldown = Duration::from_millis(300);
+    let cache = Arc::new(cache);
+    let v = Validation::access_token(ISS, "payments");
+    cache.verify(&token(&k1, "1"), &v).await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // The issuer rotates to k2: 20 concurrent requests with the new kid
+    // cause one fetch.
+    *served.lock().unwrap() = json!({ "keys": [k1.public_jwk(), k2.public_jwk()] });
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let t2 = token(&k2, "2");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, t, v) = (cache.clone(), t2.clone(), v.clone());
+        tasks.push(tokio::spawn(async move { c.verify(&t, &v).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "single-flight refresh");
+
+    // Unknown kids within the cooldown do not hammer the issuer.
+    let k3 = SigningKey::generate(Algorithm::ES256, "k3").unwrap();
+    for i in 0..5 {
+        assert!(cache
+            .verify(&token(&k3, &format!("x{i}")), &v)
+            .await
+            .is_err());
+    }
+    assert!(
+        fetches.load(Ordering::SeqCst) <= 3,
+        "cooldown respected: {}",
+        fetches.load(Ordering::SeqCst)
+    );
+
+    // The issuer goes down: known keys keep working.
+    down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(cache.verify(&token(&k3, "y"), &v).await.is_err());
+    cache
+        .verify(&token(&k1, "z"), &v)
+        .await
+        .expect("stale keys served while the issuer is down");
+}
