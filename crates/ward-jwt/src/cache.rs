@@ -102,17 +102,15 @@ impl JwksCache {
             return;
         }
         *last = Some(Instant::now());
-        match fetch()
+        // On failure (issuer unreachable, garbage) the keys we have stay.
+        if let Ok(keys) = fetch()
             .await
             .and_then(|json| JwkSet::from_json(&json).map_err(|e| e.to_string()))
         {
-            Ok(keys) => self.current.store(Arc::new(Snapshot {
+            self.current.store(Arc::new(Snapshot {
                 keys: Arc::new(keys),
                 fetched: Some(Instant::now()),
-            })),
-            // The issuer is unreachable or sent garbage: keep serving the
-            // keys we have.
-            Err(_) => {}
+            }));
         }
     }
 }
