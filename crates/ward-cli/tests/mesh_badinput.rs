@@ -149,7 +149,6 @@ async fn bad_input_on_both_listeners() {
         let before = rss_kib(pid);
         let (mut h2, conn) = h2::client::handshake(io).await.unwrap();
         let driver = tokio::spawn(conn);
-        let start = Instant::now();
         let mut opened = 0;
         for _ in 0..10_000 {
             let req = http::Request::builder()
