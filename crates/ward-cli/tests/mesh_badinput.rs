@@ -176,11 +176,9 @@ async fn bad_input_on_both_listeners() {
             "{}: connection not closed after {opened} resets",
             t.name
         );
-        assert!(
-            opened < 10_000 || start.elapsed() > Duration::from_secs(1),
-            "{}: all 10,000 resets accepted in under a second",
-            t.name
-        );
+        // (The client may have written all 10,000 before the server's
+        // GOAWAY arrived, since writes are buffered: what matters is that
+        // the server closed the connection.)
         let after = rss_kib(pid);
         assert!(
             after < before + 64 * 1024,
