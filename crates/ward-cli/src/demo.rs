@@ -398,28 +398,9 @@ fn print_summary(server: SocketAddr, fp: &str, rows: &[Row], passed: usize, tota
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..7)
-        .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |vals: Vec<String>| {
-        let parts: Vec<String> = vals
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for c in cells {
-        line(c.to_vec());
-    }
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    let cells: Vec<Vec<String>> = cells.into_iter().map(|c| c.to_vec()).collect();
+    crate::output::print_grid(&header, &cells);
     println!();
     println!("{passed} of {total} calls behaved as expected");
 }

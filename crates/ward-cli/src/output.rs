@@ -38,19 +38,23 @@ fn print_table(rows: &[Value], columns: &[&str]) {
         .iter()
         .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
+    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    print_grid(&header, &cells);
+}
+
+/// Aligned columns separated by two spaces.
+pub(crate) fn print_grid(header: &[String], cells: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
             cells
                 .iter()
                 .map(|r| r[i].len())
-                .chain([c.len()])
+                .chain([header[i].len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let line = |vals: Vec<String>| {
+    let line = |vals: &[String]| {
         let parts: Vec<String> = vals
             .iter()
             .zip(&widths)
@@ -58,7 +62,7 @@ fn print_table(rows: &[Value], columns: &[&str]) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    line(header);
     for r in cells {
         line(r);
     }

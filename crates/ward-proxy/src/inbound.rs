@@ -31,6 +31,26 @@ pub(crate) const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-
 /// inbound side speaks HTTP/2 to its app too (gRPC needs it).
 pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("x-ward-orig-proto");
 
+/// The HTTP server settings of both listeners: 10 s to send request
+/// headers, 64 KiB of headers, 1,024 concurrent HTTP/2 streams, and at
+/// most 100 streams reset before they are served (rapid reset).
+pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(Some(100))
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -174,19 +194,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             }
         })
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .max_header_list_size(64 * 1024)
-        .max_pending_accept_reset_streams(Some(100))
-        .keep_alive_interval(Duration::from_secs(30));
+    let builder = http_server();
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(tls)), svc);
     tokio::pin!(conn);

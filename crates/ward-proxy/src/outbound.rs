@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
@@ -179,17 +178,7 @@ impl Outbound {
                 }
             })
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(1024)
-            .max_pending_accept_reset_streams(Some(100));
+        let builder = crate::inbound::http_server();
         let conn = builder.serve_connection_with_upgrades(
             TokioIo::new(crate::strict_h1::StrictH1::new(tcp)),
             svc,
