@@ -134,6 +134,9 @@ pub(crate) struct ServerArgs {
     /// What happens to traffic that no ALLOW policy covers: deny (zero trust) or allow.
     #[arg(long, default_value = "deny")]
     pub default_policy: ward_policy::DefaultAction,
+    /// Lifetime of OAuth2 access tokens.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub token_ttl: Duration,
 }
 
 #[derive(Args, Debug)]

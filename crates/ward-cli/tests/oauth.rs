@@ -351,3 +351,123 @@ fn token_endpoint_end_to_end() {
             && audit.contains("signing-key.rotate")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotation_while_issuing_and_verifying() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let s = server(&["--token-ttl", "3s", "--svid-ttl", "20s"]);
+    s.cli_json(&["service", "add", "frontend"]).unwrap();
+    let c = s
+        .cli_json(&[
+            "client",
+            "create",
+            "fe",
+            "--service",
+            "frontend",
+            "--auth",
+            "client_secret_basic",
+        ])
+        .unwrap();
+    let secret = c["client_secret"].as_str().unwrap().to_string();
+    let http = s.https().unwrap();
+    let issuer = s.url.clone();
+    let get = || {
+        let (http, issuer, secret) = (http.clone(), issuer.clone(), secret.clone());
+        async move {
+            let v: Value = http
+                .post(format!("{issuer}/oauth2/token"))
+                .basic_auth("fe", Some(secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let fetch: ward_jwt::Fetch = {
+        let (http, url) = (http.clone(), format!("{issuer}/oauth2/jwks"));
+        Arc::new(move || {
+            let (http, url) = (http.clone(), url.clone());
+            Box::pin(async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let mut cache = ward_jwt::JwksCache::new(fetch);
+    cache.cooldown = Duration::from_millis(100);
+    let v = ward_jwt::Validation::access_token(&issuer, "frontend");
+    let first = get().await;
+    cache.verify(&first, &v).await.unwrap();
+
+    let start = Instant::now();
+    let (mut verified, mut rotations) = (0, 0);
+    while start.elapsed() < Duration::from_secs(6) {
+        if (rotations == 0 && start.elapsed() > Duration::from_millis(1500))
+            || (rotations == 1 && start.elapsed() > Duration::from_millis(3500))
+        {
+            s.cli_json(&["signing-key", "rotate"]).unwrap();
+            rotations += 1;
+        }
+        let t = get().await;
+        cache.verify(&t, &v).await.unwrap_or_else(|e| {
+            panic!("a valid token was rejected after {rotations} rotations: {e}")
+        });
+        verified += 1;
+    }
+    assert_eq!(rotations, 2);
+    assert!(verified > 20, "{verified}");
+
+    // The key that signed the first token is dropped once every token it
+    // signed has expired (3 s lifetime + 60 s leeway); then that token is
+    // refused for its key, whatever the clock says.
+    let part = |i: usize| -> Value {
+        use base64::Engine;
+        let p = first.split('.').nth(i).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let kid = part(0)["kid"].as_str().unwrap().to_string();
+    let iat = part(1)["iat"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(100);
+    loop {
+        let keys = s.cli_json(&["signing-key", "list"]).unwrap();
+        if !keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid.as_str())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retired key never dropped");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let jwks = http
+        .get(format!("{issuer}/oauth2/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let set = ward_jwt::JwkSet::from_json(&jwks).unwrap();
+    let while_valid = ward_jwt::Validation::access_token(&issuer, "frontend").at(iat + 1);
+    assert_eq!(
+        ward_jwt::verify(&first, &set, &while_valid),
+        Err(ward_jwt::JwtError::UnknownKey)
+    );
+}

@@ -1,6 +1,6 @@
 //! A tower [`Layer`] that requires a valid bearer access token on every
 //! request: failures become `401` with `WWW-Authenticate: Bearer
-//! error="invalid_token"`, success puts the [`Claims`] in the request's
+//! error="invalid_token"`, success puts the [`Claims`](crate::Claims) in the request's
 //! extensions. With the `axum` feature, `Claims` is also an extractor.
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use crate::{Claims, JwksCache, JwtError, Validation};
+use crate::{JwksCache, JwtError, Validation};
 
 /// Token ids (`jti`) revoked before expiry, shared with whatever feeds them
 /// (for example ward's watch stream).
@@ -150,7 +150,7 @@ where
 }
 
 #[cfg(feature = "axum")]
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Claims {
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for crate::Claims {
     type Rejection = Response<axum::body::Body>;
 
     async fn from_request_parts(
@@ -159,7 +159,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Claims {
     ) -> Result<Self, Self::Rejection> {
         parts
             .extensions
-            .get::<Claims>()
+            .get::<crate::Claims>()
             .cloned()
             .ok_or_else(|| unauthorized(Some("no verified access token")))
     }

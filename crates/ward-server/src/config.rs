@@ -32,6 +32,9 @@ pub struct Config {
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
     /// What happens to traffic no ALLOW policy covers.
     pub default_policy: ward_policy::DefaultAction,
+    /// Lifetime of OAuth2 access tokens.
+    #[serde(with = "secs")]
+    pub token_ttl: Duration,
 }
 
 mod secs {
@@ -64,6 +67,7 @@ impl Config {
             dns_names,
             upstream_ca: None,
             default_policy: ward_policy::DefaultAction::Deny,
+            token_ttl: Duration::from_secs(300),
         }
     }
 

@@ -26,8 +26,6 @@ use crate::datadir::random_token;
 use crate::error::StartError;
 use crate::state::{AppState, ConnInfo, PeerAuth};
 
-/// Access-token lifetime.
-pub(crate) const TOKEN_TTL: i64 = 300;
 /// Signing keys sign for a day before the next one takes over.
 const KEY_ROTATION_SECS: i64 = 24 * 3600;
 /// Longest accepted client assertion lifetime (private_key_jwt): an
@@ -47,6 +45,8 @@ pub(crate) struct OAuth {
     kek: Kek,
     pepper: hmac::Key,
     pub issuer: String,
+    /// Access-token lifetime, seconds.
+    token_ttl: i64,
     keys: ArcSwap<Keys>,
     revoked: ArcSwap<HashSet<String>>,
     pub changed: tokio::sync::watch::Sender<u64>,
@@ -61,6 +61,7 @@ impl OAuth {
         store: Arc<dyn Store>,
         kek: Kek,
         issuer: String,
+        token_ttl: i64,
     ) -> Result<Arc<OAuth>, StartError> {
         // The pepper of the keyed secret hash, sealed like every key.
         let sealed = match store.get_meta("oauth_pepper").await? {
@@ -84,6 +85,7 @@ impl OAuth {
             pepper: hmac::Key::new(hmac::HMAC_SHA256, &pepper),
             kek,
             issuer,
+            token_ttl,
             keys: ArcSwap::from_pointee(Keys {
                 active: Arc::new(
                     SigningKey::generate(Algorithm::ES256, "bootstrap").map_err(jwt_err)?,
@@ -166,7 +168,7 @@ impl OAuth {
                 "active" => states.push((
                     k.kid.clone(),
                     "retired".to_string(),
-                    Some(t + TOKEN_TTL + ward_jwt::MAX_LEEWAY_SECS),
+                    Some(t + self.token_ttl + ward_jwt::MAX_LEEWAY_SECS),
                 )),
                 "next" => states.push((k.kid.clone(), "active".to_string(), None)),
                 _ if k.retire_until.is_some_and(|u| u <= t) => delete.push(k.kid.clone()),
@@ -543,7 +545,7 @@ pub(crate) async fn token(
     let t = now();
     let jti = random_token("")[..22].to_string();
     let mut claims = json!({
-        "iss": s.oauth.issuer, "sub": client.client_id, "aud": aud, "exp": t + TOKEN_TTL, "iat": t, "nbf": t,
+        "iss": s.oauth.issuer, "sub": client.client_id, "aud": aud, "exp": t + s.oauth.token_ttl, "iat": t, "nbf": t,
         "jti": jti, "client_id": client.client_id, "scope": scopes.join(" "),
     });
     if let Some(h) = auth.cert_sha256 {
@@ -564,7 +566,7 @@ pub(crate) async fn token(
         .await
         .map_err(|_| OAuthError::new("server_error", "storage error"))?;
     s.metrics.tokens_issued.inc();
-    let mut resp = Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": TOKEN_TTL, "scope": scopes.join(" ") })).into_response();
+    let mut resp = Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": s.oauth.token_ttl, "scope": scopes.join(" ") })).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)

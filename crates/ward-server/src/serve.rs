@@ -111,9 +111,13 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Config(e.to_string()))?;
 
-        let oauth =
-            crate::oauth::OAuth::open(store.clone(), oauth_kek, format!("https://{local_addr}"))
-                .await?;
+        let oauth = crate::oauth::OAuth::open(
+            store.clone(),
+            oauth_kek,
+            format!("https://{local_addr}"),
+            config.token_ttl.as_secs().max(1) as i64,
+        )
+        .await?;
         let state = Arc::new(AppState {
             oauth,
             ca: ca.clone(),
