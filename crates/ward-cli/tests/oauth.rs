@@ -427,6 +427,20 @@ async fn signing_key_rotation_while_issuing_and_verifying() {
     assert_eq!(rotations, 2);
     assert!(verified > 20, "{verified}");
 
+    // The first token has expired (3 s lifetime) while its key is still
+    // published: introspection says inactive.
+    let intro: Value = http
+        .post(format!("{issuer}/oauth2/introspect"))
+        .basic_auth("fe", Some(secret.clone()))
+        .form(&[("token", first.clone())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(intro["active"], false, "expired token");
+
     // The key that signed the first token is dropped once every token it
     // signed has expired (3 s lifetime + 60 s leeway); then that token is
     // refused for its key, whatever the clock says.
@@ -469,5 +483,113 @@ async fn signing_key_rotation_while_issuing_and_verifying() {
     assert_eq!(
         ward_jwt::verify(&first, &set, &while_valid),
         Err(ward_jwt::JwtError::UnknownKey)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_source_caches_and_sends_one_request_at_a_time() {
+    use std::sync::Arc;
+    use ward_jwt::source::{ClientAuth, TokenSource};
+    let s = server(&[]);
+    s.cli_json(&["service", "add", "frontend"]).unwrap();
+    let c = s
+        .cli_json(&[
+            "client",
+            "create",
+            "fe",
+            "--service",
+            "frontend",
+            "--auth",
+            "client_secret_basic",
+        ])
+        .unwrap();
+    let secret = c["client_secret"].as_str().unwrap().to_string();
+    let key = Arc::new(ward_jwt::SigningKey::generate(ward_jwt::Algorithm::ES256, "c1").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({ "keys": [key.public_jwk()] }).to_string(),
+    )
+    .unwrap();
+    s.cli_json(&[
+        "client",
+        "create",
+        "fe-pkj",
+        "--service",
+        "frontend",
+        "--auth",
+        "private_key_jwt",
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ])
+    .unwrap();
+    let url = format!("{}/oauth2/token", s.url);
+    let jwks_url = format!("{}/oauth2/jwks", s.url);
+    for (name, auth) in [
+        (
+            "fe",
+            ClientAuth::Secret {
+                id: "fe".into(),
+                secret: secret.clone(),
+            },
+        ),
+        (
+            "fe-pkj",
+            ClientAuth::PrivateKeyJwt {
+                id: "fe-pkj".into(),
+                key: key.clone(),
+            },
+        ),
+    ] {
+        let source = Arc::new(TokenSource::new(s.https().unwrap(), &url, auth, None, None));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let source = source.clone();
+            tasks.push(tokio::spawn(async move { source.token().await.unwrap() }));
+        }
+        let mut tokens = std::collections::HashSet::new();
+        for t in tasks {
+            tokens.insert(t.await.unwrap());
+        }
+        assert_eq!(
+            tokens.len(),
+            1,
+            "{name}: 20 concurrent callers share one token"
+        );
+        let token = tokens.into_iter().next().unwrap();
+        assert_eq!(source.token().await.unwrap(), token, "{name}: cached");
+        let v = s.cli(&[
+            "token",
+            "verify",
+            "--jwks",
+            &jwks_url,
+            "--audience",
+            "frontend",
+            &token,
+        ]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        let audit = s.cli_json(&["audit", "--limit", "1000"]).unwrap();
+        let issued = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "token.issue" && e["actor"] == name)
+            .count();
+        assert_eq!(issued, 1, "{name}: one request reached the server");
+    }
+    // A refused client gets the server's error.
+    let bad = TokenSource::new(
+        s.https().unwrap(),
+        &url,
+        ClientAuth::Secret {
+            id: "fe".into(),
+            secret: "wrong".into(),
+        },
+        None,
+        None,
+    );
+    assert!(
+        matches!(bad.token().await, Err(ward_jwt::source::TokenError::Refused { error, .. }) if error == "invalid_client")
     );
 }

@@ -35,6 +35,8 @@
 mod cache;
 mod claims;
 mod jwk;
+#[cfg(feature = "client")]
+pub mod source;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod verify;

@@ -576,6 +576,8 @@ fn introspection_validation(issuer: &str) -> Validation {
     let mut v = Validation::access_token(issuer, "");
     v.audience = None;
     v.check_binding = false;
+    // The issuer's own clock decides: no leeway for expiry here.
+    v.leeway_secs = 0;
     v
 }
 
