@@ -10,9 +10,11 @@ use crate::{cmd_admin, cmd_cert, cmd_oauth, cmd_proxy, cmd_server};
 /// ward: zero-trust service-to-service security in one binary.
 ///
 /// A built-in CA issues short-lived SPIFFE certificates to every service;
-/// the control plane keeps the registry of services and pushes the trust
-/// bundle to every workload. Run `ward server` to start the control plane,
-/// then use the other commands to manage it.
+/// the control plane keeps the registry, the authorization policies and the
+/// OAuth2 clients, and streams trust to every workload; `ward proxy` gives
+/// an unmodified app mutual TLS in and out with authorization. `ward demo`
+/// shows it all on this machine; `ward server` starts a control plane that
+/// the other commands manage.
 #[derive(Parser, Debug)]
 #[command(name = "ward", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {

@@ -408,6 +408,15 @@ fn help_is_complete() {
         &["ca", "rotate"],
         &["status"],
         &["audit"],
+        &["demo"],
+        &["proxy"],
+        &["sample-app"],
+        &["policy", "apply"],
+        &["policy", "list"],
+        &["client", "create"],
+        &["token", "get"],
+        &["token", "verify"],
+        &["signing-key", "rotate"],
     ];
     for c in cmds {
         let out = ward_testkit::ward(std::path::Path::new(bin()), &[*c, &["--help"]].concat());
