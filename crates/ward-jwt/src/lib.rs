@@ -34,6 +34,8 @@
 #[cfg(feature = "tower")]
 mod cache;
 mod claims;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 mod jwk;
 #[cfg(feature = "client")]
 pub mod source;
@@ -45,4 +47,4 @@ mod verify;
 pub use cache::{Fetch, JwksCache};
 pub use claims::Claims;
 pub use jwk::{Algorithm, Jwk, JwkSet, SigningKey};
-pub use verify::{verify, JwtError, Validation, MAX_LEEWAY_SECS};
+pub use verify::{verify, verify_jws, Jws, JwtError, Validation, MAX_LEEWAY_SECS};

@@ -100,8 +100,9 @@ fn unauthorized<B: Default>(error: Option<&str>) -> Response<B> {
     r
 }
 
-fn bearer(h: &http::HeaderMap) -> Option<&str> {
-    let v = h.get(AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer …` value (scheme matched
+/// case-insensitively, RFC 6750 §2.1).
+pub(crate) fn bearer(v: &str) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -129,7 +130,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         Box::pin(async move {
-            let Some(token) = bearer(req.headers()).map(String::from) else {
+            let token = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .map(String::from);
+            let Some(token) = token else {
                 return Ok(unauthorized(None));
             };
             let mut v = config.validation.clone();

@@ -133,7 +133,28 @@ fn numeric(claims: &Claims, name: &'static str) -> Result<Option<i64>, JwtError>
 
 /// Verifies a JWS compact token against `keys` and `v`; returns its claims.
 pub fn verify(token: &str, keys: &JwkSet, v: &Validation) -> Result<Claims, JwtError> {
-    if token.len() > v.max_size {
+    let signed = verify_signed(token, keys, v.max_size)?;
+    check(&signed, v)?;
+    Ok(signed.claims)
+}
+
+/// A JWS (RFC 7515 compact serialization) whose signature verified with a
+/// key from the set; nothing about its payload has been checked.
+#[derive(Debug, Clone)]
+pub struct Jws {
+    /// The protected header.
+    pub header: serde_json::Map<String, Value>,
+    /// The signing algorithm.
+    pub alg: Algorithm,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Checks a JWS's form and signature only, with the same header rules as
+/// [`verify`] (no `none`, algorithm bound to the key's type, no `crit`,
+/// keys only from `keys`). For payloads that are not JWT claims.
+pub fn verify_jws(token: &str, keys: &JwkSet, max_size: usize) -> Result<Jws, JwtError> {
+    if token.len() > max_size {
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
@@ -160,17 +181,6 @@ pub fn verify(token: &str, keys: &JwkSet, v: &Validation) -> Result<Claims, JwtE
     if header.contains_key("crit") {
         return Err(JwtError::UnknownCritical);
     }
-    if let Some(want) = &v.typ {
-        let typ = header
-            .get("typ")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
-        if typ != want.to_ascii_lowercase() {
-            return Err(JwtError::WrongType);
-        }
-    }
     // Keys come from the verifier's set only: jku, x5u, jwk and x5c are
     // never consulted.
     let kid = header
@@ -180,24 +190,62 @@ pub fn verify(token: &str, keys: &JwkSet, v: &Validation) -> Result<Claims, JwtE
                 .ok_or(JwtError::Malformed("kid is not a string".into()))
         })
         .transpose()?;
-    let candidates: Vec<_> = keys
+    let mut candidates = keys
         .keys
         .iter()
         .filter(|k| k.allows(alg) && (kid.is_none() || k.kid.as_deref() == kid))
-        .collect();
-    if candidates.is_empty() {
+        .peekable();
+    if candidates.peek().is_none() {
         return Err(JwtError::UnknownKey);
     }
     let sig = b64(s, "signature")?;
     let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-    if !candidates.iter().any(|k| k.verify(alg, signed, &sig)) {
+    if !candidates.any(|k| k.verify(alg, signed, &sig)) {
         return Err(JwtError::BadSignature);
     }
-    let payload: StrictObject = serde_json::from_slice(&b64(p, "payload")?)
+    Ok(Jws {
+        header,
+        alg,
+        payload: b64(p, "payload")?,
+    })
+}
+
+/// A signature-checked token with its claims parsed: what a verified-token
+/// cache keeps, since everything else depends on the verifier and the time.
+#[derive(Debug, Clone)]
+pub(crate) struct Signed {
+    typ: Option<String>,
+    pub(crate) claims: Claims,
+}
+
+pub(crate) fn verify_signed(
+    token: &str,
+    keys: &JwkSet,
+    max_size: usize,
+) -> Result<Signed, JwtError> {
+    let jws = verify_jws(token, keys, max_size)?;
+    let payload: StrictObject = serde_json::from_slice(&jws.payload)
         .map_err(|e| JwtError::Malformed(format!("claims: {e}")))?;
-    let claims = Claims(payload.0);
-    check_claims(&claims, v)?;
-    Ok(claims)
+    Ok(Signed {
+        typ: jws
+            .header
+            .get("typ")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase),
+        claims: Claims(payload.0),
+    })
+}
+
+/// Everything [`verify`] checks besides the signature.
+pub(crate) fn check(s: &Signed, v: &Validation) -> Result<(), JwtError> {
+    if let Some(want) = &v.typ {
+        let typ = s.typ.as_deref().unwrap_or_default();
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        if !typ.eq_ignore_ascii_case(want) {
+            return Err(JwtError::WrongType);
+        }
+    }
+    check_claims(&s.claims, v)
 }
 
 fn check_claims(c: &Claims, v: &Validation) -> Result<(), JwtError> {

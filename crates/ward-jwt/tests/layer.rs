@@ -147,3 +147,92 @@ async fn jwks_cache_refreshes_once_for_unknown_kids_and_serves_stale_keys() {
         .await
         .expect("stale keys served while the issuer is down");
 }
+
+#[tokio::test]
+async fn tonic_interceptor() {
+    use tonic::service::Interceptor;
+    use ward_jwt::grpc::JwtInterceptor;
+    use ward_jwt::tower::PeerCertificate;
+
+    let k1 = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let k2 = SigningKey::generate(Algorithm::ES256, "k2").unwrap();
+    let served = Arc::new(std::sync::Mutex::new(vec![k1.public_jwk()]));
+    let s = served.clone();
+    let mut cache = JwksCache::new(Arc::new(move || {
+        let keys = s.lock().unwrap().clone();
+        Box::pin(async move { Ok(json!({ "keys": keys }).to_string()) })
+    }));
+    cache.cooldown = Duration::ZERO;
+    let cache = Arc::new(cache);
+    cache.keys().await;
+    let revoked = RevocationList::default();
+    let mut icpt = JwtInterceptor::new(cache.clone(), Validation::access_token(ISS, "payments"))
+        .with_revocations(revoked.clone());
+    let call = |icpt: &mut JwtInterceptor, auth: Option<String>| {
+        let mut req = tonic::Request::new(());
+        if let Some(a) = auth {
+            req.metadata_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        icpt.call(req)
+    };
+
+    let ok = call(&mut icpt, Some(format!("Bearer {}", token(&k1, "a")))).unwrap();
+    assert_eq!(
+        ok.extensions().get::<Claims>().unwrap().client_id(),
+        Some("fe")
+    );
+    // The scheme is case-insensitive.
+    assert!(call(&mut icpt, Some(format!("bearer {}", token(&k1, "a")))).is_ok());
+    for auth in [
+        None,
+        Some("Basic Zm9vOmJhcg==".into()),
+        Some("Bearer a.b.c".into()),
+    ] {
+        let err = call(&mut icpt, auth).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+    revoked.set(["r".to_string()]);
+    let err = call(&mut icpt, Some(format!("Bearer {}", token(&k1, "r")))).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+
+    // A certificate-bound token needs the bound certificate in the
+    // request's extensions.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let bound = k1
+        .sign(
+            "at+jwt",
+            &json!({ "iss": ISS, "sub": "fe", "aud": "payments", "exp": now + 300,
+            "iat": now, "jti": "b", "client_id": "fe",
+            "cnf": { "x5t#S256": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc" } }),
+        )
+        .unwrap();
+    assert!(call(&mut icpt, Some(format!("Bearer {bound}"))).is_err());
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {bound}").parse().unwrap());
+    req.extensions_mut().insert(PeerCertificate([7; 32]));
+    assert!(icpt.call(req).is_ok());
+
+    // A key published after the keys were loaded: the first call is
+    // refused and starts a refresh; a retry after it passes.
+    served.lock().unwrap().push(k2.public_jwk());
+    let t2 = format!("Bearer {}", token(&k2, "n"));
+    assert_eq!(
+        call(&mut icpt, Some(t2.clone())).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut passed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if call(&mut icpt, Some(t2.clone())).is_ok() {
+            passed = true;
+            break;
+        }
+    }
+    assert!(passed, "the background refresh picked up the new key");
+}
