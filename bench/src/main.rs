@@ -1,7 +1,13 @@
-//! ward's benchmarks. `ward-bench sign [--ward PATH] [--seconds N]`
-//! measures certificate signing in-process (one core) and through the
-//! gRPC API of a real `ward server`, each next to a baseline measured in
-//! the same run: bare ECDSA P-256 signatures per second on one core.
+//! ward's benchmarks.
+//!
+//! - `ward-bench sign [--ward PATH] [--seconds N]` measures certificate
+//!   signing in-process (one core) and through the gRPC API of a real
+//!   `ward server`, each next to a baseline measured in the same run: bare
+//!   ECDSA P-256 signatures per second on one core.
+//! - `ward-bench token [--ward PATH] [--seconds N] [--connections N]`
+//!   measures the OAuth2 token endpoint of a real `ward server`
+//!   (client_credentials, client_secret_basic, ES256, keep-alive HTTP/1.1
+//!   over TLS 1.3), next to `/healthz` on the same connections.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +32,14 @@ fn main() -> anyhow::Result<()> {
     let ward = flag("--ward").unwrap_or_else(|| "target/release/ward".into());
     match args.get(1).map(String::as_str) {
         Some("sign") => sign(&ward, Duration::from_secs(seconds)),
+        Some("token") => {
+            let conns = flag("--connections")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(32);
+            token(&ward, Duration::from_secs(seconds), conns)
+        }
         _ => {
-            eprintln!("usage: ward-bench sign [--ward PATH] [--seconds N]");
+            eprintln!("usage: ward-bench sign|token [--ward PATH] [--seconds N] [--connections N]");
             std::process::exit(2);
         }
     }
@@ -150,6 +162,110 @@ async fn over_grpc(ward: &str, csrs: &[Vec<u8>], dur: Duration) -> anyhow::Resul
                 Ok::<_, anyhow::Error>(())
             }));
         }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The token endpoint under `conns` keep-alive connections, against
+/// `/healthz` through the same client (TLS, HTTP and the server's request
+/// path without the OAuth2 work) in the same run.
+fn token(ward: &str, dur: Duration, conns: usize) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let s = ward_testkit::WardServer::start(ward, &[])?;
+    s.cli_json(&["service", "add", "bench"])?;
+    let c = s.cli_json(&[
+        "client",
+        "create",
+        "bench-client",
+        "--service",
+        "bench",
+        "--auth",
+        "client_secret_basic",
+        "--audience",
+        "payments",
+    ])?;
+    let secret = c["client_secret"]
+        .as_str()
+        .context("client_secret")?
+        .to_string();
+    let base = format!("https://{}", s.addr);
+    let client = s.https()?;
+    let report = rt.block_on(async move {
+        let token_url = format!("{base}/oauth2/token");
+        let health_url = format!("{base}/healthz");
+        let tok = move |client: reqwest::Client| {
+            let (url, secret) = (token_url.clone(), secret.clone());
+            async move {
+                let r = client
+                    .post(&url)
+                    .basic_auth("bench-client", Some(&secret))
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("audience", "payments"),
+                    ])
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "token endpoint: {}", r.status());
+                let body: serde_json::Value = r.json().await?;
+                anyhow::ensure!(body["access_token"].is_string(), "no access_token");
+                Ok(())
+            }
+        };
+        let health = move |client: reqwest::Client| {
+            let url = health_url.clone();
+            async move {
+                let r = client.get(&url).send().await?;
+                anyhow::ensure!(r.status().is_success(), "healthz: {}", r.status());
+                r.bytes().await?;
+                Ok(())
+            }
+        };
+        // Warm the connection pool and the server.
+        drive(&client, conns, Duration::from_secs(1), tok.clone()).await?;
+        let health_rate = drive(&client, conns, dur, health).await?;
+        let token_rate = drive(&client, conns, dur, tok).await?;
+        anyhow::Ok(json!({
+            "connections": conns,
+            "healthz_req_per_sec": health_rate.round(),
+            "tokens_per_sec": token_rate.round(),
+            "tokens_ratio_to_healthz": (token_rate / health_rate * 1000.0).round() / 1000.0,
+            "target_tokens_per_sec": 5000,
+        }))
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Runs `one` from `conns` concurrent tasks sharing `client` for `dur`;
+/// returns completions per second. Any failure fails the run.
+async fn drive<F, Fut>(
+    client: &reqwest::Client,
+    conns: usize,
+    dur: Duration,
+    one: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, done, one) = (client.clone(), done.clone(), one.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                one(client.clone()).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
     }
     for t in tasks {
         t.await??;
