@@ -54,3 +54,75 @@ pub async fn connect(
         .connect_with_connector(connector)
         .await
 }
+
+/// Follows the control plane's `Watch` stream for as long as the returned
+/// future is polled: every update (trust bundle, revoked certificates and
+/// token ids, endpoints, policies) is passed to `on_update` as
+/// `Some(update)`; a lost stream is reported as `None`, then the stream is
+/// reopened with exponential backoff (100 ms doubling to 5 s).
+///
+/// `tls` is called for every connection, so a caller whose certificate is
+/// renewed shows the current one; the watch stream requires a ward client
+/// certificate. `advertise` (`host:port`, or empty) registers this
+/// workload's address as an endpoint of its service while the stream is
+/// open.
+///
+/// A service that verifies ward's access tokens keeps its revocation list
+/// current with it:
+///
+/// ```no_run
+/// # async fn f(tls: impl FnMut() -> Result<rustls::ClientConfig, String>) {
+/// let mut revoked = std::collections::HashSet::new();
+/// ward_api::follow("127.0.0.1:8443", tls, "", |update| {
+///     if let Some(u) = update {
+///         revoked = u.revoked_token_ids.into_iter().collect();
+///     }
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn follow<T, U>(addr: &str, mut tls: T, advertise: &str, mut on_update: U)
+where
+    T: FnMut() -> Result<rustls::ClientConfig, String>,
+    U: FnMut(Option<v1::WatchResponse>),
+{
+    use std::time::Duration;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut got_any = false;
+        let result: Result<(), String> = async {
+            let channel = connect(addr, tls()?)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let mut stream = v1::identity_client::IdentityClient::new(channel)
+                .watch(v1::WatchRequest {
+                    advertise: advertise.to_string(),
+                })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            while let Some(msg) = stream
+                .message()
+                .await
+                .map_err(|s| s.message().to_string())?
+            {
+                got_any = true;
+                on_update(Some(msg));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane unreachable; keeping the last configuration")
+            }
+        }
+        on_update(None);
+        if got_any {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

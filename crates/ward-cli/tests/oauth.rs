@@ -593,3 +593,156 @@ async fn token_source_caches_and_sends_one_request_at_a_time() {
         matches!(bad.token().await, Err(ward_jwt::source::TokenError::Refused { error, .. }) if error == "invalid_client")
     );
 }
+
+/// A service that verifies tokens with the tower layer and follows ward's
+/// revocation feed (the watch stream) refuses a revoked token within 5 s,
+/// while other tokens keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_refused_by_a_layer_following_the_feed() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tower::{Layer, ServiceExt};
+    use ward_jwt::tower::{JwtAuthLayer, RevocationList};
+
+    let s = server(&[]);
+    for svc in ["payments", "frontend"] {
+        s.cli_json(&["service", "add", svc]).unwrap();
+    }
+    let c = s
+        .cli_json(&[
+            "client",
+            "create",
+            "fe",
+            "--service",
+            "frontend",
+            "--auth",
+            "client_secret_basic",
+            "--audience",
+            "payments",
+        ])
+        .unwrap();
+    let secret = c["client_secret"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("svid.pem"), dir.path().join("svid.key"));
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/payments",
+        "--out-cert",
+        cert.to_str().unwrap(),
+        "--out-key",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&cert).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+
+    // The service side: revocations from the feed, keys from the JWKS.
+    let revoked = RevocationList::default();
+    let trust = ward_tls::ControlPlaneTrust::fingerprint(&s.fingerprint).unwrap();
+    let feed = {
+        let (revoked, addr) = (revoked.clone(), s.addr.clone());
+        let updates = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = updates.clone();
+        tokio::spawn(async move {
+            let tls = || {
+                ward_tls::client_config(trust.clone(), Some((chain.clone(), key.clone_key())), &[])
+                    .map_err(|e| e.to_string())
+            };
+            ward_api::follow(&addr, tls, "", |u| {
+                if let Some(u) = u {
+                    revoked.set(u.revoked_token_ids);
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .await
+        });
+        updates
+    };
+    let http = s.https().unwrap();
+    let issuer = s.url.clone();
+    let fetch: ward_jwt::Fetch = {
+        let (http, url) = (http.clone(), format!("{issuer}/oauth2/jwks"));
+        Arc::new(move || {
+            let (http, url) = (http.clone(), url.clone());
+            Box::pin(async move {
+                let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                r.text().await.map_err(|e| e.to_string())
+            })
+        })
+    };
+    let layer = JwtAuthLayer::new(
+        Arc::new(ward_jwt::JwksCache::new(fetch)),
+        ward_jwt::Validation::access_token(&issuer, "payments"),
+    )
+    .with_revocations(revoked.clone());
+    let app = layer.layer(tower::service_fn(|_req: http::Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new("paid".to_string()))
+    }));
+    let call = |token: String| {
+        let app = app.clone();
+        async move {
+            let req = http::Request::builder()
+                .header("authorization", format!("Bearer {token}"))
+                .body(String::new())
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    let get = || {
+        let (http, issuer, secret) = (http.clone(), issuer.clone(), secret.clone());
+        async move {
+            let v: Value = http
+                .post(format!("{issuer}/oauth2/token"))
+                .basic_auth("fe", Some(secret))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("audience", "payments"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let (doomed, kept) = (get().await, get().await);
+    assert!(
+        ward_testkit::wait_until(Duration::from_secs(10), || {
+            let feed = feed.clone();
+            async move { feed.load(std::sync::atomic::Ordering::SeqCst) > 0 }
+        })
+        .await,
+        "the feed delivers a first update"
+    );
+    assert_eq!(call(doomed.clone()).await, http::StatusCode::OK);
+
+    let r = http
+        .post(format!("{issuer}/oauth2/revoke"))
+        .basic_auth("fe", Some(secret.clone()))
+        .form(&[("token", doomed.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked_at = Instant::now();
+    loop {
+        if call(doomed.clone()).await == http::StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the revoked token was still accepted after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("revocation enforced after {:?}", revoked_at.elapsed());
+    assert_eq!(
+        call(kept).await,
+        http::StatusCode::OK,
+        "other tokens unaffected"
+    );
+}

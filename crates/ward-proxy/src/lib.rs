@@ -34,8 +34,7 @@ use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use ward_api::v1::identity_client::IdentityClient;
-use ward_api::v1::{WatchRequest, WatchResponse};
+use ward_api::v1::WatchResponse;
 use ward_identity::{SpiffeId, TrustDomain};
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{MeshTls, Trust};
@@ -299,47 +298,24 @@ async fn discover_trust_domain(cfg: &ProxyConfig) -> anyhow::Result<TrustDomain>
 /// Follows the watch stream, reconnecting with backoff; keeps the last
 /// configuration while the control plane is away.
 async fn control_loop(shared: Arc<Shared>, advertise: String) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match watch_once(&shared, &advertise).await {
-            Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "control plane unreachable; serving with the last configuration")
-            }
+    let tls_for = shared.clone();
+    let tls = move || {
+        let svid = tls_for.svid.get();
+        ward_tls::client_config(
+            tls_for.cfg.trust.clone(),
+            Some((svid.chain.clone(), svid.key())),
+            &[b"h2"],
+        )
+        .map_err(|e| e.to_string())
+    };
+    ward_api::follow(&shared.cfg.server, tls, &advertise, |update| match update {
+        Some(msg) => {
+            shared.connected.store(true, Ordering::Relaxed);
+            apply(&shared, msg);
         }
-        shared.connected.store(false, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-        if shared.connected.load(Ordering::Relaxed) {
-            backoff = Duration::from_millis(100);
-        }
-    }
-}
-
-async fn watch_once(shared: &Arc<Shared>, advertise: &str) -> anyhow::Result<()> {
-    let svid = shared.svid.get();
-    let tls = ward_tls::client_config(
-        shared.cfg.trust.clone(),
-        Some((svid.chain.clone(), svid.key())),
-        &[b"h2"],
-    )?;
-    let channel = ward_api::connect(&shared.cfg.server, tls).await?;
-    let mut stream = IdentityClient::new(channel)
-        .watch(WatchRequest {
-            advertise: advertise.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}", s.message()))?
-        .into_inner();
-    while let Some(msg) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow!("{}", s.message()))?
-    {
-        shared.connected.store(true, Ordering::Relaxed);
-        apply(shared, msg);
-    }
-    Ok(())
+        None => shared.connected.store(false, Ordering::Relaxed),
+    })
+    .await;
 }
 
 fn apply(shared: &Shared, msg: WatchResponse) {
