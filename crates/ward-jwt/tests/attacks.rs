@@ -131,17 +131,33 @@ fn algorithm_bound_to_key_type() {
     assert_eq!(verify(&relabelled, &jwks, &v), Err(JwtError::BadSignature));
 }
 
-#[test]
-fn embedded_keys_are_never_used() {
+#[tokio::test]
+async fn embedded_keys_are_never_used() {
     // The attacker signs with its own key and embeds it (jwk), points to it
     // (jku, x5u) or ships a certificate (x5c): verification still uses only
-    // the verifier's keys.
-    let (_, jwks, v) = setup();
+    // the verifier's keys. The jku/x5u URLs point at a server this test
+    // runs, which must never see a connection, whether verification is
+    // one-off or through a fetching JWKS cache.
+    let (key, jwks, v) = setup();
+    let lure = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    lure.set_nonblocking(true).unwrap();
+    let at = lure.local_addr().unwrap();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cache = {
+        let json = json!({ "keys": [key.public_jwk()] }).to_string();
+        let fetches = fetches.clone();
+        ward_jwt::JwksCache::new(std::sync::Arc::new(move || {
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let json = json.clone();
+            Box::pin(async move { Ok(json) })
+        }))
+    };
     let evil = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
     for extra in [
         json!({ "jwk": evil.public_jwk() }),
-        json!({ "jku": "http://127.0.0.1:9/jwks.json" }),
-        json!({ "x5u": "http://127.0.0.1:9/cert.pem" }),
+        json!({ "jku": format!("http://{at}/jwks.json") }),
+        json!({ "x5u": format!("http://{at}/cert.pem") }),
+        json!({ "jku": format!("http://{at}/jwks.json"), "kid": "attacker-key" }),
         json!({ "x5c": ["MIIB"] }),
     ] {
         let mut header = json!({ "alg": "ES256", "kid": "k1", "typ": "at+jwt" });
@@ -150,12 +166,15 @@ fn embedded_keys_are_never_used() {
         }
         // Signed by the attacker's key, which the header offers.
         let t = sign_raw(&evil, &unsigned(header, &claims().to_string()));
-        assert_eq!(
-            verify(&t, &jwks, &v),
-            Err(JwtError::BadSignature),
-            "{extra}"
-        );
+        assert!(verify(&t, &jwks, &v).is_err(), "{extra}");
+        assert!(cache.verify(&t, &v).await.is_err(), "{extra}");
     }
+    match lure.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the jku/x5u server was contacted: {other:?}"),
+    }
+    // The cache only ever fetched from its own configured source.
+    assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
 /// Signs an arbitrary signing input with `key` (ES256).
