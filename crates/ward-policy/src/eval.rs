@@ -36,6 +36,8 @@ pub struct HttpAttributes<'a> {
     pub headers: Vec<(&'a str, &'a str)>,
     /// `iss/sub` of a validated bearer token.
     pub request_principal: Option<&'a str>,
+    /// The claims of that token.
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl<'a> Request<'a> {
@@ -127,7 +129,8 @@ impl Decision {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     policies: Vec<Compiled>,
-    by_service: HashMap<(String, String), Vec<usize>>,
+    /// namespace → service → policies selecting it.
+    by_service: HashMap<String, HashMap<String, Vec<usize>>>,
     by_namespace: HashMap<String, Vec<usize>>,
     default: DefaultAction,
 }
@@ -170,7 +173,9 @@ impl PolicySet {
             match &p.spec.selector {
                 Some(sel) => set
                     .by_service
-                    .entry((p.metadata.namespace.clone(), sel.service.clone()))
+                    .entry(p.metadata.namespace.clone())
+                    .or_default()
+                    .entry(sel.service.clone())
                     .or_default()
                     .push(idx),
                 None => set
@@ -209,7 +214,8 @@ impl PolicySet {
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
         let by_svc = self
             .by_service
-            .get(&(req.namespace.to_string(), req.service.to_string()));
+            .get(req.namespace)
+            .and_then(|m| m.get(req.service));
         let by_ns = self.by_namespace.get(req.namespace);
         let candidates = || {
             by_svc
@@ -373,6 +379,10 @@ impl Compiled {
                             .map(|(_, v)| *v)
                     } else if key == "request.auth.principal" {
                         h.request_principal
+                    } else if key == "request.auth.audiences" {
+                        return candidates_match(c, audiences(h));
+                    } else if let Some(path) = key.strip_prefix("request.auth.claims[") {
+                        return candidates_match(c, claim_values(h, path));
                     } else {
                         None
                     };
@@ -440,4 +450,61 @@ fn pattern_matches(pattern: &str, v: &str) -> bool {
         return v.ends_with(suffix);
     }
     pattern == v
+}
+
+/// `values`/`notValues` against an attribute with several values (a list
+/// claim, the audiences): some value must match one of `values`, and no
+/// value may match one of `notValues`. No value at all matches nothing.
+fn candidates_match(c: &Condition, vals: Vec<&str>) -> bool {
+    let hit = |patterns: &[String]| {
+        vals.iter()
+            .any(|v| patterns.iter().any(|p| pattern_matches(p, v)))
+    };
+    (c.values.is_empty() || hit(&c.values))
+        && (c.not_values.is_empty() || (!vals.is_empty() && !hit(&c.not_values)))
+}
+
+fn audiences<'a>(h: &HttpAttributes<'a>) -> Vec<&'a str> {
+    match h.claims.and_then(|c| c.get("aud")) {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Claims whose string value is a space-separated list (RFC 8693 `scope`,
+/// and the `scp`/`permission` spellings some issuers use), as Istio splits
+/// them.
+const SPACE_DELIMITED: [&str; 3] = ["scope", "scp", "permission"];
+
+/// The values of the claim at `path` (`name]` or `a][b]`, the rest of a
+/// `request.auth.claims[…]` key): a string (split if space-delimited), the
+/// strings of a list, or a number or boolean as text.
+fn claim_values<'a>(h: &HttpAttributes<'a>, path: &str) -> Vec<&'a str> {
+    let Some(claims) = h.claims else {
+        return Vec::new();
+    };
+    let Some(path) = path.strip_suffix(']') else {
+        return Vec::new();
+    };
+    let mut names = path.split("][");
+    let Some(first) = names.next() else {
+        return Vec::new();
+    };
+    let mut last = first;
+    let mut v = claims.get(first);
+    for name in names {
+        last = name;
+        v = v.and_then(|v| v.get(name));
+    }
+    match v {
+        Some(serde_json::Value::String(s)) if SPACE_DELIMITED.contains(&last) => {
+            s.split_ascii_whitespace().collect()
+        }
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+        Some(serde_json::Value::Bool(true)) => vec!["true"],
+        Some(serde_json::Value::Bool(false)) => vec!["false"],
+        _ => Vec::new(),
+    }
 }

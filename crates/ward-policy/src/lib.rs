@@ -32,9 +32,13 @@
 //! ```
 #![warn(missing_docs)]
 
+mod authn;
 mod eval;
 mod model;
 
+pub use authn::{
+    parse_document, AuthnSpec, ClaimToHeader, Document, JwtHeader, JwtRule, RequestAuthentication,
+};
 pub use eval::{Decision, DecisionKind, HttpAttributes, Matched, PolicySet, Reason, Request};
 pub use model::{
     parse_policy, Action, AuthorizationPolicy, Condition, DefaultAction, Metadata, Operation,

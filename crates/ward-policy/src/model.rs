@@ -216,7 +216,7 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
         PolicyError {
             path: path.into(),
             message: message.into(),
@@ -227,15 +227,34 @@ impl PolicyError {
 /// Parses and validates one policy from JSON.
 pub fn parse_policy(json: &str) -> Result<AuthorizationPolicy, PolicyError> {
     let de = &mut serde_json::Deserializer::from_str(json);
-    let p: AuthorizationPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        PolicyError::new(
-            if path == "." { String::new() } else { path },
-            e.inner().to_string(),
-        )
-    })?;
+    let p: AuthorizationPolicy = serde_path_to_error::deserialize(de).map_err(serde_error)?;
     p.validate()?;
     Ok(p)
+}
+
+pub(crate) fn serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> PolicyError {
+    let path = e.path().to_string();
+    PolicyError::new(
+        if path == "." { String::new() } else { path },
+        e.inner().to_string(),
+    )
+}
+
+pub(crate) fn check_api_version(v: &str) -> Result<(), PolicyError> {
+    if [
+        "ward/v1",
+        "security.istio.io/v1",
+        "security.istio.io/v1beta1",
+    ]
+    .contains(&v)
+    {
+        Ok(())
+    } else {
+        Err(PolicyError::new(
+            "apiVersion",
+            format!("unsupported apiVersion {v:?} (use ward/v1)"),
+        ))
+    }
 }
 
 const HTTP_WHEN_PREFIXES: [&str; 4] = [
@@ -275,21 +294,7 @@ impl AuthorizationPolicy {
     /// Checks everything serde cannot: names, kinds, patterns, CIDRs,
     /// ports, `when` keys.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if ![
-            "ward/v1",
-            "security.istio.io/v1",
-            "security.istio.io/v1beta1",
-        ]
-        .contains(&self.api_version.as_str())
-        {
-            return Err(PolicyError::new(
-                "apiVersion",
-                format!(
-                    "unsupported apiVersion {:?} (use ward/v1)",
-                    self.api_version
-                ),
-            ));
-        }
+        check_api_version(&self.api_version)?;
         if self.kind != "AuthorizationPolicy" {
             return Err(PolicyError::new(
                 "kind",
@@ -385,7 +390,7 @@ impl AuthorizationPolicy {
     }
 }
 
-fn check_name(path: &str, v: &str) -> Result<(), PolicyError> {
+pub(crate) fn check_name(path: &str, v: &str) -> Result<(), PolicyError> {
     let ok = !v.is_empty()
         && v.len() <= 253
         && v.chars()
@@ -466,11 +471,21 @@ fn check_when_key(path: &str, key: &str) -> Result<(), PolicyError> {
     if PLAIN.contains(&key) {
         return Ok(());
     }
-    for prefix in ["request.headers[", "request.auth.claims["] {
-        if let Some(rest) = key.strip_prefix(prefix) {
-            if rest.len() > 1 && rest.ends_with(']') {
-                return Ok(());
-            }
+    let bracketed = |rest: &str, nested: bool| {
+        rest.strip_suffix(']').is_some_and(|inner| {
+            let mut names = inner.split("][");
+            let ok = |n: &str| !n.is_empty() && !n.contains(['[', ']']);
+            names.next().is_some_and(ok) && (nested || !inner.contains("][")) && names.all(ok)
+        })
+    };
+    if let Some(rest) = key.strip_prefix("request.headers[") {
+        if bracketed(rest, false) {
+            return Ok(());
+        }
+    }
+    if let Some(rest) = key.strip_prefix("request.auth.claims[") {
+        if bracketed(rest, true) {
+            return Ok(());
         }
     }
     Err(PolicyError::new(

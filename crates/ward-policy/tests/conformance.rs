@@ -8,7 +8,7 @@ use ward_policy::{parse_policy, Action, DefaultAction, HttpAttributes, PolicySet
 fn conformance_cases() {
     let data: Value = serde_json::from_str(include_str!("conformance.json")).unwrap();
     let cases = data["cases"].as_array().unwrap();
-    assert!(cases.len() >= 60);
+    assert!(cases.len() >= 150, "{} cases", cases.len());
     for c in cases {
         let name = c["name"].as_str().unwrap();
         let policies = c["policies"]
@@ -36,12 +36,22 @@ fn conformance_cases() {
                     .collect()
             })
             .unwrap_or_default();
+        // A validated token: its claims, and iss/sub as the request principal.
+        let claims = r["http"]["claims"].as_object();
+        let request_principal = claims.map(|c| {
+            format!(
+                "{}/{}",
+                c["iss"].as_str().unwrap_or_default(),
+                c["sub"].as_str().unwrap_or_default()
+            )
+        });
         let http = r["http"].as_object().map(|h| HttpAttributes {
             method: h["method"].as_str().unwrap(),
             path: h["path"].as_str().unwrap(),
             host: h["host"].as_str().unwrap(),
             headers: headers.clone(),
-            request_principal: None,
+            request_principal: request_principal.as_deref(),
+            claims,
         });
         let req = Request {
             namespace: r["namespace"].as_str().unwrap(),

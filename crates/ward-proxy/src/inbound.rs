@@ -244,6 +244,7 @@ impl Inbound {
                     host: &host,
                     headers,
                     request_principal: None,
+                    claims: None,
                 }),
             };
             shared.policies.load().evaluate(&preq)
