@@ -295,6 +295,40 @@ pub(crate) enum PolicyCmd {
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
     },
+    /// What-if: decide a request with the policies in force, naming the
+    /// deciding policy and rule and every dry-run/AUDIT policy that matched.
+    /// Without --method/--path/--header/--claims the request is a TCP
+    /// connection. Exit 0 if allowed, 1 if denied.
+    Check {
+        /// The caller: a SPIFFE ID, or ns/<namespace>/sa/<service>; omit
+        /// for a caller without a certificate.
+        #[arg(long)]
+        from: Option<String>,
+        /// The target service: NAME or NAMESPACE/NAME.
+        #[arg(long)]
+        to: String,
+        /// HTTP method.
+        #[arg(long)]
+        method: Option<String>,
+        /// HTTP path.
+        #[arg(long)]
+        path: Option<String>,
+        /// HTTP Host.
+        #[arg(long)]
+        host: Option<String>,
+        /// The port the caller connects to (the sidecar's inbound port).
+        #[arg(long, default_value_t = 15006)]
+        port: u16,
+        /// The caller's IP address.
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+        /// A request header, K=V (repeatable).
+        #[arg(long = "header", value_name = "K=V")]
+        headers: Vec<String>,
+        /// Claims of a validated bearer token, as a JSON object.
+        #[arg(long)]
+        claims: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +338,10 @@ pub(crate) enum ServiceCmd {
         name: String,
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
+        /// What it speaks: http (HTTP/1.1, HTTP/2, gRPC) or tcp. Policies
+        /// with HTTP fields are refused for TCP services.
+        #[arg(long, default_value = "http", value_parser = ["http", "tcp"])]
+        protocol: String,
     },
     /// List registered services.
     List,

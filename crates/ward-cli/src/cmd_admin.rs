@@ -8,18 +8,22 @@ use crate::output::{print, time};
 pub(crate) async fn service(g: &Global, c: ServiceCmd) -> anyhow::Result<()> {
     let api = Api::new(g)?;
     match c {
-        ServiceCmd::Add { name, namespace } => {
+        ServiceCmd::Add {
+            name,
+            namespace,
+            protocol,
+        } => {
             let v = api
                 .post(
                     "/api/v1/services",
-                    json!({ "name": name, "namespace": namespace }),
+                    json!({ "name": name, "namespace": namespace, "protocol": protocol }),
                 )
                 .await?;
             print(g, &v, &[]);
         }
         ServiceCmd::List => {
             let v = api.get("/api/v1/services").await?;
-            print(g, &v, &["namespace", "name", "spiffe_id"]);
+            print(g, &v, &["namespace", "name", "protocol", "spiffe_id"]);
         }
         ServiceCmd::Remove { name, namespace } => {
             api.delete(&format!("/api/v1/services/{namespace}/{name}"))
@@ -272,6 +276,7 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
             if let Value::Array(rows) = &mut v {
                 if g.output == Output::Table {
                     for r in rows {
+                        r["kind"] = r["policy"]["kind"].clone();
                         r["action"] = r["policy"]["spec"]["action"].clone();
                         r["service"] = r["policy"]["spec"]["selector"]["service"].clone();
                         r["updated"] = json!(time(r["updated_at"].as_i64().unwrap_or(0)));
@@ -284,6 +289,7 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                 &[
                     "namespace",
                     "name",
+                    "kind",
                     "service",
                     "action",
                     "version",
@@ -299,6 +305,79 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                 print(g, &v, &[]);
             } else {
                 print!("{}", serde_yaml_ng::to_string(&v["policy"])?);
+            }
+        }
+        PolicyCmd::Check {
+            from,
+            to,
+            method,
+            path,
+            host,
+            port,
+            source_ip,
+            headers,
+            claims,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once('=')
+                        .map(|(k, v)| json!([k.trim(), v]))
+                        .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected K=V"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let claims = claims
+                .map(|c| {
+                    serde_json::from_str::<Value>(&c)
+                        .ok()
+                        .filter(Value::is_object)
+                        .ok_or_else(|| anyhow::anyhow!("--claims: expected a JSON object"))
+                })
+                .transpose()?;
+            let v = api
+                .post(
+                    "/api/v1/policies/check",
+                    json!({
+                        "from": from, "to": to, "method": method, "path": path, "host": host,
+                        "port": port, "source_ip": source_ip, "headers": headers, "claims": claims,
+                    }),
+                )
+                .await?;
+            let allowed = v["decision"] == "allow";
+            if g.output == Output::Json {
+                print(g, &v, &[]);
+            } else {
+                let rule = v["rule"]
+                    .as_u64()
+                    .map(|r| format!(", rule {r}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}: {} (policy {}{rule})",
+                    v["decision"].as_str().unwrap_or_default().to_uppercase(),
+                    match v["reason"].as_str().unwrap_or_default() {
+                        "DenyRule" => "a DENY rule matched",
+                        "AllowRule" => "an ALLOW rule matched",
+                        "NoAllowMatched" => "ALLOW policies apply and none matched",
+                        _ => "no policy applies; the mesh default decided",
+                    },
+                    v["policy"].as_str().unwrap_or_default(),
+                );
+                for m in v["reported"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "  also matched: {} ({}{}, rule {}), not enforced",
+                        m["policy"].as_str().unwrap_or_default(),
+                        m["action"].as_str().unwrap_or_default(),
+                        if m["dry_run"] == true {
+                            ", dry-run"
+                        } else {
+                            ""
+                        },
+                        m["rule"]
+                    );
+                }
+            }
+            if !allowed {
+                std::process::exit(1);
             }
         }
         PolicyCmd::Delete { name, namespace } => {

@@ -64,6 +64,10 @@ async fn whoami(axum::Extension(app): axum::Extension<Arc<App>>, req: Request) -
         "peer_id": header(h, "x-ward-peer-id"),
         "xfcc": header(h, "x-forwarded-client-cert"),
         "host": header(h, "host"),
+        "headers": h
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), json!(v.to_str().ok()?))))
+            .collect::<serde_json::Map<String, Value>>(),
     }))
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
+use crate::authn::Outcome;
 use crate::metrics::{DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::{Shared, ALPN_H2, ALPN_TCP};
 
@@ -74,6 +75,8 @@ struct Inbound {
 struct Peer {
     id: String,
     serial: String,
+    /// SHA-256 of the leaf certificate (for certificate-bound tokens).
+    cert_sha256: [u8; 32],
     xfcc: HeaderValue,
     remote: SocketAddr,
 }
@@ -161,14 +164,16 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     let Some(peer) = ward_tls::peer_identity(certs) else {
         return;
     };
-    let hash = certs
-        .and_then(|c| c.first())
-        .map(|c| hex::encode(digest(&SHA256, c)))
-        .unwrap_or_default();
+    let mut cert_sha256 = [0u8; 32];
+    if let Some(leaf) = certs.and_then(|c| c.first()) {
+        cert_sha256.copy_from_slice(digest(&SHA256, leaf).as_ref());
+    }
+    let hash = hex::encode(cert_sha256);
     let xfcc = format!("By={};Hash={hash};URI={}", ctx.shared.id, peer.id);
     let peer = Arc::new(Peer {
         id: peer.id.to_string(),
         serial: peer.serial.clone(),
+        cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
         remote,
     });
@@ -226,6 +231,19 @@ impl Inbound {
                     .map(String::from)
             })
             .unwrap_or_default();
+        let authn = shared.authn.load_full();
+        let outcome = authn
+            .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)
+            .await;
+        if let Outcome::Invalid(why) = &outcome {
+            return self.unauthenticated(peer, &method, &path, why, start);
+        }
+        let (request_principal, claims) = match &outcome {
+            Outcome::Valid {
+                principal, claims, ..
+            } => (Some(principal.as_str()), Some(&claims.0)),
+            _ => (None, None),
+        };
         let decision = {
             let headers: Vec<(&str, &str)> = req
                 .headers()
@@ -243,8 +261,8 @@ impl Inbound {
                     path: &path,
                     host: &host,
                     headers,
-                    request_principal: None,
-                    claims: None,
+                    request_principal,
+                    claims,
                 }),
             };
             shared.policies.load().evaluate(&preq)
@@ -288,6 +306,7 @@ impl Inbound {
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
             let headers = req.headers_mut();
+            authn.rewrite(headers, &outcome);
             headers.remove(XFCC);
             headers.remove(PEER_ID);
             headers.insert(XFCC, peer.xfcc.clone());
@@ -367,6 +386,61 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// 401 for a bearer token that is present and invalid (RFC 6750 §3.1).
+    fn unauthenticated(
+        &self,
+        peer: &Peer,
+        method: &http::Method,
+        path: &str,
+        why: &str,
+        start: Instant,
+    ) -> Response<Body> {
+        let shared = &self.shared;
+        shared
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision: "deny",
+                policy: "request-authentication".into(),
+                dry_run: "false",
+            })
+            .inc();
+        let mut resp = local(StatusCode::UNAUTHORIZED, "invalid bearer token\n");
+        let challenge = format!(
+            "Bearer realm=\"ward\", error=\"invalid_token\", error_description=\"{}\"",
+            why.replace('"', "'")
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
+        shared
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: "inbound",
+                peer: peer.id.clone(),
+                status: 401,
+                decision: "deny",
+            })
+            .inc();
+        tracing::info!(
+            target: "ward::access",
+            direction = "inbound",
+            peer = %peer.id,
+            method = %method,
+            path = %path,
+            status = 401,
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            decision = "deny",
+            policy = "request-authentication",
+            reason = why,
+            "request"
+        );
+        resp
+    }
+}
+
 async fn tcp_to_app(
     ctx: Arc<Inbound>,
     mut tls: tokio_rustls::server::TlsStream<TcpStream>,
@@ -403,5 +477,35 @@ async fn tcp_to_app(
         }
     };
     let _ = app.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+    // The connection lives as long as the policy in force allows it: every
+    // policy or trust change judges it again, and a denial closes it.
+    let mut changes = shared.policy_version.subscribe();
+    changes.borrow_and_update();
+    let copy = tokio::io::copy_bidirectional(&mut tls, &mut app);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let d = shared.policies.load().evaluate(&preq);
+                let revoked = shared.tls.trust().revoked.contains(&peer.serial);
+                if !d.allowed() || revoked {
+                    shared
+                        .metrics
+                        .decisions
+                        .get_or_create(&DecisionLabels {
+                            decision: "deny",
+                            policy: d.policy().to_string(),
+                            dry_run: "false",
+                        })
+                        .inc();
+                    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = "deny", policy = d.policy(), revoked, "open connection closed by a policy change");
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -16,6 +16,7 @@
 
 mod abuse;
 mod admin;
+mod authn;
 mod config;
 mod identity;
 mod inbound;
@@ -54,6 +55,14 @@ pub(crate) struct Shared {
     pub tls: Arc<MeshTls>,
     pub svid: Current,
     pub policies: ArcSwap<PolicySet>,
+    /// Bumped whenever policies or trust change: open TCP connections are
+    /// judged again.
+    pub policy_version: watch::Sender<u64>,
+    /// Trusted token issuers for this service.
+    pub authn: ArcSwap<authn::Authn>,
+    pub key_caches: std::sync::Mutex<authn::KeyCaches>,
+    /// Revoked access-token ids, from the watch stream.
+    pub revoked_tokens: ward_jwt::tower::RevocationList,
     /// SPIFFE ID → sidecar addresses.
     pub endpoints: ArcSwap<HashMap<String, Vec<String>>>,
     pub configured: AtomicBool,
@@ -160,12 +169,17 @@ impl Proxy {
             .unwrap_or_else(|| inbound_addr.to_string());
         let metrics = metrics::Metrics::new();
         metrics.cert_expiry.set(svid.not_after);
+        let key_caches = authn::KeyCaches::new(&svid.bundle);
         let shared = Arc::new(Shared {
             id,
             td,
             tls,
             svid: Current(std::sync::Mutex::new(svid)),
             policies: ArcSwap::from_pointee(PolicySet::new(Vec::new(), DefaultAction::Deny)),
+            policy_version: watch::channel(0).0,
+            authn: ArcSwap::from_pointee(authn::Authn::default()),
+            key_caches: std::sync::Mutex::new(key_caches),
+            revoked_tokens: Default::default(),
             endpoints: ArcSwap::from_pointee(HashMap::new()),
             configured: AtomicBool::new(false),
             connected: AtomicBool::new(false),
@@ -338,12 +352,23 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             .collect(),
     ));
     let mut policies = Vec::new();
+    let mut authns = Vec::new();
     for p in &msg.policies_json {
-        match ward_policy::parse_policy(p) {
-            Ok(p) => policies.push(p),
+        match ward_policy::parse_document(p) {
+            Ok(ward_policy::Document::Authorization(p)) => policies.push(p),
+            Ok(ward_policy::Document::Authentication(a)) => authns.push(a),
             Err(e) => tracing::error!(error = %e, "ignoring a policy this sidecar cannot read"),
         }
     }
+    shared.revoked_tokens.set(msg.revoked_token_ids);
+    shared.authn.store(Arc::new(authn::Authn::build(
+        &authns,
+        &shared.cfg.namespace,
+        &shared.cfg.service,
+        &msg.issuer,
+        &msg.jwks_json,
+        &shared.key_caches,
+    )));
     let default = if msg.default_action == "allow" {
         DefaultAction::Allow
     } else {
@@ -352,6 +377,7 @@ fn apply(shared: &Shared, msg: WatchResponse) {
     shared
         .policies
         .store(Arc::new(PolicySet::new(policies, default)));
+    shared.policy_version.send_modify(|v| *v += 1);
     shared.configured.store(true, Ordering::Relaxed);
     tracing::debug!(version = msg.version, "configuration updated");
 }

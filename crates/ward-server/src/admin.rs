@@ -172,6 +172,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         )
         .route("/api/v1/policies", get(list_policies))
         .route("/api/v1/policies/apply", post(apply_policies))
+        .route("/api/v1/policies/check", post(check_policy))
         .route(
             "/api/v1/policies/{namespace}/{name}",
             get(get_policy).delete(delete_policy),
@@ -228,6 +229,9 @@ struct AddService {
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+    /// `http` (default) or `tcp`.
+    #[serde(default)]
+    protocol: Option<String>,
 }
 
 async fn list_services(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Service>>> {
@@ -242,11 +246,34 @@ async fn add_service(
     let ns = body.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     let id = SpiffeId::for_service(s.ca.trust_domain(), &ns, &body.name)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let protocol = body.protocol.unwrap_or_else(|| "http".into());
+    if protocol != "http" && protocol != "tcp" {
+        return Err(ApiError::bad_request(format!(
+            "protocol {protocol:?}: use http (HTTP/1.1, HTTP/2, gRPC) or tcp"
+        )));
+    }
+    if protocol == "tcp" {
+        // A TCP service cannot enforce the HTTP policies already in force
+        // for its whole namespace.
+        if let Some(p) = s.mesh.policies().iter().find(|p| {
+            p.namespace == ns
+                && matches!(ward_policy::parse_document(&p.spec_json),
+                    Ok(ward_policy::Document::Authorization(a))
+                        if a.spec.selector.is_none() && a.uses_http_fields())
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "policy {}/{} applies to every service in namespace {ns} and uses HTTP fields, \
+                 which a TCP service cannot enforce: give it a selector first",
+                p.namespace, p.name
+            )));
+        }
+    }
     let svc = Service {
         namespace: ns,
         name: body.name,
         spiffe_id: id.to_string(),
         created_at: now(),
+        protocol,
     };
     let ev = audit(&actor.0, "service.add", id.as_str(), json!({}));
     s.store.add_service(&svc, &ev).await?;
@@ -543,6 +570,8 @@ async fn apply_policies(
     if body.policies.is_empty() {
         return Err(ApiError::bad_request("no policies to apply"));
     }
+    let services = s.store.list_services().await?;
+    let existing = s.mesh.policies();
     let mut parsed = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, v) in body.policies.iter().enumerate() {
@@ -551,16 +580,15 @@ async fn apply_policies(
             .get(i)
             .cloned()
             .unwrap_or_else(|| format!("policy {}", i + 1));
-        let p = ward_policy::parse_policy(&v.to_string())
-            .map_err(|e| ApiError::bad_request(format!("{source}: {e}")))?;
-        if !seen.insert(p.key()) {
-            return Err(ApiError::bad_request(format!(
-                "{source}: policy {} appears twice",
-                p.key()
-            )));
+        let bad = |m: String| ApiError::bad_request(format!("{source}: {m}"));
+        let doc = ward_policy::parse_document(&v.to_string()).map_err(|e| bad(e.to_string()))?;
+        let key = doc.key();
+        if !seen.insert(key.clone()) {
+            return Err(bad(format!("policy {key} appears twice")));
         }
-        let json = serde_json::to_string(&p).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        parsed.push((p.metadata.namespace.clone(), p.metadata.name.clone(), json));
+        check_enforceable(&doc, &services, &s.oauth.issuer, existing.as_slice()).map_err(bad)?;
+        let meta = doc.metadata();
+        parsed.push((meta.namespace.clone(), meta.name.clone(), doc.to_json()));
     }
     let at = now();
     let events: Vec<_> = parsed
@@ -579,6 +607,177 @@ async fn apply_policies(
     Ok(Json(
         json!({ "applied": stored.iter().map(policy_json).collect::<Vec<_>>() }),
     ))
+}
+
+/// What only the server can check about a valid document: that every
+/// service it applies to can enforce it, that its key source exists, and
+/// that its name is not taken by a document of the other kind.
+fn check_enforceable(
+    doc: &ward_policy::Document,
+    services: &[Service],
+    issuer: &str,
+    existing: &[ward_store::PolicyRecord],
+) -> Result<(), String> {
+    let meta = doc.metadata();
+    let kind = |json: &str| {
+        serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let my_kind = kind(&doc.to_json());
+    if let Some(other) = existing
+        .iter()
+        .find(|p| p.namespace == meta.namespace && p.name == meta.name)
+    {
+        let theirs = kind(&other.spec_json);
+        if theirs != my_kind {
+            return Err(format!(
+                "a {theirs} named {}/{} exists; names are unique across kinds",
+                meta.namespace, meta.name
+            ));
+        }
+    }
+    match doc {
+        ward_policy::Document::Authorization(p) => {
+            if !p.uses_http_fields() {
+                return Ok(());
+            }
+            let tcp = services.iter().find(|svc| {
+                svc.protocol == "tcp"
+                    && svc.namespace == meta.namespace
+                    && doc.selector().is_none_or(|sel| sel.service == svc.name)
+            });
+            if let Some(svc) = tcp {
+                return Err(format!(
+                    "spec.rules: HTTP fields (methods, paths, hosts, requestPrincipals, \
+                     request.* conditions) cannot be enforced on {}/{}, a TCP service; \
+                     use source, ports and source/destination conditions only{}",
+                    svc.namespace,
+                    svc.name,
+                    if doc.selector().is_none() {
+                        ", or select HTTP services"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(())
+        }
+        ward_policy::Document::Authentication(a) => {
+            for (i, r) in a.spec.jwt_rules.iter().enumerate() {
+                if r.jwks.is_none() && r.jwks_uri.is_none() && r.issuer != issuer {
+                    return Err(format!(
+                        "spec.jwtRules[{i}]: give jwks or jwksUri for issuer {:?} \
+                         (only this server's own issuer {issuer:?} needs neither)",
+                        r.issuer
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    /// The caller's SPIFFE ID (or `ns/<ns>/sa/<name>` shorthand in the
+    /// server's trust domain); absent: a caller without a certificate.
+    #[serde(default)]
+    from: Option<String>,
+    /// The target service, `name` or `namespace/name`.
+    to: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    source_ip: Option<std::net::IpAddr>,
+    /// Absent: a TCP connection.
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    /// Claims of a validated bearer token.
+    #[serde(default)]
+    claims: Option<serde_json::Map<String, Value>>,
+}
+
+/// What-if evaluation with the policies in force: the decision, the
+/// deciding policy and rule, and every dry-run or AUDIT policy that
+/// matched. The sidecar runs the same evaluator on the same policies.
+async fn check_policy(
+    State(s): State<Arc<AppState>>,
+    Json(c): Json<CheckRequest>,
+) -> ApiResult<Json<Value>> {
+    let (ns, svc) = c.to.split_once('/').unwrap_or((DEFAULT_NAMESPACE, &c.to));
+    let from = c.from.as_deref().map(|f| {
+        if f.starts_with("spiffe://") {
+            f.to_string()
+        } else {
+            format!(
+                "spiffe://{}/{}",
+                s.ca.trust_domain(),
+                f.trim_start_matches('/')
+            )
+        }
+    });
+    let http_like = c.method.is_some() || c.path.is_some() || c.claims.is_some();
+    let request_principal = c.claims.as_ref().map(|cl| {
+        format!(
+            "{}/{}",
+            cl.get("iss").and_then(Value::as_str).unwrap_or_default(),
+            cl.get("sub").and_then(Value::as_str).unwrap_or_default()
+        )
+    });
+    let headers: Vec<(String, String)> = c
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let method = c
+        .method
+        .clone()
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
+    let path = c.path.clone().unwrap_or_else(|| "/".into());
+    let host = c.host.clone().unwrap_or_else(|| svc.to_string());
+    let req = ward_policy::Request {
+        namespace: ns,
+        service: svc,
+        destination_port: c.port.unwrap_or(15006),
+        source_principal: from.as_deref(),
+        source_ip: c.source_ip,
+        http: http_like.then(|| ward_policy::HttpAttributes {
+            method: &method,
+            path: &path,
+            host: &host,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            request_principal: request_principal.as_deref(),
+            claims: c.claims.as_ref(),
+        }),
+    };
+    let d = s.mesh.policy_set().evaluate(&req);
+    Ok(Json(json!({
+        "decision": if d.allowed() { "allow" } else { "deny" },
+        "policy": d.policy(),
+        "rule": d.rule,
+        "reason": format!("{:?}", d.reason),
+        "reported": d.reported.iter().map(|m| json!({
+            "policy": m.policy, "rule": m.rule,
+            "action": m.action, "dry_run": m.dry_run,
+        })).collect::<Vec<_>>(),
+        "request": {
+            "from": from, "to": format!("{ns}/{svc}"), "port": req.destination_port,
+            "protocol": if http_like { "http" } else { "tcp" },
+        },
+    })))
 }
 
 async fn list_policies(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {

@@ -251,6 +251,8 @@ fn to_response(state: &AppState) -> WatchResponse {
             })
             .collect(),
         revoked_token_ids: state.oauth.revoked_ids(),
+        issuer: state.oauth.issuer.clone(),
+        jwks_json: state.oauth.jwks().to_string(),
         policies_json: state
             .mesh
             .policies()

@@ -12,6 +12,8 @@ pub(crate) struct Mesh {
     /// SPIFFE ID → address → number of open streams advertising it.
     endpoints: Mutex<BTreeMap<String, BTreeMap<String, usize>>>,
     policies: ArcSwap<Vec<PolicyRecord>>,
+    /// The AuthorizationPolicies compiled, as every sidecar compiles them.
+    compiled: ArcSwap<ward_policy::PolicySet>,
     pub default_action: DefaultAction,
     changed: watch::Sender<u64>,
 }
@@ -33,6 +35,7 @@ impl Mesh {
     pub(crate) fn new(policies: Vec<PolicyRecord>, default_action: DefaultAction) -> Arc<Mesh> {
         Arc::new(Mesh {
             endpoints: Mutex::new(BTreeMap::new()),
+            compiled: ArcSwap::from_pointee(compile(&policies, default_action)),
             policies: ArcSwap::from_pointee(policies),
             default_action,
             changed: watch::channel(1).0,
@@ -96,7 +99,25 @@ impl Mesh {
     }
 
     pub(crate) fn set_policies(&self, policies: Vec<PolicyRecord>) {
+        self.compiled
+            .store(Arc::new(compile(&policies, self.default_action)));
         self.policies.store(Arc::new(policies));
         self.bump();
     }
+
+    /// The policies in force, compiled.
+    pub(crate) fn policy_set(&self) -> Arc<ward_policy::PolicySet> {
+        self.compiled.load_full()
+    }
+}
+
+fn compile(records: &[PolicyRecord], default: DefaultAction) -> ward_policy::PolicySet {
+    let policies = records
+        .iter()
+        .filter_map(|r| match ward_policy::parse_document(&r.spec_json) {
+            Ok(ward_policy::Document::Authorization(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    ward_policy::PolicySet::new(policies, default)
 }

@@ -152,6 +152,8 @@ impl OAuth {
             jwks,
             verify,
         }));
+        // Sidecars verify ward's tokens with the keys on the watch stream.
+        self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
 

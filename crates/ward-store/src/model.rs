@@ -11,6 +11,8 @@ pub struct Service {
     pub spiffe_id: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// `http` (HTTP/1.1, HTTP/2, gRPC) or `tcp`.
+    pub protocol: String,
 }
 
 /// A join token, as stored: only its hash.

@@ -184,12 +184,13 @@ impl Store for SqliteStore {
     async fn add_service(&self, s: &Service, audit: &AuditEvent) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "INSERT INTO services (namespace, name, spiffe_id, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO services (namespace, name, spiffe_id, created_at, protocol) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&s.namespace)
         .bind(&s.name)
         .bind(&s.spiffe_id)
         .bind(s.created_at)
+        .bind(&s.protocol)
         .execute(&mut *tx)
         .await;
         match r {
@@ -207,7 +208,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>> {
-        Ok(sqlx::query_as("SELECT namespace, name, spiffe_id, created_at FROM services WHERE namespace = ? AND name = ?")
+        Ok(sqlx::query_as("SELECT namespace, name, spiffe_id, created_at, protocol FROM services WHERE namespace = ? AND name = ?")
             .bind(namespace)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -216,7 +217,7 @@ impl Store for SqliteStore {
 
     async fn list_services(&self) -> Result<Vec<Service>> {
         Ok(sqlx::query_as(
-            "SELECT namespace, name, spiffe_id, created_at FROM services ORDER BY namespace, name",
+            "SELECT namespace, name, spiffe_id, created_at, protocol FROM services ORDER BY namespace, name",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -716,6 +717,7 @@ mod tests {
             name: "a".into(),
             spiffe_id: "spiffe://td/ns/default/sa/a".into(),
             created_at: 5,
+            protocol: "http".into(),
         };
         s.add_service(&svc, &ev("service.add")).await.unwrap();
         assert!(matches!(
