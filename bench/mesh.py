@@ -59,45 +59,74 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--ward", default="target/release/ward")
     ap.add_argument("--workers", default="1")
+    ap.add_argument("--policy-scale", action="store_true",
+                    help="also measure a second pair whose control plane holds 10,000 policies (10 for the first)")
     a = ap.parse_args()
     ward = a.ward
     tmp = tempfile.mkdtemp()
     data = os.path.join(tmp, "data")
     procs = []
     try:
-        srv, _ = spawn([ward, "--output", "json", "server", "--data-dir", data, "--listen", "127.0.0.1:0", "--default-policy", "allow"])
-        procs.append(srv)
-        srv.stdout.readline()
         app, app_info = spawn([ward, "--output", "json", "sample-app", "--name", "upstream", "--listen", "127.0.0.1:0"])
         procs.append(app)
 
-        def cli(*args):
-            return json.loads(subprocess.run([ward, "--output", "json", "--data-dir", data, *args], capture_output=True, text=True, check=True).stdout)
+        def pair(name, n_policies):
+            """A control plane with n_policies policies and a sidecar pair in front of the app."""
+            data = os.path.join(tmp, name)
+            srv, _ = spawn([ward, "--output", "json", "server", "--data-dir", data, "--listen", "127.0.0.1:0"])
+            procs.append(srv)
+            srv.stdout.readline()
 
-        for svc in ("payments", "frontend"):
-            cli("service", "add", svc)
-        tok_p = cli("join-token", "create", "--service", "payments")["token"]
-        tok_f = cli("join-token", "create", "--service", "frontend")["token"]
-        common = ["--output", "json", "--data-dir", data, "proxy", "--worker-threads", a.workers, "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
-        pb, pb_info = spawn([ward, *common, "--join-token", tok_p, "--service", "payments", "--app", app_info["http"]])
-        procs.append(pb)
-        pa, pa_info = spawn([ward, *common, "--join-token", tok_f, "--service", "frontend", "--app", "127.0.0.1:9", "--upstream", "payments=127.0.0.1:0"])
-        procs.append(pa)
-        up = pa_info["proxy"]["upstreams"]["payments.default"]
-        for _ in range(200):
-            try:
-                if urllib.request.urlopen(f"http://{up}/bytes/1", timeout=1).status == 200:
-                    break
-            except Exception:
-                time.sleep(0.05)
+            def cli(*args):
+                return json.loads(subprocess.run([ward, "--output", "json", "--data-dir", data, *args], capture_output=True, text=True, check=True).stdout)
+
+            for svc in ("payments", "frontend"):
+                cli("service", "add", svc)
+            docs = [{"apiVersion": "ward/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "payments-from-frontend"},
+                     "spec": {"selector": {"service": "payments"}, "action": "ALLOW",
+                              "rules": [{"from": [{"source": {"principals": ["ward.internal/ns/default/sa/frontend"]}}],
+                                         "to": [{"operation": {"methods": ["GET"], "paths": ["/bytes/*"]}}]}]}},
+                    {"apiVersion": "ward/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "no-admin"},
+                     "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]}}]
+            for i in range(n_policies - len(docs)):
+                docs.append({"apiVersion": "ward/v1", "kind": "AuthorizationPolicy", "metadata": {"name": f"svc-{i}-allow"},
+                             "spec": {"selector": {"service": f"svc-{i % 1000}"}, "action": "ALLOW" if i % 2 else "DENY",
+                                      "rules": [{"from": [{"source": {"principals": [f"ward.internal/ns/default/sa/svc-{(i + 1) % 1000}"]}}],
+                                                 "to": [{"operation": {"paths": [f"/api/{i}/*"]}}]}]}})
+            pf = os.path.join(tmp, f"{name}-policies.yaml")
+            with open(pf, "w") as f:
+                f.write("\n---\n".join(json.dumps(d) for d in docs))
+            cli("policy", "apply", "-f", pf)
+            tok_p = cli("join-token", "create", "--service", "payments")["token"]
+            tok_f = cli("join-token", "create", "--service", "frontend")["token"]
+            common = ["--output", "json", "--data-dir", data, "proxy", "--worker-threads", a.workers, "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+            pb, _ = spawn([ward, *common, "--join-token", tok_p, "--service", "payments", "--app", app_info["http"]])
+            procs.append(pb)
+            pa, pa_info = spawn([ward, *common, "--join-token", tok_f, "--service", "frontend", "--app", "127.0.0.1:9", "--upstream", "payments=127.0.0.1:0"])
+            procs.append(pa)
+            up = pa_info["proxy"]["upstreams"]["payments.default"]
+            for _ in range(400):
+                try:
+                    if urllib.request.urlopen(f"http://{up}/bytes/1", timeout=1).status == 200:
+                        break
+                except Exception:
+                    time.sleep(0.05)
+            else:
+                raise SystemExit(f"{name}: the sidecar pair never answered 200")
+            return up, pa, pb
+
+        up, pa, pb = pair("ward", 10)
         targets = {"direct": f"http://{app_info['http']}/bytes/1024", "ward": f"http://{up}/bytes/1024"}
+        if a.policy_scale:
+            up10k, _, pb10k = pair("ward-10k", 10_000)
+            targets["ward_10k_policies"] = f"http://{up10k}/bytes/1024"
         results = {t: [] for t in targets}
         for r in range(a.rounds):
             for t, url in targets.items():
                 res = wrk(url, a.seconds, 32)
                 results[t].append(res)
                 print(f"round {r + 1} {t}: {res}", file=sys.stderr)
-        rate = {t: oha_rate(url, a.seconds, 2000) for t, url in targets.items()}
+        rate = {t: oha_rate(url, a.seconds, 2000) for t, url in targets.items() if t != "ward_10k_policies"}
         rss = {"proxy_outbound_kib": hwm_kib(pa.pid), "proxy_inbound_kib": hwm_kib(pb.pid)}
 
         def med(t, k):
@@ -113,6 +142,9 @@ def main():
             "peak_rss": rss,
             "non2xx": {t: sum(x["non2xx"] for x in results[t]) for t in targets},
         }
+        if a.policy_scale:
+            report["ratio_10k_to_10_policies_rps"] = med("ward_10k_policies", "rps")["median"] / med("ward", "rps")["median"]
+            report["peak_rss"]["proxy_inbound_10k_policies_kib"] = hwm_kib(pb10k.pid)
         print(json.dumps(report, indent=2))
     finally:
         for p in procs:

@@ -69,14 +69,20 @@ fn main() {
         .map(|s| {
             (
                 format!("svc-{s}"),
-                format!("spiffe://ward.internal/ns/default/sa/svc-{}", (s + 1) % SERVICES),
+                format!(
+                    "spiffe://ward.internal/ns/default/sa/svc-{}",
+                    (s + 1) % SERVICES
+                ),
                 format!("svc-{s}.internal"),
             )
         })
         .collect();
     let claims = json!({ "iss": "https://ward", "sub": "x", "scope": "svc-1:write other:read" });
     let claims = claims.as_object().expect("object");
-    let headers = [("content-type", "application/json"), ("x-request-id", "abc")];
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-request-id", "abc"),
+    ];
     let request = |i: usize| {
         let (svc, caller, host) = &names[i % SERVICES];
         Request {

@@ -171,7 +171,12 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             post(revoke_certificate),
         )
         .route("/api/v1/policies", get(list_policies))
-        .route("/api/v1/policies/apply", post(apply_policies))
+        // A mesh-wide apply can carry thousands of documents; only an
+        // authenticated admin gets this far.
+        .route(
+            "/api/v1/policies/apply",
+            post(apply_policies).layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
         .route("/api/v1/policies/check", post(check_policy))
         .route(
             "/api/v1/policies/{namespace}/{name}",

@@ -205,7 +205,7 @@ impl Identity for IdentityService {
             }
             Some(self.state.mesh.advertise(&id, &advertise))
         };
-        let guard = Watchers::add(&self.state, id);
+        let guard = Watchers::add(&self.state, id.clone());
         let state = self.state.clone();
         // One snapshot now, then one after every change of the trust
         // bundle, revocations, endpoints or policies. `watch` receivers
@@ -217,7 +217,7 @@ impl Identity for IdentityService {
         let mut last = None;
         let stream = ca.merge(mesh).merge(tokens).filter_map(move |()| {
             let _keep = (&guard, &endpoint);
-            let r = to_response(&state);
+            let r = to_response(&state, &id);
             if last == Some(r.version) {
                 return None;
             }
@@ -228,7 +228,7 @@ impl Identity for IdentityService {
     }
 }
 
-fn to_response(state: &AppState) -> WatchResponse {
+fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
@@ -253,12 +253,14 @@ fn to_response(state: &AppState) -> WatchResponse {
         revoked_token_ids: state.oauth.revoked_ids(),
         issuer: state.oauth.issuer.clone(),
         jwks_json: state.oauth.jwks().to_string(),
-        policies_json: state
-            .mesh
-            .policies()
-            .iter()
-            .map(|p| p.spec_json.clone())
-            .collect(),
+        // Only what applies to the watcher's own service.
+        policies_json: ward_identity::SpiffeId::parse(watcher)
+            .ok()
+            .and_then(|id| {
+                id.service_account()
+                    .map(|(ns, svc)| state.mesh.policies_for(ns, svc))
+            })
+            .unwrap_or_default(),
         default_action: match state.mesh.default_action {
             ward_policy::DefaultAction::Deny => "deny".into(),
             ward_policy::DefaultAction::Allow => "allow".into(),

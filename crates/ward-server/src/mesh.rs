@@ -14,6 +14,9 @@ pub(crate) struct Mesh {
     policies: ArcSwap<Vec<PolicyRecord>>,
     /// The AuthorizationPolicies compiled, as every sidecar compiles them.
     compiled: ArcSwap<ward_policy::PolicySet>,
+    /// Documents by what they select: (namespace, service or "" for the
+    /// whole namespace) → JSON. A sidecar is sent only what applies to it.
+    by_target: ArcSwap<std::collections::HashMap<(String, String), Vec<String>>>,
     pub default_action: DefaultAction,
     changed: watch::Sender<u64>,
 }
@@ -36,6 +39,7 @@ impl Mesh {
         Arc::new(Mesh {
             endpoints: Mutex::new(BTreeMap::new()),
             compiled: ArcSwap::from_pointee(compile(&policies, default_action)),
+            by_target: ArcSwap::from_pointee(index(&policies)),
             policies: ArcSwap::from_pointee(policies),
             default_action,
             changed: watch::channel(1).0,
@@ -101,14 +105,45 @@ impl Mesh {
     pub(crate) fn set_policies(&self, policies: Vec<PolicyRecord>) {
         self.compiled
             .store(Arc::new(compile(&policies, self.default_action)));
+        self.by_target.store(Arc::new(index(&policies)));
         self.policies.store(Arc::new(policies));
         self.bump();
+    }
+
+    /// The documents that apply to `namespace/service`: those selecting it
+    /// and those for its whole namespace.
+    pub(crate) fn policies_for(&self, namespace: &str, service: &str) -> Vec<String> {
+        let idx = self.by_target.load();
+        let key = |svc: &str| (namespace.to_string(), svc.to_string());
+        idx.get(&key(service))
+            .into_iter()
+            .chain(idx.get(&key("")))
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// The policies in force, compiled.
     pub(crate) fn policy_set(&self) -> Arc<ward_policy::PolicySet> {
         self.compiled.load_full()
     }
+}
+
+fn index(records: &[PolicyRecord]) -> std::collections::HashMap<(String, String), Vec<String>> {
+    let mut idx: std::collections::HashMap<(String, String), Vec<String>> = Default::default();
+    for r in records {
+        let Ok(doc) = ward_policy::parse_document(&r.spec_json) else {
+            continue;
+        };
+        let svc = doc
+            .selector()
+            .map(|s| s.service.clone())
+            .unwrap_or_default();
+        idx.entry((r.namespace.clone(), svc))
+            .or_default()
+            .push(r.spec_json.clone());
+    }
+    idx
 }
 
 fn compile(records: &[PolicyRecord], default: DefaultAction) -> ward_policy::PolicySet {
