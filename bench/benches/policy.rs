@@ -41,7 +41,7 @@ fn policies() -> Vec<ward_policy::AuthorizationPolicy> {
             out.push(parse_policy(&p.to_string()).expect("valid policy"));
         }
         // One namespace-wide DENY per 100 services' worth (10 in all).
-        if s % 100 == 0 {
+        if s.is_multiple_of(100) {
             let p = json!({ "apiVersion": "ward/v1", "kind": "AuthorizationPolicy",
                 "metadata": { "name": format!("ns-deny-{s}"), "namespace": "default" },
                 "spec": { "action": "DENY", "rules": [{ "to": [{ "operation": { "paths": [format!("/blocked-{s}/*")] } }] }] } });
@@ -92,7 +92,7 @@ fn main() {
             source_principal: Some(caller),
             source_ip: Some([10, 0, 0, 1].into()),
             http: Some(HttpAttributes {
-                method: if i % 3 == 0 { "POST" } else { "GET" },
+                method: if i.is_multiple_of(3) { "POST" } else { "GET" },
                 path: "/api/orders/42",
                 host,
                 headers: headers.to_vec(),
