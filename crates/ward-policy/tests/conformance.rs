@@ -130,6 +130,26 @@ fn validation_errors_name_the_field() {
             "spec.rules[0].when[0].key",
             "unknown key",
         ),
+        (
+            r#"{"rules":[{"when":[{"key":"request.auth.claims[]","values":["x"]}]}]}"#,
+            "spec.rules[0].when[0].key",
+            "unknown key",
+        ),
+        (
+            r#"{"rules":[{"when":[{"key":"request.auth.claims[a]b]","values":["x"]}]}]}"#,
+            "spec.rules[0].when[0].key",
+            "unknown key",
+        ),
+        (
+            r#"{"rules":[{"when":[{"key":"request.headers[a][b]","values":["x"]}]}]}"#,
+            "spec.rules[0].when[0].key",
+            "unknown key",
+        ),
+        (
+            r#"{"rules":[{"when":[{"key":"request.auth.claims[scope]","values":["a*b"]}]}]}"#,
+            "spec.rules[0].when[0].values[0]",
+            "'*'",
+        ),
         (r#"{"action":"PERMIT"}"#, "spec.action", "unknown variant"),
         (
             r#"{"selector":{"service":"a/b"}}"#,
