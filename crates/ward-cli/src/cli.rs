@@ -89,7 +89,7 @@ pub(crate) enum Command {
     /// Show, fingerprint and rotate the CA.
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Apply, list, show and delete authorization policies.
+    /// Apply, list, show, delete and check AuthorizationPolicy and RequestAuthentication documents.
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// OAuth2 clients of the token endpoint.
