@@ -149,6 +149,21 @@ pub(crate) struct ProxyArgs {
     /// File holding the join token.
     #[arg(long, conflicts_with = "join_token")]
     pub join_token_file: Option<PathBuf>,
+    /// Run without a control plane: this certificate chain (PEM, leaf
+    /// first), reloaded when it changes; needs --key and --trust-bundle.
+    #[arg(long, requires = "key", conflicts_with_all = ["join_token", "join_token_file", "state_dir"])]
+    pub cert: Option<PathBuf>,
+    /// Without a control plane: the private key (PKCS#8 PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Without a control plane: AuthorizationPolicy/RequestAuthentication
+    /// documents (YAML), reloaded when the file changes.
+    #[arg(long, requires = "cert")]
+    pub policy_file: Option<PathBuf>,
+    /// Without a control plane: what happens when no ALLOW policy covers a
+    /// request.
+    #[arg(long, requires = "cert", default_value = "deny", value_parser = ["deny", "allow"])]
+    pub default_policy: String,
     /// The service this sidecar serves.
     #[arg(long)]
     pub service: String,
@@ -166,7 +181,9 @@ pub(crate) struct ProxyArgs {
     /// Where peers reach the inbound listener [default: its bound address].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto]: a local port to reach a service (repeatable).
+    /// NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto][,endpoint=HOST:PORT]…[,id=SPIFFE_ID]:
+    /// a local port to reach a service (repeatable); endpoint and id are
+    /// for running without a control plane.
     #[arg(long = "upstream")]
     pub upstreams: Vec<ward_proxy::Upstream>,
     /// Admin listener: /live /ready /metrics /config /certs /shutdown.

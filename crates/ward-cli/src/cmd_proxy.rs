@@ -6,11 +6,32 @@ use crate::cli::{Global, Output, ProxyArgs, SampleAppArgs};
 use crate::client::{server_url, trust};
 
 pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
-    let url = server_url(g)?;
-    let server = url
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string();
+    let standalone = match (&a.cert, &a.key) {
+        (Some(cert), Some(key)) => Some(ward_proxy::Standalone {
+            cert: cert.clone(),
+            key: key.clone(),
+            bundle: g.trust_bundle.clone().ok_or_else(|| {
+                anyhow::anyhow!("--cert needs --trust-bundle: the CA certificates peers chain to")
+            })?,
+            policy_file: a.policy_file.clone(),
+            default_action: a.default_policy.parse().map_err(anyhow::Error::msg)?,
+        }),
+        _ => None,
+    };
+    let (server, trust) = match &standalone {
+        Some(_) => (
+            String::new(),
+            ward_tls::ControlPlaneTrust::Bundle(Vec::new()),
+        ),
+        None => {
+            let url = server_url(g)?;
+            let server = url
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string();
+            (server, trust(g)?)
+        }
+    };
     let join_token = match (&a.join_token, &a.join_token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
         (None, Some(f)) => Some(
@@ -23,7 +44,7 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
     };
     let cfg = ward_proxy::ProxyConfig {
         server,
-        trust: trust(g)?,
+        trust,
         service: a.service,
         namespace: a.namespace,
         inbound: a.inbound,
@@ -34,6 +55,7 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
         admin: Some(a.admin),
         state_dir: a.state_dir,
         drain_timeout: a.drain_timeout,
+        standalone,
     };
     let proxy = ward_proxy::Proxy::build(cfg, join_token).await?;
     let bound = proxy.bound()?;

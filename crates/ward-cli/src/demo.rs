@@ -85,6 +85,7 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
             admin: Some("127.0.0.1:0".parse()?),
             state_dir: None,
             drain_timeout: Duration::from_secs(5),
+            standalone: None,
         };
         let proxy = Proxy::build(cfg, Some(token))
             .await

@@ -241,6 +241,25 @@ impl Document {
     }
 }
 
+/// Parses and validates every document of a (multi-document) YAML or JSON
+/// text; errors say which document (1-based) and which field.
+pub fn parse_documents_yaml(text: &str) -> Result<Vec<Document>, PolicyError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = <serde_json::Value as Deserialize>::deserialize(doc)
+            .map_err(|e| PolicyError::new(format!("document {}", i + 1), e.to_string()))?;
+        if v.is_null() {
+            continue;
+        }
+        let d = parse_document(&v.to_string()).map_err(|e| PolicyError {
+            path: format!("document {}: {}", i + 1, e.path),
+            message: e.message,
+        })?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
 /// Parses and validates a policy document of either kind from JSON.
 pub fn parse_document(json: &str) -> Result<Document, PolicyError> {
     #[derive(Deserialize)]

@@ -37,7 +37,8 @@ mod eval;
 mod model;
 
 pub use authn::{
-    parse_document, AuthnSpec, ClaimToHeader, Document, JwtHeader, JwtRule, RequestAuthentication,
+    parse_document, parse_documents_yaml, AuthnSpec, ClaimToHeader, Document, JwtHeader, JwtRule,
+    RequestAuthentication,
 };
 pub use eval::{Decision, DecisionKind, HttpAttributes, Matched, PolicySet, Reason, Request};
 pub use model::{

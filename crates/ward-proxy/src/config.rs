@@ -40,6 +40,12 @@ pub struct Upstream {
     pub listen: SocketAddr,
     /// What it carries.
     pub protocol: Protocol,
+    /// Fixed endpoints (sidecars of the service), for running without a
+    /// control plane; otherwise learnt from the watch stream.
+    pub endpoints: Vec<String>,
+    /// The SPIFFE ID its sidecars must present [default: the ward ID of
+    /// NAME.NS in this sidecar's trust domain].
+    pub id: Option<String>,
 }
 
 impl std::str::FromStr for Upstream {
@@ -47,7 +53,9 @@ impl std::str::FromStr for Upstream {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, rest) = s
             .split_once('=')
-            .ok_or("expected NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto]")?;
+            .ok_or(
+                "expected NAME[.NS]=LISTEN_ADDR[,protocol=http|tcp|auto][,endpoint=HOST:PORT]…[,id=spiffe://…]",
+            )?;
         let (service, namespace) = match name.split_once('.') {
             Some((s, ns)) => (s.to_string(), ns.to_string()),
             None => (name.to_string(), "default".to_string()),
@@ -59,12 +67,24 @@ impl std::str::FromStr for Upstream {
             .parse()
             .map_err(|e| format!("{rest:?}: the listen address must be IP:PORT ({e})"))?;
         let mut protocol = Protocol::Http;
+        let (mut endpoints, mut id) = (Vec::new(), None);
         for opt in parts {
             match opt.split_once('=') {
                 Some(("protocol", p)) => protocol = p.parse()?,
+                Some(("endpoint", e)) => {
+                    if !e.contains(':') {
+                        return Err(format!("endpoint {e:?}: expected HOST:PORT"));
+                    }
+                    endpoints.push(e.to_string());
+                }
+                Some(("id", i)) => {
+                    ward_identity::SpiffeId::parse(i)
+                        .map_err(|e| format!("id {i:?}: {e}"))?;
+                    id = Some(i.to_string());
+                }
                 _ => {
                     return Err(format!(
-                        "unknown upstream option {opt:?} (known: protocol=http|tcp|auto)"
+                        "unknown upstream option {opt:?} (known: protocol=http|tcp|auto, endpoint=HOST:PORT, id=spiffe://…)"
                     ))
                 }
             }
@@ -74,6 +94,8 @@ impl std::str::FromStr for Upstream {
             namespace,
             listen,
             protocol,
+            endpoints,
+            id,
         })
     }
 }
@@ -108,6 +130,25 @@ pub struct ProxyConfig {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(serialize_with = "secs")]
     pub drain_timeout: Duration,
+    /// Run without a control plane, from files.
+    pub standalone: Option<Standalone>,
+}
+
+/// Certificates from files kept fresh by something else (SPIRE,
+/// cert-manager, Vault), reloaded when they change; endpoints and peer IDs
+/// from `--upstream`; policies from a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Standalone {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// Trust bundle: the CA certificates peers chain to (PEM).
+    pub bundle: PathBuf,
+    /// AuthorizationPolicy / RequestAuthentication documents (YAML).
+    pub policy_file: Option<PathBuf>,
+    /// What happens when no ALLOW policy covers a request.
+    pub default_action: ward_policy::DefaultAction,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -40,7 +40,7 @@ use ward_identity::{SpiffeId, TrustDomain};
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{MeshTls, Trust};
 
-pub use config::{Protocol, ProxyConfig, Upstream};
+pub use config::{Protocol, ProxyConfig, Standalone, Upstream};
 use identity::{Current, StateDir};
 
 /// ALPN protocols between sidecars.
@@ -107,7 +107,10 @@ impl Proxy {
     /// Gets an identity (state dir, or join token), then binds every port.
     pub async fn build(cfg: ProxyConfig, join_token: Option<String>) -> anyhow::Result<Proxy> {
         let state = cfg.state_dir.clone().map(StateDir);
-        let saved = state.as_ref().and_then(StateDir::load);
+        let saved = match &cfg.standalone {
+            Some(f) => Some(identity::load_files(&f.cert, &f.key, &f.bundle)?),
+            None => state.as_ref().and_then(StateDir::load),
+        };
         let svid = match saved {
             Some(s) => {
                 tracing::info!(
@@ -223,8 +226,12 @@ impl Proxy {
             advertise,
         } = self;
         tracing::info!(config = %serde_json::to_string(&*shared.cfg).unwrap_or_default(), id = %shared.id, "sidecar starting");
-        tokio::spawn(control_loop(shared.clone(), advertise));
-        tokio::spawn(renew_loop(shared.clone()));
+        if shared.cfg.standalone.is_some() {
+            tokio::spawn(files_loop(shared.clone()));
+        } else {
+            tokio::spawn(control_loop(shared.clone(), advertise));
+            tokio::spawn(renew_loop(shared.clone()));
+        }
         let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(inbound::serve(
@@ -351,35 +358,137 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             .map(|e| (e.spiffe_id, e.addresses))
             .collect(),
     ));
-    let mut policies = Vec::new();
-    let mut authns = Vec::new();
+    let mut docs = Vec::new();
     for p in &msg.policies_json {
         match ward_policy::parse_document(p) {
-            Ok(ward_policy::Document::Authorization(p)) => policies.push(p),
-            Ok(ward_policy::Document::Authentication(a)) => authns.push(a),
+            Ok(d) => docs.push(d),
             Err(e) => tracing::error!(error = %e, "ignoring a policy this sidecar cannot read"),
         }
     }
     shared.revoked_tokens.set(msg.revoked_token_ids);
-    shared.authn.store(Arc::new(authn::Authn::build(
-        &authns,
-        &shared.cfg.namespace,
-        &shared.cfg.service,
-        &msg.issuer,
-        &msg.jwks_json,
-        &shared.key_caches,
-    )));
     let default = if msg.default_action == "allow" {
         DefaultAction::Allow
     } else {
         DefaultAction::Deny
     };
+    apply_documents(shared, docs, default, &msg.issuer, &msg.jwks_json);
+    shared.configured.store(true, Ordering::Relaxed);
+    tracing::debug!(version = msg.version, "configuration updated");
+}
+
+/// Without a control plane: loads the certificate, bundle and policy file,
+/// then reloads whichever changes (checked every second). A file that
+/// cannot be used is reported and the previous version kept.
+async fn files_loop(shared: Arc<Shared>) {
+    let Some(f) = shared.cfg.standalone.clone() else {
+        return;
+    };
+    // Endpoints and peer IDs come from the command line.
+    let mut endpoints: HashMap<String, Vec<String>> = HashMap::new();
+    for u in &shared.cfg.upstreams {
+        let id = match &u.id {
+            Some(id) => id.clone(),
+            None => match SpiffeId::for_service(&shared.td, &u.namespace, &u.service) {
+                Ok(id) => id.to_string(),
+                Err(_) => continue,
+            },
+        };
+        endpoints
+            .entry(id)
+            .or_default()
+            .extend(u.endpoints.iter().cloned());
+    }
+    shared.endpoints.store(Arc::new(endpoints));
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen_certs = (stamp(&f.cert), stamp(&f.key), stamp(&f.bundle));
+    let mut seen_policy = None;
+    let mut first = true;
+    loop {
+        let certs = (stamp(&f.cert), stamp(&f.key), stamp(&f.bundle));
+        if certs != seen_certs {
+            match identity::load_files(&f.cert, &f.key, &f.bundle) {
+                Ok(svid) => {
+                    shared.tls.set_trust(Trust {
+                        bundle: svid.bundle.clone(),
+                        revoked: Default::default(),
+                        trust_domain: shared.td.to_string(),
+                    });
+                    match shared.tls.set_identity(svid.chain.clone(), svid.key()) {
+                        Ok(()) => {
+                            shared.metrics.cert_expiry.set(svid.not_after);
+                            shared.svid.set(svid);
+                            shared.generation.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("certificate files reloaded");
+                            seen_certs = certs;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the new certificate files cannot be used; keeping the old ones")
+                        }
+                    }
+                }
+                // Files are often rewritten one after the other: try again.
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "certificate files not usable yet")
+                }
+            }
+        }
+        let policy = f.policy_file.as_deref().and_then(stamp);
+        if first || policy != seen_policy {
+            match load_policy_file(f.policy_file.as_deref()) {
+                Ok(docs) => {
+                    apply_documents(&shared, docs, f.default_action, "", "");
+                    seen_policy = policy;
+                    tracing::info!("policies loaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy file refused; keeping the policies in force")
+                }
+            }
+        }
+        if first {
+            shared.configured.store(true, Ordering::Relaxed);
+            first = false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn load_policy_file(path: Option<&std::path::Path>) -> anyhow::Result<Vec<ward_policy::Document>> {
+    let Some(p) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    ward_policy::parse_documents_yaml(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
+}
+
+/// Puts policy documents in force for this sidecar's service.
+fn apply_documents(
+    shared: &Shared,
+    docs: Vec<ward_policy::Document>,
+    default: DefaultAction,
+    issuer: &str,
+    jwks_json: &str,
+) {
+    let mut policies = Vec::new();
+    let mut authns = Vec::new();
+    for d in docs {
+        match d {
+            ward_policy::Document::Authorization(p) => policies.push(p),
+            ward_policy::Document::Authentication(a) => authns.push(a),
+        }
+    }
+    shared.authn.store(Arc::new(authn::Authn::build(
+        &authns,
+        &shared.cfg.namespace,
+        &shared.cfg.service,
+        issuer,
+        jwks_json,
+        &shared.key_caches,
+    )));
     shared
         .policies
         .store(Arc::new(PolicySet::new(policies, default)));
     shared.policy_version.send_modify(|v| *v += 1);
-    shared.configured.store(true, Ordering::Relaxed);
-    tracing::debug!(version = msg.version, "configuration updated");
 }
 
 /// Renews at half-life (±10 %), retrying with backoff; a renewal failure

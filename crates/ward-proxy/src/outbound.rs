@@ -44,7 +44,13 @@ pub(crate) async fn serve(
     listener: TcpListener,
     conns: Arc<Semaphore>,
 ) {
-    let expected = match SpiffeId::for_service(&shared.td, &up.namespace, &up.service) {
+    let expected = match up.id.as_deref() {
+        Some(id) => SpiffeId::parse(id).map_err(|e| e.to_string()),
+        None => {
+            SpiffeId::for_service(&shared.td, &up.namespace, &up.service).map_err(|e| e.to_string())
+        }
+    };
+    let expected = match expected {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "bad upstream name");
