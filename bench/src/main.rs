@@ -4,6 +4,8 @@
 //!   signing in-process (one core) and through the gRPC API of a real
 //!   `ward server`, each next to a baseline measured in the same run: bare
 //!   ECDSA P-256 signatures per second on one core.
+//! - `ward-bench upstream`, `grpc-load`, `tcp-load`: the app and load
+//!   generators of the comparison harness (`bench/compare.py`).
 //! - `ward-bench token [--ward PATH] [--seconds N] [--connections N]`
 //!   measures the OAuth2 token endpoint of a real `ward server`
 //!   (client_credentials, client_secret_basic, ES256, keep-alive HTTP/1.1
@@ -11,6 +13,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod harness;
 
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
@@ -38,11 +42,45 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(32);
             token(&ward, Duration::from_secs(seconds), conns)
         }
+        Some("upstream") => {
+            let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+            let tcp = flag("--tcp-listen");
+            runtime(1)?.block_on(harness::upstream(&listen, tcp.as_deref()))
+        }
+        Some("grpc-load") => {
+            let target = flag("--target").context("--target HOST:PORT")?;
+            let streams = flag("--streams").and_then(|s| s.parse().ok()).unwrap_or(32);
+            let rate = runtime(1)?.block_on(harness::grpc_load(
+                &target,
+                Duration::from_secs(seconds),
+                streams,
+            ))?;
+            println!("{}", json!({ "grpc_unary_per_sec": rate.round() }));
+            Ok(())
+        }
+        Some("tcp-load") => {
+            let target = flag("--target").context("--target HOST:PORT")?.parse()?;
+            let mbps =
+                runtime(1)?.block_on(harness::tcp_load(target, Duration::from_secs(seconds)))?;
+            println!(
+                "{}",
+                json!({ "tcp_mb_per_sec": (mbps * 10.0).round() / 10.0 })
+            );
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: ward-bench sign|token [--ward PATH] [--seconds N] [--connections N]");
+            eprintln!("usage: ward-bench sign|token|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N]");
             std::process::exit(2);
         }
     }
+}
+
+/// A runtime with `workers` threads.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?)
 }
 
 fn sign(ward: &str, dur: Duration) -> anyhow::Result<()> {

@@ -25,10 +25,31 @@ fn main() -> std::process::ExitCode {
             "info,sqlx=warn,h2=warn,hyper=warn"
         },
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The sidecar runs on --worker-threads threads (default: the cores, at
+    // most 2, as ztunnel does); one worker means a single-threaded runtime,
+    // with no cross-thread wake-ups at all.
+    let workers = match &args.command {
+        cli::Command::Proxy(p) => Some(p.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(2)
+        })),
+        _ => None,
+    };
+    let runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -219,6 +219,11 @@ impl Outbound {
     }
 
     fn endpoints(&self) -> Vec<String> {
+        // Endpoints given on the command line (no control plane) are this
+        // upstream's own, even when another upstream expects the same ID.
+        if !self.up.endpoints.is_empty() {
+            return self.up.endpoints.clone();
+        }
         self.shared
             .endpoints
             .load()

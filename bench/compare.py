@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""ward against nginx and HAProxy mTLS pairs, side by side on loopback.
+
+    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--out bench/results]
+
+Every target carries the same path: load generator -> proxy A (plaintext
+in) -> mTLS (TLS 1.3, P-256, client certificate required) -> proxy B ->
+the harness's own upstream app (`ward-bench upstream`, 1 KiB responses).
+`direct` is the load generator against the app. All proxies use the same
+certificates (issued by a ward server) and the same number of workers.
+A target that fails its correctness probe is not measured.
+
+Installs nginx, HAProxy and wrk with apt-get, and oha with cargo, when
+missing; builds ward and ward-bench in release mode. Writes JSON, a
+markdown table and (with matplotlib, installed into bench/.venv) a PNG.
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARD = os.path.join(ROOT, "target/release/ward")
+BENCH = os.path.join(ROOT, "target/release/ward-bench")
+TICK = os.sysconf("SC_CLK_TCK")
+BODY = b"x" * 1024
+
+
+def sh(*args, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def ensure_tools():
+    missing = [p for p, b in (("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")) if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not shutil.which("oha") and not os.path.exists(os.path.expanduser("~/.cargo/bin/oha")):
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    os.environ["PATH"] += ":/usr/sbin:" + os.path.expanduser("~/.cargo/bin")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ward-cli", "-p", "ward-bench"], check=True, cwd=ROOT)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def cpu_secs(pids):
+    t = 0
+    for pid in pids:
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            t += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return t / TICK
+
+
+def status_kib(pid, key):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+class Target:
+    def __init__(self, name, entry, b_port=None, a_pids=(), b_pids=()):
+        self.name, self.entry, self.b_port = name, entry, b_port
+        self.a_pids, self.b_pids = list(a_pids), list(b_pids)
+
+    def pids(self):
+        return self.a_pids + self.b_pids
+
+
+def start(procs, args, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"}, **kw)
+    procs.append(p)
+    return p
+
+
+def certs(tmp, procs):
+    """a and b from one ward CA; `stranger` from another CA."""
+    out = {}
+    for ca in ("ca1", "ca2"):
+        data = os.path.join(tmp, ca)
+        srv = start(procs, [WARD, "--output", "json", "server", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        srv.stdout.readline()
+        names = ("a", "b") if ca == "ca1" else ("stranger",)
+        for n in names:
+            sh(WARD, "--data-dir", data, "service", "add", n)
+            sh(WARD, "--data-dir", data, "cert", "issue", "--spiffe-id", f"spiffe://ward.internal/ns/default/sa/{n}", "--dns-name", f"{n}.internal",
+               "--ttl", "24h", "--out-cert", f"{tmp}/{n}.pem", "--out-key", f"{tmp}/{n}.key", "--out-bundle", f"{tmp}/{ca}-bundle.pem")
+            with open(f"{tmp}/{n}.combined.pem", "w") as f:
+                f.write(open(f"{tmp}/{n}.pem").read() + open(f"{tmp}/{n}.key").read())
+        srv.terminate()
+        srv.wait()
+    out["bundle"] = f"{tmp}/ca1-bundle.pem"
+    return out
+
+
+def ward_pair(tmp, procs, app, workers):
+    pol = f"{tmp}/allow-a.yaml"
+    open(pol, "w").write('apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-a }\nspec:\n  rules:\n  - from: [{ source: { principals: ["ward.internal/ns/default/sa/a"] } }]\n')
+    bp = free_port()
+    common = ["--output", "json", "--trust-bundle", f"{tmp}/ca1-bundle.pem", "proxy", "--worker-threads", str(workers), "--admin", "127.0.0.1:0"]
+    b = start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bp}", "--app", app, "--policy-file", pol])
+    b.stdout.readline()
+    ap = free_port()
+    a = start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
+                      "--upstream", f"b=127.0.0.1:{ap},endpoint=127.0.0.1:{bp},id=spiffe://ward.internal/ns/default/sa/b"])
+    a.stdout.readline()
+    return Target("ward", f"127.0.0.1:{ap}", bp, [a.pid], [b.pid])
+
+
+NGINX_COMMON = """worker_processes {workers};
+worker_rlimit_nofile 19990;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+{body}
+}}
+"""
+
+
+def nginx_pair(tmp, procs, app, workers):
+    bp, ap = free_port(), free_port()
+    confs = {
+        "b": f"""  upstream app {{ server {app}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{bp} ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate {tmp}/b.pem; ssl_certificate_key {tmp}/b.key;
+    ssl_client_certificate {tmp}/ca1-bundle.pem; ssl_verify_client on; ssl_verify_depth 3;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}""",
+        "a": f"""  upstream b {{ server 127.0.0.1:{bp}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ap};
+    location / {{
+      proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+      proxy_ssl_certificate {tmp}/a.pem; proxy_ssl_certificate_key {tmp}/a.key;
+      proxy_ssl_trusted_certificate {tmp}/ca1-bundle.pem; proxy_ssl_verify on; proxy_ssl_verify_depth 3;
+      proxy_ssl_name b.internal; proxy_ssl_server_name on;
+    }}
+  }}""",
+    }
+    pids = {}
+    for side in ("b", "a"):
+        d = f"{tmp}/nginx-{side}"
+        os.makedirs(d, exist_ok=True)
+        conf = f"{d}/nginx.conf"
+        open(conf, "w").write(NGINX_COMMON.format(workers=workers, dir=d, body=confs[side]))
+        m = start(procs, ["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
+        wait_port(bp if side == "b" else ap)
+        pids[side] = [m.pid] + children(m.pid)
+    return Target("nginx", f"127.0.0.1:{ap}", bp, pids["a"], pids["b"])
+
+
+def haproxy_pair(tmp, procs, app, workers):
+    bp, ap = free_port(), free_port()
+    common = f"""global
+  nbthread {workers}
+  # HAProxy reserves two descriptors per connection; under a hard limit
+  # of 20,000 that allows 9,993.
+  maxconn 9990
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+"""
+    confs = {
+        "b": common + f"""frontend fb
+  bind 127.0.0.1:{bp} ssl crt {tmp}/b.combined.pem ca-file {tmp}/ca1-bundle.pem verify required ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  http-reuse always
+  server app {app}
+""",
+        "a": common + f"""frontend fa
+  bind 127.0.0.1:{ap}
+  default_backend b
+backend b
+  http-reuse always
+  server b 127.0.0.1:{bp} ssl crt {tmp}/a.combined.pem ca-file {tmp}/ca1-bundle.pem verify required verifyhost b.internal sni str(b.internal) ssl-min-ver TLSv1.3
+""",
+    }
+    pids = {}
+    for side in ("b", "a"):
+        conf = f"{tmp}/haproxy-{side}.cfg"
+        open(conf, "w").write(confs[side])
+        log = open(f"{tmp}/haproxy-{side}.log", "w")
+        p = subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=log, stderr=log)
+        procs.append(p)
+        try:
+            wait_port(bp if side == "b" else ap)
+        except SystemExit:
+            raise SystemExit("haproxy did not start:\n" + open(f"{tmp}/haproxy-{side}.log").read())
+        pids[side] = [p.pid]
+    return Target("haproxy", f"127.0.0.1:{ap}", bp, pids["a"], pids["b"])
+
+
+def curl_b(t, tmp, cert=None):
+    args = ["curl", "-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", f"https://127.0.0.1:{t.b_port}/probe"]
+    if cert:
+        args[1:1] = ["--cert", f"{tmp}/{cert}.pem", "--key", f"{tmp}/{cert}.key"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def probe(t, tmp):
+    """None when the target is correct, else what is wrong."""
+    try:
+        body = urllib.request.urlopen(f"http://{t.entry}/probe", timeout=5).read()
+    except Exception as e:
+        return f"request through the pair failed: {e}"
+    if body != BODY:
+        return "wrong body through the pair"
+    if t.b_port is None:
+        return None
+    if curl_b(t, tmp, "a") != "200":
+        return "proxy B refused a valid client certificate"
+    if curl_b(t, tmp) == "200":
+        return "proxy B accepted a client without a certificate"
+    if curl_b(t, tmp, "stranger") == "200":
+        return "proxy B accepted a certificate from another CA"
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{t.b_port}", "-cert", f"{tmp}/a.pem", "-key", f"{tmp}/a.key", "-brief"],
+                         input="", capture_output=True, text=True, timeout=10)
+    if "TLSv1.3" not in out.stdout + out.stderr:
+        return "TLS 1.3 was not negotiated"
+    return None
+
+
+def wrk(entry, seconds, conns=32):
+    out = sh("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://{entry}/")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        lat[pct] = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": rps, "requests": total, "p50_ms": lat["50"], "p99_ms": lat["99"],
+            "errors": (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in errs.groups()) if errs else 0)}
+
+
+def oha_rate(entry, seconds, rate):
+    out = sh("oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "--latency-correction", "-c", "32", f"http://{entry}/")
+    d = json.loads(out)
+    p = d["latencyPercentiles"]
+    return {"p50_ms": p["p50"] * 1000, "p90_ms": p["p90"] * 1000, "p99_ms": p["p99"] * 1000, "max_ms": d["summary"]["slowest"] * 1000}
+
+
+def handshakes(t, tmp, seconds):
+    """CPU seconds of proxy B per 1,000 full mTLS handshakes (openssl s_time -new)."""
+    before = cpu_secs(t.b_pids)
+    out = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{t.b_port}", "-new", "-cert", f"{tmp}/a.pem", "-key", f"{tmp}/a.key", "-time", str(seconds)],
+                         capture_output=True, text=True).stdout
+    cpu = cpu_secs(t.b_pids) - before
+    m = re.search(r"(\d+) connections in [\d.]+s", out)
+    n = int(m.group(1)) if m else 0
+    return {"handshakes": n, "cpu_s_per_1000": round(cpu / n * 1000, 3) if n else None}
+
+
+def idle_memory(t, tmp, n):
+    """KiB of proxy B's RSS per idle mTLS connection, n held open at once."""
+    import asyncio
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=f"{tmp}/ca1-bundle.pem")
+    ctx.check_hostname = False
+    ctx.load_cert_chain(f"{tmp}/a.pem", f"{tmp}/a.key")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    before = sum(status_kib(p, "VmRSS") for p in t.b_pids)
+    conns = []
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", t.b_port, ssl=ctx)
+        conns.append(w)
+
+    async def run():
+        sem = asyncio.Semaphore(64)
+
+        async def guarded():
+            async with sem:
+                await one()
+        await asyncio.gather(*(guarded() for _ in range(n)), return_exceptions=True)
+        await asyncio.sleep(2)
+        after = sum(status_kib(p, "VmRSS") for p in t.b_pids)
+        for w in conns:
+            w.close()
+        return after
+    after = asyncio.run(run())
+    held = len(conns)
+    return {"connections": held, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_connection": round((after - before) / held, 2) if held else None}
+
+
+def med(vals):
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--idle", type=int, default=None,
+                    help="idle connections for metric (e) [default: 10,000, or 9,000 when the descriptor limit is 20,000 or less]")
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    a = ap.parse_args()
+    ensure_tools()
+    # 10,000 idle connections need as many descriptors in the client and
+    # in proxy B (root may raise the hard limit; others get what they have).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, max(hard, 65536)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if a.idle is None:
+        a.idle = 10000 if resource.getrlimit(resource.RLIMIT_NOFILE)[1] > 20000 else 9000
+    tmp = tempfile.mkdtemp()
+    procs = []
+    try:
+        certs(tmp, procs)
+        app = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0"])
+        app_addr = json.loads(app.stdout.readline())["http"]
+        targets = [Target("direct", app_addr)]
+        for make in (ward_pair, nginx_pair, haproxy_pair):
+            t = make(tmp, procs, app_addr, a.workers)
+            time.sleep(0.5)
+            why = probe(t, tmp)
+            if why:
+                print(f"{t.name}: not measured: {why}", file=sys.stderr)
+                continue
+            print(f"{t.name}: probe passed", file=sys.stderr)
+            targets.append(t)
+        for t in targets:  # warm up pools and caches
+            wrk(t.entry, 1)
+        runs = {t.name: [] for t in targets}
+        for r in range(a.rounds):
+            for t in targets:
+                c0 = cpu_secs(t.pids())
+                res = wrk(t.entry, a.seconds)
+                res["cpu_ms_per_1000"] = (cpu_secs(t.pids()) - c0) * 1000 / res["requests"] * 1000 if t.pids() else None
+                runs[t.name].append(res)
+                print(f"round {r + 1} {t.name}: {res}", file=sys.stderr)
+        report = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                              "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
+                              "haproxy": sh("haproxy", "-v").splitlines()[0], "openssl": sh("openssl", "version").strip()},
+                  "rounds": a.rounds, "seconds": a.seconds, "workers": a.workers, "targets": {}}
+        for t in targets:
+            rs = runs[t.name]
+            e = {"throughput_rps": med([x["rps"] for x in rs]), "p50_ms": med([x["p50_ms"] for x in rs]),
+                 "p99_ms": med([x["p99_ms"] for x in rs]), "errors": sum(x["errors"] for x in rs)}
+            if t.pids():
+                e["cpu_ms_per_1000_requests"] = med([x["cpu_ms_per_1000"] for x in rs])
+                e["peak_rss_kib"] = {"a": sum(status_kib(p, "VmHWM") for p in t.a_pids), "b": sum(status_kib(p, "VmHWM") for p in t.b_pids)}
+            report["targets"][t.name] = e
+        for t in targets:
+            report["targets"][t.name]["fixed_rate"] = oha_rate(t.entry, a.seconds, a.rate)
+        for t in targets[1:]:
+            report["targets"][t.name]["handshakes"] = handshakes(t, tmp, a.seconds)
+        for t in targets[1:]:
+            report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
+        report["grpc_tcp"] = grpc_tcp(tmp, procs, a)
+        ratios(report)
+        write(report, a.out)
+    finally:
+        for p in procs:
+            try:
+                p.terminate()
+            except Exception:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except Exception:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def grpc_tcp(tmp, procs, a):
+    """(f): gRPC unary calls/s and TCP MB/s, direct and through a ward pair."""
+    sample = start(procs, [WARD, "--output", "json", "sample-app", "--name", "grpc", "--listen", "127.0.0.1:0"])
+    grpc_app = json.loads(sample.stdout.readline())["http"]
+    echo = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
+    tcp_app = json.loads(echo.stdout.readline())["tcp"]
+    pol = f"{tmp}/allow-a.yaml"
+    common = ["--output", "json", "--trust-bundle", f"{tmp}/ca1-bundle.pem", "proxy", "--worker-threads", str(a.workers), "--admin", "127.0.0.1:0", "--policy-file", pol]
+    bg, bt = free_port(), free_port()
+    start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bg}", "--app", grpc_app]).stdout.readline()
+    start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bt}", "--app", tcp_app, "--app-protocol", "tcp"]).stdout.readline()
+    ug, ut = free_port(), free_port()
+    bid = "id=spiffe://ward.internal/ns/default/sa/b"
+    start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
+                  "--upstream", f"b=127.0.0.1:{ug},endpoint=127.0.0.1:{bg},{bid}",
+                  "--upstream", f"b.tcp=127.0.0.1:{ut},protocol=tcp,endpoint=127.0.0.1:{bt},{bid}"]).stdout.readline()
+    time.sleep(1)
+    s = str(a.seconds)
+    out = {"grpc_unary_per_sec": {}, "tcp_mb_per_sec": {}}
+    for name, target in (("direct", grpc_app), ("ward", f"127.0.0.1:{ug}")):
+        out["grpc_unary_per_sec"][name] = json.loads(sh(BENCH, "grpc-load", "--target", target, "--seconds", s))["grpc_unary_per_sec"]
+    for name, target in (("direct", tcp_app), ("ward", f"127.0.0.1:{ut}")):
+        out["tcp_mb_per_sec"][name] = json.loads(sh(BENCH, "tcp-load", "--target", target, "--seconds", s))["tcp_mb_per_sec"]
+    out["grpc_ratio"] = round(out["grpc_unary_per_sec"]["ward"] / out["grpc_unary_per_sec"]["direct"], 3)
+    out["tcp_ratio"] = round(out["tcp_mb_per_sec"]["ward"] / out["tcp_mb_per_sec"]["direct"], 3)
+    return out
+
+
+def ratios(r):
+    t = r["targets"]
+    peers = [p for p in ("nginx", "haproxy") if p in t]
+    w = t.get("ward")
+    if not w:
+        return
+    best = lambda key, f, better: (min if better == "low" else max)((f(t[p]) for p in peers), default=None)
+    rps = lambda x: x["throughput_rps"]["median"]
+    out = {"throughput_vs_direct": rps(w) / rps(t["direct"])}
+    if peers:
+        out["throughput_vs_best_peer"] = rps(w) / best("rps", rps, "high")
+        out["p99_at_rate_vs_best_peer"] = w["fixed_rate"]["p99_ms"] / best("p99", lambda x: x["fixed_rate"]["p99_ms"], "low")
+        hs = [t[p]["handshakes"]["cpu_s_per_1000"] for p in peers if t[p]["handshakes"]["cpu_s_per_1000"]]
+        if hs and w["handshakes"]["cpu_s_per_1000"]:
+            out["handshake_cpu_vs_best_peer"] = w["handshakes"]["cpu_s_per_1000"] / min(hs)
+        out["cpu_per_request_vs_best_peer"] = w["cpu_ms_per_1000_requests"]["median"] / min(t[p]["cpu_ms_per_1000_requests"]["median"] for p in peers)
+    r["ratios"] = {k: round(v, 3) for k, v in out.items()}
+
+
+def write(r, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    base = os.path.join(out_dir, f"compare-{stamp}")
+    json.dump(r, open(base + ".json", "w"), indent=2)
+    t = r["targets"]
+    f = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    lines = [f"{r['rounds']} rounds × {r['seconds']} s, {r['workers']} worker(s) per proxy, {r['machine']['cpus']} CPUs; {r['machine']['nginx']}; {r['machine']['haproxy']}; {r['machine']['openssl']}", "",
+             "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes | KiB / idle conn |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in t.items():
+        tp = e["throughput_rps"]
+        rss = e.get("peak_rss_kib")
+        lines.append(f"| {name} | {f(tp['median'])} ({f(tp['min'])}–{f(tp['max'])}) | {e['p50_ms']['median']:.2f} ms | {e['p99_ms']['median']:.2f} ms | "
+                     f"{e['fixed_rate']['p99_ms']:.2f} ms | {f(e.get('cpu_ms_per_1000_requests', {}).get('median'), 1)} | "
+                     f"{f(rss['a'] / 1024, 1) + ' / ' + f(rss['b'] / 1024, 1) if rss else '–'} | "
+                     f"{f(e.get('handshakes', {}).get('cpu_s_per_1000'), 3)} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} |")
+    g = r["grpc_tcp"]
+    lines += ["", f"gRPC unary: direct {f(g['grpc_unary_per_sec']['direct'])}/s, ward pair {f(g['grpc_unary_per_sec']['ward'])}/s ({g['grpc_ratio']}×); "
+              f"TCP: direct {g['tcp_mb_per_sec']['direct']} MB/s, ward pair {g['tcp_mb_per_sec']['ward']} MB/s ({g['tcp_ratio']}×)", "",
+              "Ratios: " + ", ".join(f"{k} {v}" for k, v in r.get("ratios", {}).items())]
+    md = "\n".join(lines) + "\n"
+    open(base + ".md", "w").write(md)
+    print(md)
+    chart(r, base + ".png")
+    print(f"wrote {base}.json, .md, .png", file=sys.stderr)
+
+
+def chart(r, path):
+    venv = os.path.join(ROOT, "bench/.venv")
+    py = os.path.join(venv, "bin/python")
+    if not os.path.exists(py):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+    script = """
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+r = json.load(open(sys.argv[1]))
+t = r["targets"]
+names = list(t)
+fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+ax[0].bar(names, [t[n]["throughput_rps"]["median"] for n in names]); ax[0].set_title("req/s (32 conns, 1 KiB)")
+ax[1].bar(names, [t[n]["fixed_rate"]["p99_ms"] for n in names]); ax[1].set_title("p99 ms at fixed rate")
+px = [n for n in names if "peak_rss_kib" in t[n]]
+ax[2].bar(px, [max(t[n]["peak_rss_kib"].values()) / 1024 for n in px]); ax[2].set_title("peak RSS per proxy (MiB)")
+fig.tight_layout(); fig.savefig(sys.argv[2], dpi=100)
+"""
+    tmpjson = path + ".json.tmp"
+    json.dump(r, open(tmpjson, "w"))
+    subprocess.run([py, "-c", script, tmpjson, path], check=True)
+    os.remove(tmpjson)
+
+
+if __name__ == "__main__":
+    main()
