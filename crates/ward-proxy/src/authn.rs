@@ -58,7 +58,10 @@ pub(crate) enum Outcome {
 /// Key caches kept across configuration updates, so that a policy change
 /// does not throw away fetched keys.
 pub(crate) struct KeyCaches {
+    /// Made on first use: loading the system's roots costs memory that a
+    /// sidecar without `jwksUri` rules should not pay.
     http: Option<reqwest::Client>,
+    bundle: Vec<rustls_pki_types::CertificateDer<'static>>,
     ward_jwks: String,
     ward: Arc<JwksCache>,
     uris: HashMap<String, Arc<JwksCache>>,
@@ -67,7 +70,8 @@ pub(crate) struct KeyCaches {
 impl KeyCaches {
     pub(crate) fn new(bundle: &[rustls_pki_types::CertificateDer<'static>]) -> KeyCaches {
         KeyCaches {
-            http: jwks_client(bundle),
+            http: None,
+            bundle: bundle.to_vec(),
             ward_jwks: String::new(),
             ward: Arc::new(JwksCache::fixed(JwkSet::default())),
             uris: HashMap::new(),
@@ -93,6 +97,9 @@ impl KeyCaches {
     fn uri(&mut self, uri: &str) -> Option<Arc<JwksCache>> {
         if let Some(c) = self.uris.get(uri) {
             return Some(c.clone());
+        }
+        if self.http.is_none() {
+            self.http = jwks_client(&self.bundle);
         }
         let http = self.http.clone()?;
         let url = uri.to_string();

@@ -102,7 +102,12 @@ pub(crate) async fn serve(
 /// connections, resumable sessions) is used after a renewal.
 struct Pools {
     generation: u64,
+    /// HTTP/2 (gRPC and apps that speak HTTP/2), multiplexed.
     http: Client<MeshConnector, Body>,
+    /// HTTP/1.1 requests, on pooled keep-alive HTTP/1.1 connections: less
+    /// work per request than HTTP/2 framing (measured in
+    /// docs/performance.md).
+    http1: Client<MeshConnector, Body>,
     tcp: TlsConnector,
 }
 
@@ -124,10 +129,25 @@ impl Pools {
             .build(MeshConnector {
                 tls: h2,
                 shared: shared.clone(),
+                h2: true,
+            });
+        let h1 = TlsConnector::from(Arc::new(
+            shared.tls.client_config(expected.clone(), &[b"http/1.1"]),
+        ));
+        let http1 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(MeshConnector {
+                tls: h1,
+                shared: shared.clone(),
+                h2: false,
             });
         Pools {
             generation,
             http,
+            http1,
             tcp,
         }
     }
@@ -310,6 +330,13 @@ impl Outbound {
         mut req: Request<Incoming>,
         endpoints: Vec<String>,
     ) -> (Response<Body>, String) {
+        // HTTP/2 from the app (gRPC included) goes over HTTP/2 between the
+        // sidecars and reaches the app as HTTP/2; HTTP/1.1 stays HTTP/1.1.
+        let h2 = req.version() == Version::HTTP_2
+            || req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if req.version() == Version::HTTP_2 {
             req.headers_mut()
                 .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
@@ -329,7 +356,8 @@ impl Outbound {
         } else {
             1
         };
-        let client = self.pools().http.clone();
+        let pools = self.pools();
+        let client = if h2 { &pools.http } else { &pools.http1 };
         for _ in 0..attempts {
             let Some((ep, _guard)) = self.balancer.pick_excluding(&endpoints, &tried) else {
                 break;
@@ -340,7 +368,11 @@ impl Outbound {
             let mut r = Request::new(body.take().unwrap_or_else(empty));
             *r.method_mut() = parts.method.clone();
             *r.uri_mut() = uri;
-            *r.version_mut() = Version::HTTP_2;
+            *r.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
             *r.headers_mut() = parts.headers.clone();
             match client.request(r).await {
                 Ok(resp) => return (resp.map(|b| b.boxed()), ep),
@@ -523,13 +555,18 @@ impl Balancer {
 struct MeshConnector {
     tls: TlsConnector,
     shared: Arc<Shared>,
+    h2: bool,
 }
 
-struct MeshIo(TokioIo<TlsStream<TcpStream>>);
+struct MeshIo(TokioIo<TlsStream<TcpStream>>, bool);
 
 impl Connection for MeshIo {
     fn connected(&self) -> Connected {
-        Connected::new().negotiated_h2()
+        if self.1 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 
@@ -571,6 +608,7 @@ impl tower::Service<http::Uri> for MeshConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let tls = self.tls.clone();
         let shared = self.shared.clone();
+        let h2 = self.h2;
         Box::pin(async move {
             let ep = uri
                 .authority()
@@ -586,7 +624,7 @@ impl tower::Service<http::Uri> for MeshConnector {
                     result,
                 })
                 .inc();
-            Ok(MeshIo(TokioIo::new(r?)))
+            Ok(MeshIo(TokioIo::new(r?), h2))
         })
     }
 }
