@@ -89,18 +89,10 @@ impl Workload {
 
     /// The issuer's signing keys, fetched from its JWKS endpoint and cached.
     pub fn issuer_keys(&self, issuer: &str) -> anyhow::Result<Arc<JwksCache>> {
-        let http = self.ward_http()?;
-        let url = format!("{issuer}/oauth2/jwks");
-        Ok(Arc::new(JwksCache::new(Arc::new(move || {
-            let (http, url) = (http.clone(), url.clone());
-            Box::pin(async move {
-                let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
-                if !r.status().is_success() {
-                    return Err(format!("{url}: {}", r.status()));
-                }
-                r.text().await.map_err(|e| e.to_string())
-            })
-        }))))
+        Ok(Arc::new(JwksCache::from_url(
+            self.ward_http()?,
+            &format!("{issuer}/oauth2/jwks"),
+        )))
     }
 
     /// Follows ward's watch stream in the background: revoked token ids go

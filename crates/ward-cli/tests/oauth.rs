@@ -354,7 +354,6 @@ fn token_endpoint_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_key_rotation_while_issuing_and_verifying() {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
     let s = server(&["--token-ttl", "3s", "--svid-ttl", "20s"]);
     s.cli_json(&["service", "add", "frontend"]).unwrap();
@@ -388,22 +387,7 @@ async fn signing_key_rotation_while_issuing_and_verifying() {
             v["access_token"].as_str().unwrap().to_string()
         }
     };
-    let fetch: ward_jwt::Fetch = {
-        let (http, url) = (http.clone(), format!("{issuer}/oauth2/jwks"));
-        Arc::new(move || {
-            let (http, url) = (http.clone(), url.clone());
-            Box::pin(async move {
-                http.get(&url)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .text()
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-    };
-    let mut cache = ward_jwt::JwksCache::new(fetch);
+    let mut cache = ward_jwt::JwksCache::from_url(http.clone(), &format!("{issuer}/oauth2/jwks"));
     cache.cooldown = Duration::from_millis(100);
     let v = ward_jwt::Validation::access_token(&issuer, "frontend");
     let first = get().await;
@@ -662,18 +646,11 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
     };
     let http = s.https().unwrap();
     let issuer = s.url.clone();
-    let fetch: ward_jwt::Fetch = {
-        let (http, url) = (http.clone(), format!("{issuer}/oauth2/jwks"));
-        Arc::new(move || {
-            let (http, url) = (http.clone(), url.clone());
-            Box::pin(async move {
-                let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
-                r.text().await.map_err(|e| e.to_string())
-            })
-        })
-    };
     let layer = JwtAuthLayer::new(
-        Arc::new(ward_jwt::JwksCache::new(fetch)),
+        Arc::new(ward_jwt::JwksCache::from_url(
+            http.clone(),
+            &format!("{issuer}/oauth2/jwks"),
+        )),
         ward_jwt::Validation::access_token(&issuer, "payments"),
     )
     .with_revocations(revoked.clone());

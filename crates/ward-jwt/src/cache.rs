@@ -94,6 +94,24 @@ impl JwksCache {
         }
     }
 
+    /// A cache that fetches the JWKS at `url` with `http`, whose TLS
+    /// settings decide how the issuer is trusted. A non-2xx answer counts
+    /// as a failed fetch (the keys already held stay).
+    #[cfg(feature = "client")]
+    pub fn from_url(http: reqwest::Client, url: &str) -> JwksCache {
+        let url = url.to_string();
+        JwksCache::new(Arc::new(move || {
+            let (http, url) = (http.clone(), url.clone());
+            Box::pin(async move {
+                let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("{url}: {}", r.status()));
+                }
+                r.text().await.map_err(|e| e.to_string())
+            })
+        }))
+    }
+
     /// A cache over a fixed key set (a JWKS file read once).
     pub fn fixed(keys: JwkSet) -> JwksCache {
         JwksCache {

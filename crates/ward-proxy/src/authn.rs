@@ -102,17 +102,7 @@ impl KeyCaches {
             self.http = jwks_client(&self.bundle);
         }
         let http = self.http.clone()?;
-        let url = uri.to_string();
-        let cache = Arc::new(JwksCache::new(Arc::new(move || {
-            let (http, url) = (http.clone(), url.clone());
-            Box::pin(async move {
-                let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
-                if !r.status().is_success() {
-                    return Err(format!("{url}: {}", r.status()));
-                }
-                r.text().await.map_err(|e| e.to_string())
-            })
-        })));
+        let cache = Arc::new(JwksCache::from_url(http, uri));
         self.uris.insert(uri.to_string(), cache.clone());
         Some(cache)
     }
