@@ -460,3 +460,123 @@ spec:
     }
     let _ = (pay_sc, pay);
 }
+
+/// An issuer whose keys are fetched from `jwksUri` over HTTPS (a server
+/// this test runs, with a certificate from ward's CA): the sidecar fetches
+/// them, accepts that issuer's tokens, and keeps accepting them once the
+/// issuer's server is gone (keys already fetched stay in use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_authentication_with_jwks_uri() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:1",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+
+    // The issuer's JWKS endpoint: HTTPS with a certificate for 127.0.0.1.
+    s.cli_json(&["service", "add", "idp"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("idp.pem"), dir.path().join("idp.key"));
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/idp",
+        "--dns-name",
+        "127.0.0.1",
+        "--out-cert",
+        cert.to_str().unwrap(),
+        "--out-key",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
+    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&cert).unwrap()).unwrap();
+    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(ward_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let idp = ward_jwt::SigningKey::generate(ward_jwt::Algorithm::ES256, "uri-1").unwrap();
+    let jwks = serde_json::json!({ "keys": [idp.public_jwk()] }).to_string();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = {
+        let (fetches, jwks) = (fetches.clone(), jwks.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, fetches, jwks) = (acceptor.clone(), fetches.clone(), jwks.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 8192];
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    if !String::from_utf8_lossy(&buf[..n]).starts_with("GET /jwks ") {
+                        return;
+                    }
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        })
+    };
+    apply(
+        &s,
+        &format!(
+            "apiVersion: ward/v1\nkind: RequestAuthentication\nmetadata: {{ name: uri-idp }}\nspec:\n  selector: {{ service: payments }}\n  jwtRules:\n  - issuer: https://uri-idp.example\n    jwksUri: https://127.0.0.1:{port}/jwks\n---\napiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: token-holders }}\nspec:\n  selector: {{ service: payments }}\n  rules:\n  - from: [{{ source: {{ requestPrincipals: [\"https://uri-idp.example/*\"] }} }}]\n"
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = idp
+        .sign(
+            "JWT",
+            &serde_json::json!({ "iss": "https://uri-idp.example", "sub": "bob",
+                                 "aud": "payments", "exp": now + 300, "iat": now }),
+        )
+        .unwrap();
+    let url = format!("http://{}/whoami", fe.upstream("payments.default"));
+    let call = |auth: Option<&str>| {
+        let mut r = reqwest::Client::new().get(&url);
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            call(Some(&token)).await == 200
+        })
+        .await,
+        "a token from the jwksUri issuer was never accepted"
+    );
+    assert!(fetches.load(Ordering::SeqCst) >= 1);
+    assert_eq!(call(None).await, 403, "no token: the policy requires one");
+    // The issuer goes away: the keys already fetched keep working.
+    server.abort();
+    for _ in 0..3 {
+        assert_eq!(call(Some(&token)).await, 200);
+    }
+    let _ = (pay_sc, pay);
+}
