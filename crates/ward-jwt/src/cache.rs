@@ -1,8 +1,10 @@
 //! A JWKS cache: keys are fetched on first use and when they grow old;
 //! a token with an unknown `kid` triggers one refresh (single-flight: the
-//! concurrent callers wait for the same fetch), at most once per cooldown;
-//! and when the issuer cannot be reached the keys already known keep
-//! serving.
+//! concurrent callers wait for the same fetch); there is at most one
+//! attempt per cooldown, whatever prompts it; and when the issuer cannot
+//! be reached, or is slow, the keys already known keep serving (a refresh
+//! of old keys holds one request for at most `STALE_REFRESH_BUDGET`, and
+//! no other).
 //!
 //! Tokens whose signature verified are remembered (until they expire, up to
 //! a bound) so that a token seen again costs a hash lookup and the claim
@@ -19,6 +21,22 @@ use tokio::sync::Mutex;
 
 use crate::verify::{check, verify_signed, Signed};
 use crate::{Claims, JwkSet, JwtError, Validation};
+
+/// How long a request may wait for a refresh of keys that are old but
+/// still held; past it the old keys are used and the refresh counts as
+/// failed.
+pub const STALE_REFRESH_BUDGET: Duration = Duration::from_secs(2);
+
+/// What prompted a refresh.
+#[derive(Clone, Copy)]
+enum Why {
+    /// No keys yet.
+    Missing,
+    /// Keys older than `max_age`.
+    Stale,
+    /// A token named a key id the set does not have.
+    UnknownKid,
+}
 
 /// How many verified tokens one key set remembers.
 const VERIFIED_CAPACITY: usize = 16_384;
@@ -123,12 +141,19 @@ impl JwksCache {
         }
     }
 
-    /// The keys now, refreshing first if they are missing or old (a failed
-    /// refresh keeps the old keys).
+    /// The keys now. Missing keys are fetched first (callers wait, one
+    /// fetch for all). Old keys are refreshed by one caller at a time, for
+    /// at most [`STALE_REFRESH_BUDGET`], while every other caller goes on
+    /// with the keys held; a failed refresh keeps them.
     pub async fn keys(&self) -> Arc<JwkSet> {
         if self.is_stale() {
             let seen = self.current.load().fetched;
-            self.refresh(seen, false).await;
+            let why = if seen.is_none() {
+                Why::Missing
+            } else {
+                Why::Stale
+            };
+            self.refresh(seen, why).await;
         }
         self.current.load().keys.clone()
     }
@@ -141,7 +166,7 @@ impl JwksCache {
         match self.verify_now(token, v) {
             Err(JwtError::UnknownKey) if self.fetch.is_some() => {
                 let seen = self.current.load().fetched;
-                self.refresh(seen, true).await;
+                self.refresh(seen, Why::UnknownKid).await;
                 self.verify_now(token, v)
             }
             r => r,
@@ -179,27 +204,43 @@ impl JwksCache {
     /// [`verify_now`](Self::verify_now).
     pub async fn refresh_unknown_kid(&self) {
         let seen = self.current.load().fetched;
-        self.refresh(seen, true).await;
+        self.refresh(seen, Why::UnknownKid).await;
     }
 
     /// Fetches unless another caller already refreshed since `seen` (then
-    /// its result is used), or, for unknown-kid refreshes, unless the last
-    /// attempt is within the cooldown.
-    async fn refresh(&self, seen: Option<Instant>, unknown_kid: bool) {
+    /// its result is used) or the last attempt, whatever prompted it, is
+    /// within the cooldown: an issuer that is down or slow is neither
+    /// hammered nor allowed to hold every request.
+    async fn refresh(&self, seen: Option<Instant>, why: Why) {
         let Some(fetch) = &self.fetch else { return };
-        let mut last = self.refresh.lock().await;
+        let mut last = match why {
+            // Keys are held: nobody waits behind a refresh in progress.
+            Why::Stale => match self.refresh.try_lock() {
+                Ok(g) => g,
+                Err(_) => return,
+            },
+            Why::Missing | Why::UnknownKid => self.refresh.lock().await,
+        };
         let now = self.current.load().fetched;
         if now.is_some() && now != seen {
             return; // someone refreshed while we waited
         }
-        if unknown_kid && last.is_some_and(|t| t.elapsed() < self.cooldown) {
+        if last.is_some_and(|t| t.elapsed() < self.cooldown) {
             return;
         }
         *last = Some(Instant::now());
-        // On failure (issuer unreachable, garbage) the keys we have stay.
-        if let Ok(keys) = fetch()
-            .await
-            .and_then(|json| JwkSet::from_json(&json).map_err(|e| e.to_string()))
+        let fetched = match why {
+            Why::Stale => tokio::time::timeout(STALE_REFRESH_BUDGET, fetch())
+                .await
+                .unwrap_or_else(|_| Err("the issuer did not answer in time".into())),
+            Why::Missing | Why::UnknownKid => fetch().await,
+        };
+        // The cooldown runs from the end of the attempt, so a slow issuer
+        // is not retried the moment a long attempt gives up.
+        *last = Some(Instant::now());
+        // On failure (issuer unreachable, slow, garbage) the keys we have stay.
+        if let Ok(keys) =
+            fetched.and_then(|json| JwkSet::from_json(&json).map_err(|e| e.to_string()))
         {
             let old = self.current.load();
             let verified = if *old.keys == keys {

@@ -44,7 +44,7 @@ pub mod tower;
 mod verify;
 
 #[cfg(feature = "tower")]
-pub use cache::{Fetch, JwksCache};
+pub use cache::{Fetch, JwksCache, STALE_REFRESH_BUDGET};
 pub use claims::Claims;
 pub use jwk::{Algorithm, Jwk, JwkSet, SigningKey};
 pub use verify::{verify, verify_jws, Jws, JwtError, Validation, MAX_LEEWAY_SECS};

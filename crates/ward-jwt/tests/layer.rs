@@ -236,3 +236,75 @@ async fn tonic_interceptor() {
     }
     assert!(passed, "the background refresh picked up the new key");
 }
+
+/// Old keys and an issuer that hangs: requests go on with the keys held
+/// (none waits longer than the refresh budget, most do not wait at all),
+/// and the issuer sees at most one attempt per cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_keys_and_a_hanging_issuer_hold_no_request() {
+    let k1 = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let jwks = json!({ "keys": [k1.public_jwk()] }).to_string();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let hang = Arc::new(AtomicBool::new(false));
+    let fetch: ward_jwt::Fetch = {
+        let (fetches, hang) = (fetches.clone(), hang.clone());
+        Arc::new(move || {
+            let (fetches, hang, jwks) = (fetches.clone(), hang.clone(), jwks.clone());
+            Box::pin(async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                if hang.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok(jwks)
+            })
+        })
+    };
+    let mut cache = JwksCache::new(fetch);
+    cache.max_age = Duration::from_millis(100);
+    cache.cooldown = Duration::from_secs(1);
+    let cache = Arc::new(cache);
+    let v = Validation::access_token(ISS, "payments");
+    cache.verify(&token(&k1, "a"), &v).await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    hang.store(true, Ordering::SeqCst);
+    // The keys are now old, and the cooldown since the first fetch is over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, v, t) = (cache.clone(), v.clone(), token(&k1, &format!("b{i}")));
+        tasks.push(tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            c.verify(&t, &v).await.map(|_| t0.elapsed())
+        }));
+    }
+    let mut waited = Vec::new();
+    for t in tasks {
+        waited.push(t.await.unwrap().expect("old keys still verify"));
+    }
+    waited.sort();
+    assert!(
+        waited[18] < Duration::from_secs(1),
+        "all but the refreshing request went on at once: {waited:?}"
+    );
+    assert!(
+        waited[19] < ward_jwt::STALE_REFRESH_BUDGET + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    // Within the cooldown, nobody tries again.
+    for i in 0..10 {
+        let t0 = std::time::Instant::now();
+        cache
+            .verify(&token(&k1, &format!("c{i}")), &v)
+            .await
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "one attempt per cooldown"
+    );
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
