@@ -215,6 +215,14 @@ impl Document {
         }
     }
 
+    /// `AuthorizationPolicy` or `RequestAuthentication`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Authorization(_) => "AuthorizationPolicy",
+            Document::Authentication(_) => "RequestAuthentication",
+        }
+    }
+
     /// The document's metadata.
     pub fn metadata(&self) -> &Metadata {
         match self {

@@ -55,8 +55,9 @@ pub(crate) enum Outcome {
     Invalid(String),
 }
 
-/// Key caches kept across configuration updates, so that a policy change
-/// does not throw away fetched keys.
+/// Key caches kept across configuration updates, so that an update (every
+/// watch message) neither refetches nor re-parses keys, nor forgets the
+/// tokens they verified.
 pub(crate) struct KeyCaches {
     /// Made on first use: loading the system's roots costs memory that a
     /// sidecar without `jwksUri` rules should not pay.
@@ -64,7 +65,8 @@ pub(crate) struct KeyCaches {
     bundle: Vec<rustls_pki_types::CertificateDer<'static>>,
     ward_jwks: String,
     ward: Arc<JwksCache>,
-    uris: HashMap<String, Arc<JwksCache>>,
+    /// By source: `uri:<jwksUri>` or `inline:<JWKS JSON>`.
+    sources: HashMap<String, Arc<JwksCache>>,
 }
 
 impl KeyCaches {
@@ -74,7 +76,7 @@ impl KeyCaches {
             bundle: bundle.to_vec(),
             ward_jwks: String::new(),
             ward: Arc::new(JwksCache::fixed(JwkSet::default())),
-            uris: HashMap::new(),
+            sources: HashMap::new(),
         }
     }
 
@@ -94,17 +96,28 @@ impl KeyCaches {
         self.ward.clone()
     }
 
-    fn uri(&mut self, uri: &str) -> Option<Arc<JwksCache>> {
-        if let Some(c) = self.uris.get(uri) {
-            return Some(c.clone());
+    /// The cache for a rule's own key source (`jwks` or `jwksUri`).
+    fn source(&mut self, r: &JwtRule) -> Option<(String, Arc<JwksCache>)> {
+        let key = match (&r.jwks, &r.jwks_uri) {
+            (Some(j), _) => format!("inline:{j}"),
+            (None, Some(u)) => format!("uri:{u}"),
+            (None, None) => return None,
+        };
+        if let Some(c) = self.sources.get(&key) {
+            return Some((key, c.clone()));
         }
-        if self.http.is_none() {
-            self.http = jwks_client(&self.bundle);
-        }
-        let http = self.http.clone()?;
-        let cache = Arc::new(JwksCache::from_url(http, uri));
-        self.uris.insert(uri.to_string(), cache.clone());
-        Some(cache)
+        let cache = match (&r.jwks, &r.jwks_uri) {
+            (Some(j), _) => Arc::new(JwksCache::fixed(JwkSet::from_json(j).ok()?)),
+            (None, Some(uri)) => {
+                if self.http.is_none() {
+                    self.http = jwks_client(&self.bundle);
+                }
+                Arc::new(JwksCache::from_url(self.http.clone()?, uri))
+            }
+            (None, None) => return None,
+        };
+        self.sources.insert(key.clone(), cache.clone());
+        Some((key, cache))
     }
 }
 
@@ -151,6 +164,7 @@ impl Authn {
         let ward_keys = caches.ward_keys(ward_jwks);
         let default_from = vec![(AUTHORIZATION, "Bearer ".to_string())];
         let mut rules: Vec<IssuerRule> = Vec::new();
+        let mut used = std::collections::HashSet::new();
         let selecting = docs.iter().filter(|d| {
             d.metadata.namespace == namespace
                 && d.spec
@@ -159,17 +173,15 @@ impl Authn {
                     .is_none_or(|s| s.service == service)
         });
         for r in selecting.flat_map(|d| &d.spec.jwt_rules) {
-            let keys = match (&r.jwks, &r.jwks_uri) {
-                (Some(j), _) => match JwkSet::from_json(j) {
-                    Ok(set) => Arc::new(JwksCache::fixed(set)),
-                    Err(_) => continue,
-                },
-                (None, Some(uri)) => match caches.uri(uri) {
-                    Some(c) => c,
-                    None => continue,
-                },
-                (None, None) if r.issuer == ward_issuer => ward_keys.clone(),
-                (None, None) => continue,
+            let keys = match caches.source(r) {
+                Some((key, c)) => {
+                    used.insert(key);
+                    c
+                }
+                None if r.jwks.is_none() && r.jwks_uri.is_none() && r.issuer == ward_issuer => {
+                    ward_keys.clone()
+                }
+                None => continue,
             };
             if rules.iter().any(|x| x.issuer == r.issuer) {
                 continue;
@@ -194,6 +206,8 @@ impl Authn {
                 ward: true,
             });
         }
+        // Sources no document names any more are let go.
+        caches.sources.retain(|k, _| used.contains(k));
         let mut output_headers: Vec<HeaderName> = rules
             .iter()
             .flat_map(|r| r.outputs.iter().map(|(h, _)| h.clone()))

@@ -98,24 +98,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
             .build(http),
         shared: shared.clone(),
     });
-    let mut stop = shared.shutdown.subscribe();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); tokio::time::sleep(Duration::from_millis(20)).await; continue; }
-            },
-            _ = crate::stopped(&mut stop) => return,
-        };
-        let Ok(permit) = conns.clone().acquire_owned().await else {
-            return;
-        };
-        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            handle(ctx, acceptor, tcp, remote).await;
-        });
-    }
+    crate::accept_loop(&shared, listener, conns, "inbound", move |tcp, remote| {
+        handle(ctx.clone(), acceptor.clone(), tcp, remote)
+    })
+    .await
 }
 
 async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {

@@ -276,6 +276,43 @@ impl Proxy {
 /// Permits of the connection counter; every connection holds one.
 pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// Accepts connections on `listener` until shutdown, each holding a permit
+/// of `conns` (so draining can wait for them) while `handle` serves it on
+/// a task of its own. Accept errors (out of descriptors) back off briefly.
+pub(crate) async fn accept_loop<F, Fut>(
+    shared: &Shared,
+    listener: TcpListener,
+    conns: Arc<tokio::sync::Semaphore>,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, direction, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let Ok(permit) = conns.clone().acquire_owned().await else {
+            return;
+        };
+        let conn = handle(tcp, remote);
+        tokio::spawn(async move {
+            let _permit = permit;
+            conn.await;
+        });
+    }
+}
+
 /// Resolves once shutdown has been requested.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -383,22 +420,8 @@ async fn files_loop(shared: Arc<Shared>) {
     let Some(f) = shared.cfg.standalone.clone() else {
         return;
     };
-    // Endpoints and peer IDs come from the command line.
-    let mut endpoints: HashMap<String, Vec<String>> = HashMap::new();
-    for u in &shared.cfg.upstreams {
-        let id = match &u.id {
-            Some(id) => id.clone(),
-            None => match SpiffeId::for_service(&shared.td, &u.namespace, &u.service) {
-                Ok(id) => id.to_string(),
-                Err(_) => continue,
-            },
-        };
-        endpoints
-            .entry(id)
-            .or_default()
-            .extend(u.endpoints.iter().cloned());
-    }
-    shared.endpoints.store(Arc::new(endpoints));
+    // Endpoints and peer IDs come from each `--upstream` (the outbound
+    // listener reads them from its own config; /config shows them).
     let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen_certs = (stamp(&f.cert), stamp(&f.key), stamp(&f.bundle));
     let mut seen_policy = None;

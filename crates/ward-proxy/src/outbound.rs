@@ -65,21 +65,9 @@ pub(crate) async fn serve(
         pools: arc_swap::ArcSwap::from_pointee(pools),
         balancer: Balancer::default(),
     });
-    let mut stop = shared.shutdown.subscribe();
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); tokio::time::sleep(Duration::from_millis(20)).await; continue; }
-            },
-            _ = crate::stopped(&mut stop) => return,
-        };
-        let Ok(permit) = conns.clone().acquire_owned().await else {
-            return;
-        };
+    crate::accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let _ = tcp.set_nodelay(true);
             match ctx.up.protocol {
                 Protocol::Http => ctx.http_conn(tcp).await,
@@ -92,8 +80,9 @@ pub(crate) async fn serve(
                     }
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Connections to the upstream made with one certificate generation: a
@@ -348,7 +337,7 @@ impl Outbound {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let mut body = Some(body.boxed());
         let mut tried: Vec<String> = Vec::new();
         let attempts = if retryable {
@@ -358,7 +347,7 @@ impl Outbound {
         };
         let pools = self.pools();
         let client = if h2 { &pools.http } else { &pools.http1 };
-        for _ in 0..attempts {
+        for attempt in 1..=attempts {
             let Some((ep, _guard)) = self.balancer.pick_excluding(&endpoints, &tried) else {
                 break;
             };
@@ -373,7 +362,13 @@ impl Outbound {
             } else {
                 Version::HTTP_11
             };
-            *r.headers_mut() = parts.headers.clone();
+            // The last attempt (the only one, for most requests) takes the
+            // headers instead of copying them.
+            *r.headers_mut() = if attempt == attempts {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
             match client.request(r).await {
                 Ok(resp) => return (resp.map(|b| b.boxed()), ep),
                 Err(e) => {

@@ -228,6 +228,19 @@ fn now() -> i64 {
 
 // ---- services ----
 
+/// What to tell a caller who names a service that is not registered.
+pub(crate) fn not_registered(ns: &str, name: &str) -> String {
+    format!("service {ns}/{name} is not registered: add it with `ward service add {name} --namespace {ns}`")
+}
+
+/// The registered service `ns/name`, or 404 saying how to register it.
+async fn registered_service(s: &AppState, ns: &str, name: &str) -> ApiResult<Service> {
+    s.store
+        .get_service(ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(not_registered(ns, name)))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddService {
@@ -334,16 +347,7 @@ async fn create_join_token(
     Json(body): Json<CreateJoinToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ns = body.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
-    let svc = s
-        .store
-        .get_service(&ns, &body.service)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-            "service {ns}/{} is not registered: add it with `ward service add {} --namespace {ns}`",
-            body.service, body.service
-        ))
-        })?;
+    let svc = registered_service(&s, &ns, &body.service).await?;
     let ttl = body.ttl_secs.unwrap_or(3600);
     if ttl == 0 || ttl > 30 * 86400 {
         return Err(ApiError::bad_request(
@@ -624,19 +628,14 @@ fn check_enforceable(
     existing: &[ward_store::PolicyRecord],
 ) -> Result<(), String> {
     let meta = doc.metadata();
-    let kind = |json: &str| {
-        serde_json::from_str::<Value>(json)
-            .ok()
-            .and_then(|v| v["kind"].as_str().map(String::from))
-            .unwrap_or_default()
-    };
-    let my_kind = kind(&doc.to_json());
     if let Some(other) = existing
         .iter()
         .find(|p| p.namespace == meta.namespace && p.name == meta.name)
     {
-        let theirs = kind(&other.spec_json);
-        if theirs != my_kind {
+        let theirs = ward_policy::parse_document(&other.spec_json)
+            .map(|d| d.kind())
+            .unwrap_or_default();
+        if theirs != doc.kind() {
             return Err(format!(
                 "a {theirs} named {}/{} exists; names are unique across kinds",
                 meta.namespace, meta.name
@@ -859,16 +858,7 @@ async fn create_client(
     Json(body): Json<CreateClient>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ns = body.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
-    let svc = s
-        .store
-        .get_service(&ns, &body.service)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "service {ns}/{} is not registered: add it with `ward service add {}`",
-                body.service, body.service
-            ))
-        })?;
+    let svc = registered_service(&s, &ns, &body.service).await?;
     if SpiffeId::for_service(s.ca.trust_domain(), &ns, &body.name).is_err() {
         return Err(ApiError::bad_request(
             "the client name may contain letters, digits, '.', '-' and '_'",

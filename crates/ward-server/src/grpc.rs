@@ -127,9 +127,10 @@ impl Identity for IdentityService {
                 .map_err(internal)?
                 .is_none()
             {
-                return Err(self.refuse("unregistered", Status::permission_denied(format!(
-                    "service {ns}/{name} is not registered: add it with `ward service add {name} --namespace {ns}`"
-                ))));
+                return Err(self.refuse(
+                    "unregistered",
+                    Status::permission_denied(crate::admin::not_registered(ns, name)),
+                ));
             }
         }
         let method = if consume.is_some() {

@@ -132,6 +132,24 @@ async fn issue_one(tx: &mut Transaction<'_, Sqlite>, job: &IssueJob) -> Result<(
     insert_audit(tx, &job.audit).await
 }
 
+impl SqliteStore {
+    /// Runs one UPDATE or DELETE and, when it changed a row, records
+    /// `audit` in the same transaction. Returns whether a row changed.
+    async fn write_audited<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        audit: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
 async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Result<()> {
     sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
         .bind(e.at)
@@ -229,18 +247,10 @@ impl Store for SqliteStore {
         name: &str,
         audit: &AuditEvent,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("DELETE FROM services WHERE namespace = ? AND name = ?")
+        let q = sqlx::query("DELETE FROM services WHERE namespace = ? AND name = ?")
             .bind(namespace)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+            .bind(name);
+        self.write_audited(q, audit).await
     }
 
     async fn create_join_token(&self, t: &JoinToken, audit: &AuditEvent) -> Result<()> {
@@ -325,20 +335,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_certificate(&self, serial: &str, now: i64, audit: &AuditEvent) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
+        let q = sqlx::query(
             "UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL",
         )
         .bind(now)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        .bind(serial);
+        self.write_audited(q, audit).await
     }
 
     async fn revoked_serials(&self, now: i64) -> Result<Vec<String>> {
@@ -468,18 +470,10 @@ impl Store for SqliteStore {
     }
 
     async fn delete_policy(&self, namespace: &str, name: &str, audit: &AuditEvent) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("DELETE FROM policies WHERE namespace = ? AND name = ?")
+        let q = sqlx::query("DELETE FROM policies WHERE namespace = ? AND name = ?")
             .bind(namespace)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+            .bind(name);
+        self.write_audited(q, audit).await
     }
 
     async fn create_client(&self, c: &OAuthClient, audit: &AuditEvent) -> Result<()> {
@@ -527,17 +521,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_client(&self, client_id: &str, audit: &AuditEvent) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("DELETE FROM oauth_clients WHERE client_id = ?")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        let q = sqlx::query("DELETE FROM oauth_clients WHERE client_id = ?").bind(client_id);
+        self.write_audited(q, audit).await
     }
 
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
