@@ -38,7 +38,8 @@ pub(crate) struct Global {
     /// Trust the server whose root certificate has this fingerprint (sha256:<hex>).
     #[arg(long, global = true, env = "WARD_CA_FINGERPRINT")]
     pub ca_fingerprint: Option<String>,
-    /// Trust the server by this PEM bundle of CA certificates.
+    /// Trust the server by this PEM bundle of CA certificates (for `ward
+    /// proxy --cert`: the bundle peers' certificates must chain to).
     #[arg(long, global = true)]
     pub trust_bundle: Option<PathBuf>,
     /// The server's data dir: `ward server` keeps its state there; other
