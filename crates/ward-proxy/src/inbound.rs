@@ -147,7 +147,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         })
         .inc();
     let certs = conn.peer_certificates();
-    let Some(peer) = ward_tls::peer_identity(certs) else {
+    let Some(peer) = ctx.shared.tls.verified_peer(certs, true) else {
         return;
     };
     let mut cert_sha256 = [0u8; 32];

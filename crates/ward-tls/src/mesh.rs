@@ -3,9 +3,16 @@
 //! client accepts only the one SPIFFE ID it expects for the service it
 //! called. Certificate and bundle are swapped in place on rotation; open
 //! connections are not touched, new handshakes use the new material.
-use std::collections::HashSet;
+//!
+//! A chain that verified is remembered (by the SHA-256 of its exact DER
+//! and the usage checked) with the window in which every certificate in it
+//! is valid, until the trust changes. A handshake presenting the same chain
+//! again skips only the chain's signature checks: the window, trust domain
+//! and revocation are checked every time, and so is the handshake signature
+//! that proves the peer holds the key.
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
@@ -17,6 +24,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use ward_identity::SpiffeId;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{provider, verify_svid_chain, VerifiedPeer, VerifyError};
 
@@ -35,8 +43,63 @@ pub struct Trust {
 /// with; both replaceable at any time.
 pub struct MeshTls {
     identity: ArcSwap<CertifiedKey>,
-    trust: ArcSwap<Trust>,
+    trust: ArcSwap<TrustState>,
     algs: WebPkiSupportedAlgorithms,
+}
+
+/// At most this many verified chains are remembered per trust; when full,
+/// the memory starts again empty.
+const VERIFIED_MAX: usize = 4096;
+
+/// The trust in force and the chains verified against it.
+struct TrustState {
+    trust: Arc<Trust>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+impl TrustState {
+    fn new(trust: Trust) -> TrustState {
+        TrustState {
+            trust: Arc::new(trust),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A chain that verified: its leaf's identity and the time window (unix
+/// seconds) in which every certificate it presented is valid.
+#[derive(Clone)]
+struct Verified {
+    peer: VerifiedPeer,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// The memory key of a chain: SHA-256 over the usage and each certificate
+/// with its length.
+fn chain_key(chain: &[CertificateDer<'_>], client: bool) -> [u8; 32] {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    h.update(&[client as u8]);
+    for c in chain {
+        h.update(&(c.len() as u32).to_be_bytes());
+        h.update(c);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(h.finish().as_ref());
+    key
+}
+
+/// The window in which every certificate of `chain` is valid; `None` if
+/// one does not parse (the chain verified, so this does not happen).
+fn validity_window(chain: &[CertificateDer<'_>]) -> Option<(i64, i64)> {
+    let mut window = (i64::MIN, i64::MAX);
+    for c in chain {
+        let (_, parsed) = X509Certificate::from_der(c).ok()?;
+        let v = parsed.validity();
+        window.0 = window.0.max(v.not_before.timestamp());
+        window.1 = window.1.min(v.not_after.timestamp());
+    }
+    Some(window)
 }
 
 impl fmt::Debug for MeshTls {
@@ -55,7 +118,7 @@ impl MeshTls {
         let ck = certified_key(chain, key)?;
         Ok(Arc::new(MeshTls {
             identity: ArcSwap::from_pointee(ck),
-            trust: ArcSwap::from_pointee(trust),
+            trust: ArcSwap::from_pointee(TrustState::new(trust)),
             algs: provider().signature_verification_algorithms,
         }))
     }
@@ -70,14 +133,15 @@ impl MeshTls {
         Ok(())
     }
 
-    /// Replaces the bundle and revocations.
+    /// Replaces the bundle and revocations; chains verified against the
+    /// old trust are forgotten.
     pub fn set_trust(&self, trust: Trust) {
-        self.trust.store(Arc::new(trust));
+        self.trust.store(Arc::new(TrustState::new(trust)));
     }
 
     /// The trust in force.
     pub fn trust(&self) -> Arc<Trust> {
-        self.trust.load_full()
+        self.trust.load().trust.clone()
     }
 
     /// The current certificate chain, leaf first.
@@ -91,8 +155,47 @@ impl MeshTls {
         chain: &[CertificateDer<'_>],
         client: bool,
     ) -> Result<VerifiedPeer, VerifyError> {
-        let trust = self.trust.load();
-        let peer = verify_svid_chain(chain, &trust.bundle, client, UnixTime::now())?;
+        self.verify_peer_at(chain, client, UnixTime::now())
+    }
+
+    fn verify_peer_at(
+        &self,
+        chain: &[CertificateDer<'_>],
+        client: bool,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, VerifyError> {
+        let state = self.trust.load();
+        let trust = &state.trust;
+        let key = chain_key(chain, client);
+        let secs = now.as_secs() as i64;
+        let known = state
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|v| v.not_before <= secs && secs <= v.not_after)
+            .map(|v| v.peer.clone());
+        let peer = match known {
+            Some(peer) => peer,
+            None => {
+                let peer = verify_svid_chain(chain, &trust.bundle, client, now)?;
+                if let Some((not_before, not_after)) = validity_window(chain) {
+                    let mut verified = state.verified.lock().unwrap_or_else(|e| e.into_inner());
+                    if verified.len() >= VERIFIED_MAX {
+                        verified.clear();
+                    }
+                    verified.insert(
+                        key,
+                        Verified {
+                            peer: peer.clone(),
+                            not_before,
+                            not_after,
+                        },
+                    );
+                }
+                peer
+            }
+        };
         if !trust.trust_domain.is_empty() && peer.id.trust_domain_name() != trust.trust_domain {
             return Err(VerifyError::UnexpectedId {
                 found: peer.id.to_string(),
@@ -108,6 +211,26 @@ impl MeshTls {
         Ok(peer)
     }
 
+    /// The identity of a peer whose chain a handshake just verified with
+    /// this configuration (`client`: the peer was a client), from memory
+    /// when it is there.
+    pub fn verified_peer(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+        client: bool,
+    ) -> Option<VerifiedPeer> {
+        let chain = chain?;
+        let known = self
+            .trust
+            .load()
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&chain_key(chain, client))
+            .map(|v| v.peer.clone());
+        known.or_else(|| peer_identity(Some(chain)))
+    }
+
     /// Server side (inbound): a client certificate is required and verified.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
         let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -119,6 +242,8 @@ impl MeshTls {
             }))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // The suite order of `provider()`, whatever the client prefers.
+        cfg.ignore_client_order = true;
         cfg
     }
 
@@ -219,7 +344,6 @@ impl ClientCertVerifier for PeerVerifier {
 /// The SPIFFE ID, serial and expiry of a peer's leaf that the handshake
 /// already verified.
 pub fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> Option<VerifiedPeer> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
     let leaf = chain?.first()?;
     let (_, parsed) = X509Certificate::from_der(leaf).ok()?;
     let id = ward_identity::validate_leaf(&parsed).ok()?;
@@ -228,4 +352,89 @@ pub fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> Option<VerifiedPee
         serial: hex::encode(parsed.raw_serial()),
         not_after: parsed.validity().not_after.timestamp(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use ward_ca::{now, testing::csr_for, validate_csr, CaMaterial, SigningAuthority};
+    use ward_identity::TrustDomain;
+
+    use super::*;
+    use crate::unix_time;
+
+    fn remembered(tls: &MeshTls) -> usize {
+        tls.trust.load().verified.lock().unwrap().len()
+    }
+
+    #[test]
+    fn remembered_chains_are_still_checked() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let t = now();
+        let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
+        let signing = root
+            .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
+            .unwrap();
+        let ca = SigningAuthority::new(&signing).unwrap();
+        let id = SpiffeId::for_service(&td, "default", "a").unwrap();
+        let (csr, key) = csr_for(&id);
+        let csr = validate_csr(&csr).unwrap();
+        let leaf = ca
+            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), t)
+            .unwrap();
+        let chain = vec![
+            leaf.der.clone(),
+            CertificateDer::from(signing.cert_der.clone()),
+        ];
+        let trust = Trust {
+            bundle: vec![CertificateDer::from(root.cert_der.clone())],
+            revoked: HashSet::new(),
+            trust_domain: "example.org".into(),
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let tls = MeshTls::new(chain.clone(), key, trust.clone()).unwrap();
+        let at = unix_time(t.unix_timestamp());
+
+        assert_eq!(tls.verify_peer_at(&chain, true, at).unwrap().id, id);
+        assert_eq!(remembered(&tls), 1);
+        assert_eq!(tls.verify_peer_at(&chain, true, at).unwrap().id, id);
+        assert_eq!(
+            remembered(&tls),
+            1,
+            "the second check is answered from memory"
+        );
+        assert_eq!(tls.verified_peer(Some(&chain), true).unwrap().id, id);
+        // Server use is a separate entry.
+        assert!(tls.verify_peer_at(&chain, false, at).is_ok());
+        assert_eq!(remembered(&tls), 2);
+
+        // A changed byte anywhere is another chain, verified in full.
+        let mut forged = chain.clone();
+        let mut der = forged[0].to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        forged[0] = CertificateDer::from(der);
+        assert!(tls.verify_peer_at(&forged, true, at).is_err());
+        // Out of its window a remembered chain is refused.
+        let later = unix_time(t.unix_timestamp() + 61);
+        assert!(tls.verify_peer_at(&chain, true, later).is_err());
+        assert!(tls.verify_peer_at(&chain, true, at).is_ok());
+
+        // Revocation and a new bundle apply at once.
+        let mut revoked = trust.clone();
+        revoked.revoked.insert(leaf.serial.clone());
+        tls.set_trust(revoked);
+        assert_eq!(remembered(&tls), 0);
+        assert!(tls.verify_peer_at(&chain, true, at).is_err());
+        tls.set_trust(trust.clone());
+        assert!(tls.verify_peer_at(&chain, true, at).is_ok());
+        let other = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
+        tls.set_trust(Trust {
+            bundle: vec![CertificateDer::from(other.cert_der)],
+            ..trust
+        });
+        assert!(tls.verify_peer_at(&chain, true, at).is_err());
+    }
 }
