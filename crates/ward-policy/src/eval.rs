@@ -133,6 +133,8 @@ pub struct PolicySet {
     by_service: HashMap<String, HashMap<String, Vec<usize>>>,
     by_namespace: HashMap<String, Vec<usize>>,
     default: DefaultAction,
+    /// Some condition reads `request.headers[…]`.
+    reads_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +157,7 @@ impl PolicySet {
             let idx = set.policies.len();
             let mut ip_blocks = HashMap::new();
             for r in &p.spec.rules {
+                set.reads_headers |= r.when.iter().any(|c| c.key.starts_with("request.headers["));
                 let cidrs = r
                     .from
                     .iter()
@@ -193,6 +196,13 @@ impl PolicySet {
             });
         }
         set
+    }
+
+    /// Whether any policy reads request headers: when none does, a caller
+    /// may leave [`HttpAttributes::headers`] empty and get the same
+    /// decisions.
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
     }
 
     /// The mesh default.

@@ -9,6 +9,7 @@ fn conformance_cases() {
     let data: Value = serde_json::from_str(include_str!("conformance.json")).unwrap();
     let cases = data["cases"].as_array().unwrap();
     assert!(cases.len() >= 150, "{} cases", cases.len());
+    let mut header_blind = 0;
     for c in cases {
         let name = c["name"].as_str().unwrap();
         let policies = c["policies"]
@@ -62,6 +63,23 @@ fn conformance_cases() {
             http,
         };
         let d = set.evaluate(&req);
+        // A set that reads no header decides the same without them (the
+        // sidecar then skips collecting them).
+        if !set.reads_headers() && req.http.is_some() {
+            header_blind += 1;
+            for extra in [vec![], vec![("x-probe", "1"), ("user-agent", "curl")]] {
+                let mut other = req.clone();
+                if let Some(h) = other.http.as_mut() {
+                    h.headers = extra;
+                }
+                let o = set.evaluate(&other);
+                assert_eq!(
+                    (o.allowed(), o.policy()),
+                    (d.allowed(), d.policy()),
+                    "{name}"
+                );
+            }
+        }
         let want = &c["expect"];
         assert_eq!(d.allowed(), want["decision"] == "allow", "{name}: {d:?}");
         assert_eq!(
@@ -89,6 +107,7 @@ fn conformance_cases() {
             assert_eq!(got, want, "{name}");
         }
     }
+    assert!(header_blind > 50, "{header_blind}");
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest::{digest, SHA256};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{Request, Response, StatusCode, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
 use crate::authn::Outcome;
-use crate::metrics::{DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::{Shared, ALPN_H2, ALPN_TCP};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -68,12 +69,20 @@ pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
 
 struct Inbound {
     shared: Arc<Shared>,
+    /// The app's address as a URI authority.
+    app_authority: Authority,
     app_h1: Client<HttpConnector, Incoming>,
     app_h2: Client<HttpConnector, Incoming>,
 }
 
+/// The verified caller on one connection, with what its requests reuse.
 struct Peer {
     id: String,
+    id_header: HeaderValue,
+    /// Request counters by (status, decision).
+    requests: Counters<(u16, &'static str)>,
+    /// Decision counters by (decision, policy, dry run).
+    decisions: Counters<(&'static str, String, bool)>,
     serial: String,
     /// SHA-256 of the leaf certificate (for certificate-bound tokens).
     cert_sha256: [u8; 32],
@@ -89,7 +98,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
     ])));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    let app_authority = match Authority::try_from(shared.cfg.app.to_string()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, app = %shared.cfg.app, "the app address is not a valid authority");
+            return;
+        }
+    };
     let ctx = Arc::new(Inbound {
+        app_authority,
         app_h1: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(http.clone()),
@@ -146,18 +163,29 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             version,
         })
         .inc();
-    let certs = conn.peer_certificates();
-    let Some(peer) = ctx.shared.tls.verified_peer(certs, true) else {
-        return;
+    let peer = match ctx.shared.tls.connected_peer(conn, true, None) {
+        Ok(peer) => peer,
+        Err(e) => {
+            // A resumed session whose certificate expired, was revoked or
+            // lost its trust anchor since the full handshake.
+            tracing::info!(error = %e, %remote, "inbound connection refused after the handshake");
+            return;
+        }
     };
     let mut cert_sha256 = [0u8; 32];
-    if let Some(leaf) = certs.and_then(|c| c.first()) {
+    if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
         cert_sha256.copy_from_slice(digest(&SHA256, leaf).as_ref());
     }
     let hash = hex::encode(cert_sha256);
     let xfcc = format!("By={};Hash={hash};URI={}", ctx.shared.id, peer.id);
+    let Ok(id_header) = HeaderValue::from_str(peer.id.as_str()) else {
+        return;
+    };
     let peer = Arc::new(Peer {
         id: peer.id.to_string(),
+        id_header,
+        requests: Counters::default(),
+        decisions: Counters::default(),
         serial: peer.serial.clone(),
         cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
@@ -201,28 +229,23 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
 }
 
 impl Inbound {
-    async fn request(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let start = Instant::now();
         let shared = &self.shared;
+        // Method and path are kept for the access log only when it is on.
+        let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(String::from)
-            })
-            .unwrap_or_default();
+        let path = if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        };
         let authn = shared.authn.load_full();
         let outcome = authn
             .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)
             .await;
         if let Outcome::Invalid(why) = &outcome {
-            return self.unauthenticated(peer, &method, &path, why, start);
+            return self.unauthenticated(peer, &method, req.uri().path(), why, start);
         }
         let (request_principal, claims) = match &outcome {
             Outcome::Valid {
@@ -231,11 +254,16 @@ impl Inbound {
             _ => (None, None),
         };
         let decision = {
-            let headers: Vec<(&str, &str)> = req
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-                .collect();
+            let policies = shared.policies.load();
+            // Headers are collected only when some policy reads them.
+            let headers: Vec<(&str, &str)> = if policies.reads_headers() {
+                req.headers()
+                    .iter()
+                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let preq = PolicyRequest {
                 namespace: &shared.cfg.namespace,
                 service: &shared.cfg.service,
@@ -244,132 +272,173 @@ impl Inbound {
                 source_ip: Some(peer.remote.ip()),
                 http: Some(HttpAttributes {
                     method: method.as_str(),
-                    path: &path,
-                    host: &host,
+                    path: req.uri().path(),
+                    host: host_of(&req).unwrap_or_default(),
                     headers,
                     request_principal,
                     claims,
                 }),
             };
-            shared.policies.load().evaluate(&preq)
+            policies.evaluate(&preq)
         };
         // A peer revoked after its handshake is refused on its open
         // connections too, from the moment the revocation arrives.
         let revoked = shared.tls.trust().revoked.contains(&peer.serial);
         let allowed = decision.allowed() && !revoked;
         let label = if allowed { "allow" } else { "deny" };
-        shared
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                decision: label,
-                policy: decision.policy().to_string(),
-                dry_run: "false",
-            })
-            .inc();
+        let decided = decision.policy();
+        peer.decisions.inc(
+            |(l, p, _)| *l == label && p == decided,
+            || {
+                let labels = DecisionLabels {
+                    decision: label,
+                    policy: decided.to_string(),
+                    dry_run: "false",
+                };
+                let c = shared.metrics.decisions.get_or_create(&labels).clone();
+                ((label, labels.policy, false), c)
+            },
+        );
         for m in &decision.reported {
-            shared
-                .metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    decision: "match",
-                    policy: m.policy.clone(),
-                    dry_run: if m.dry_run { "true" } else { "false" },
-                })
-                .inc();
+            peer.decisions.inc(
+                |(l, p, d)| *l == "match" && *p == m.policy && *d == m.dry_run,
+                || {
+                    let labels = DecisionLabels {
+                        decision: "match",
+                        policy: m.policy.clone(),
+                        dry_run: if m.dry_run { "true" } else { "false" },
+                    };
+                    let c = shared.metrics.decisions.get_or_create(&labels).clone();
+                    (("match", m.policy.clone(), m.dry_run), c)
+                },
+            );
         }
         let resp = if revoked {
             local(StatusCode::FORBIDDEN, "peer certificate revoked\n")
         } else if !allowed {
             local(StatusCode::FORBIDDEN, "RBAC: access denied\n")
         } else {
-            let h2 = req
-                .headers_mut()
-                .remove(ORIG_PROTO)
-                .is_some_and(|v| v == "h2")
-                || req
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-            let headers = req.headers_mut();
-            authn.rewrite(headers, &outcome);
-            headers.remove(XFCC);
-            headers.remove(PEER_ID);
-            headers.insert(XFCC, peer.xfcc.clone());
-            if let Ok(v) = HeaderValue::from_str(&peer.id) {
-                headers.insert(PEER_ID, v);
-            }
-            if !h2 && !headers.contains_key(HOST) {
-                if let Ok(v) = HeaderValue::from_str(&host) {
-                    headers.insert(HOST, v);
-                }
-            }
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string();
-            match format!("http://{}{pq}", shared.cfg.app).parse() {
+            self.forward(req, peer, &authn, &outcome).await
+        };
+        let status = resp.status().as_u16();
+        peer.requests.inc(
+            |(s, l)| *s == status && *l == label,
+            || {
+                let c = shared
+                    .metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        direction: "inbound",
+                        peer: peer.id.clone(),
+                        status,
+                        decision: label,
+                    })
+                    .clone();
+                ((status, label), c)
+            },
+        );
+        if log {
+            tracing::info!(
+                target: "ward::access",
+                direction = "inbound",
+                peer = %peer.id,
+                method = %method,
+                path = %path,
+                status,
+                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                decision = label,
+                policy = decided,
+                "request"
+            );
+        }
+        resp
+    }
+
+    /// Sends an allowed request to the app, with the caller's identity in
+    /// `x-ward-peer-id` and `x-forwarded-client-cert`.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        authn: &crate::authn::Authn,
+        outcome: &Outcome,
+    ) -> Response<Body> {
+        let shared = &self.shared;
+        let h2 = req
+            .headers_mut()
+            .remove(ORIG_PROTO)
+            .is_some_and(|v| v == "h2")
+            || req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let host = if !h2 && !req.headers().contains_key(HOST) {
+            host_of(&req).and_then(|h| HeaderValue::from_str(h).ok())
+        } else {
+            None
+        };
+        let headers = req.headers_mut();
+        authn.rewrite(headers, outcome);
+        headers.remove(XFCC);
+        headers.remove(PEER_ID);
+        headers.insert(XFCC, peer.xfcc.clone());
+        headers.insert(PEER_ID, peer.id_header.clone());
+        if let Some(h) = host {
+            headers.insert(HOST, h);
+        }
+        let mut target = std::mem::take(req.uri_mut()).into_parts();
+        if target.path_and_query.is_none() {
+            target.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        if crate::upgrade::is_upgrade(&req) {
+            // Upgrades (WebSocket) get a connection of their own, and the
+            // request line keeps the origin form.
+            target.scheme = None;
+            target.authority = None;
+            match Uri::from_parts(target) {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
             }
-            if crate::upgrade::is_upgrade(&req) {
-                // Upgrades (WebSocket) get a connection of their own.
-                if let Ok(pq) = pq.parse() {
-                    *req.uri_mut() = pq;
-                }
-                match TcpStream::connect(shared.cfg.app).await {
-                    Ok(app) => crate::upgrade::forward(req, app).await,
-                    Err(_) => local(
-                        StatusCode::BAD_GATEWAY,
-                        "the application is not reachable\n",
-                    ),
-                }
-            } else {
-                *req.version_mut() = if h2 {
-                    Version::HTTP_2
-                } else {
-                    Version::HTTP_11
-                };
-                let client = if h2 { &self.app_h2 } else { &self.app_h1 };
-                match client.request(req).await {
-                    Ok(r) => r.map(|b| b.boxed()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
-                        local(
-                            StatusCode::BAD_GATEWAY,
-                            "the application is not reachable\n",
-                        )
-                    }
-                }
-            }
+            return match TcpStream::connect(shared.cfg.app).await {
+                Ok(app) => crate::upgrade::forward(req, app).await,
+                Err(_) => local(
+                    StatusCode::BAD_GATEWAY,
+                    "the application is not reachable\n",
+                ),
+            };
+        }
+        target.scheme = Some(Scheme::HTTP);
+        target.authority = Some(self.app_authority.clone());
+        match Uri::from_parts(target) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
+        }
+        *req.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
         };
-        let status = resp.status().as_u16();
-        shared
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                direction: "inbound",
-                peer: peer.id.clone(),
-                status,
-                decision: label,
-            })
-            .inc();
-        tracing::info!(
-            target: "ward::access",
-            direction = "inbound",
-            peer = %peer.id,
-            method = %method,
-            path = %path,
-            status,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-            decision = label,
-            policy = decision.policy(),
-            "request"
-        );
-        resp
+        let client = if h2 { &self.app_h2 } else { &self.app_h1 };
+        match client.request(req).await {
+            Ok(r) => r.map(|b| b.boxed()),
+            Err(e) => {
+                tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    "the application is not reachable\n",
+                )
+            }
+        }
     }
+}
+
+/// The request's host: the URI's authority (HTTP/2, absolute form) or the
+/// `Host` header.
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
 impl Inbound {

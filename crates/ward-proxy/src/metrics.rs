@@ -31,6 +31,42 @@ pub(crate) struct DecisionLabels {
     pub dry_run: &'static str,
 }
 
+/// The counters one connection (or one upstream) has used, found by a key
+/// the caller compares without building labels: the label set is built,
+/// hashed and looked up in its family once instead of on every request.
+pub(crate) struct Counters<K> {
+    seen: std::sync::Mutex<Vec<(K, Counter)>>,
+}
+
+impl<K> Default for Counters<K> {
+    fn default() -> Self {
+        Counters {
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// At most this many counters are kept per holder; others are looked up
+/// in their family every time.
+const COUNTERS_KEPT: usize = 16;
+
+impl<K> Counters<K> {
+    /// Increments the counter whose key `is` accepts; the first time,
+    /// `make` gives its key and the family's counter.
+    pub(crate) fn inc(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, Counter)) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = seen.iter().find(|(k, _)| is(k)) {
+            c.inc();
+            return;
+        }
+        let (k, c) = make();
+        c.inc();
+        if seen.len() < COUNTERS_KEPT {
+            seen.push((k, c));
+        }
+    }
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -95,5 +131,48 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_counters_are_the_family_counters() {
+        let m = Metrics::new();
+        let kept = Counters::<u16>::default();
+        let labels = |status| RequestLabels {
+            direction: "inbound",
+            peer: "spiffe://td/ns/a/sa/b".into(),
+            status,
+            decision: "allow",
+        };
+        for status in [200, 200, 503, 200] {
+            kept.inc(
+                |k| *k == status,
+                || (status, m.requests.get_or_create(&labels(status)).clone()),
+            );
+        }
+        assert_eq!(m.requests.get_or_create(&labels(200)).get(), 3);
+        assert_eq!(m.requests.get_or_create(&labels(503)).get(), 1);
+        assert!(m.encode().contains("status=\"200\",decision=\"allow\"} 3"));
+        // Beyond the kept ones, increments still reach the family.
+        for status in 0..(COUNTERS_KEPT as u16 + 5) {
+            kept.inc(
+                |k| *k == 1000 + status,
+                || {
+                    (
+                        1000 + status,
+                        m.requests.get_or_create(&labels(1000 + status)).clone(),
+                    )
+                },
+            );
+        }
+        kept.inc(
+            |k| *k == 1020,
+            || (1020, m.requests.get_or_create(&labels(1020)).clone()),
+        );
+        assert_eq!(m.requests.get_or_create(&labels(1020)).get(), 2);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,9 +22,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use ward_identity::SpiffeId;
+use ward_tls::MeshTls;
 
 use crate::inbound::{local, Body, ORIG_PROTO};
-use crate::metrics::{HandshakeLabels, RequestLabels};
+use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
 use crate::{Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
 
 /// Endpoints that refused a connection are skipped for this long.
@@ -36,6 +38,8 @@ struct Outbound {
     /// The HTTP/2 pool and the certificate generation it was opened with.
     pools: arc_swap::ArcSwap<Pools>,
     balancer: Balancer,
+    /// Request counters by status.
+    requests: Counters<u16>,
 }
 
 pub(crate) async fn serve(
@@ -64,6 +68,7 @@ pub(crate) async fn serve(
         expected,
         pools: arc_swap::ArcSwap::from_pointee(pools),
         balancer: Balancer::default(),
+        requests: Counters::default(),
     });
     crate::accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
@@ -118,6 +123,7 @@ impl Pools {
             .build(MeshConnector {
                 tls: h2,
                 shared: shared.clone(),
+                expected: expected.clone(),
                 h2: true,
             });
         let h1 = TlsConnector::from(Arc::new(
@@ -131,6 +137,7 @@ impl Pools {
             .build(MeshConnector {
                 tls: h1,
                 shared: shared.clone(),
+                expected: expected.clone(),
                 h2: false,
             });
         Pools {
@@ -243,36 +250,59 @@ impl Outbound {
 
     async fn request(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
+        // Method and path are kept for the access log only when it is on.
+        let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let endpoints = self.endpoints();
+        let path = if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        };
+        // Endpoints given on the command line (no control plane) are this
+        // upstream's own, even when another upstream expects the same ID.
+        let map = self.shared.endpoints.load_full();
+        let endpoints: &[String] = if self.up.endpoints.is_empty() {
+            map.get(self.expected.as_str())
+                .map_or(&[], |v| v.as_slice())
+        } else {
+            &self.up.endpoints
+        };
         let (resp, ep) = if crate::upgrade::is_upgrade(&req) {
-            self.forward_upgrade(req, &endpoints).await
+            self.forward_upgrade(req, endpoints).await
         } else {
             self.forward_http(req, endpoints).await
         };
         let status = resp.status().as_u16();
-        self.shared
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                direction: "outbound",
-                peer: self.expected.to_string(),
-                status,
-                decision: "n/a",
-            })
-            .inc();
-        tracing::info!(
-            target: "ward::access",
-            direction = "outbound",
-            peer = %self.expected,
-            endpoint = %ep,
-            method = %method,
-            path = %path,
-            status,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-            "request"
+        self.requests.inc(
+            |s| *s == status,
+            || {
+                let c = self
+                    .shared
+                    .metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        direction: "outbound",
+                        peer: self.expected.to_string(),
+                        status,
+                        decision: "n/a",
+                    })
+                    .clone();
+                (status, c)
+            },
         );
+        if log {
+            tracing::info!(
+                target: "ward::access",
+                direction = "outbound",
+                peer = %self.expected,
+                endpoint = %ep,
+                method = %method,
+                path = %path,
+                status,
+                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
         resp
     }
 
@@ -296,7 +326,7 @@ impl Outbound {
                 .tls
                 .client_config(self.expected.clone(), &[b"http/1.1"]),
         ));
-        let resp = match connect_tls(&tls, &ep).await {
+        let resp = match connect_tls(&tls, &self.shared.tls, &self.expected, &ep).await {
             Ok(io) => crate::upgrade::forward(req, io).await,
             Err(e) => {
                 tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
@@ -317,7 +347,7 @@ impl Outbound {
     async fn forward_http(
         &self,
         mut req: Request<Incoming>,
-        endpoints: Vec<String>,
+        endpoints: &[String],
     ) -> (Response<Body>, String) {
         // HTTP/2 from the app (gRPC included) goes over HTTP/2 between the
         // sidecars and reaches the app as HTTP/2; HTTP/1.1 stays HTTP/1.1.
@@ -334,9 +364,8 @@ impl Outbound {
         let pq = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let (mut parts, body) = req.into_parts();
         let mut body = Some(body.boxed());
         let mut tried: Vec<String> = Vec::new();
@@ -348,10 +377,14 @@ impl Outbound {
         let pools = self.pools();
         let client = if h2 { &pools.http } else { &pools.http1 };
         for attempt in 1..=attempts {
-            let Some((ep, _guard)) = self.balancer.pick_excluding(&endpoints, &tried) else {
+            let Some((ep, _guard)) = self.balancer.pick_excluding(endpoints, &tried) else {
                 break;
             };
-            let Ok(uri) = format!("http://{ep}{pq}").parse::<http::Uri>() else {
+            let mut target = http::uri::Parts::default();
+            target.scheme = Some(Scheme::HTTP);
+            target.authority = Authority::try_from(ep.as_str()).ok();
+            target.path_and_query = Some(pq.clone());
+            let Ok(uri) = http::Uri::from_parts(target) else {
                 return (local(StatusCode::BAD_REQUEST, "bad request target\n"), ep);
             };
             let mut r = Request::new(body.take().unwrap_or_else(empty));
@@ -407,7 +440,7 @@ impl Outbound {
                 tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
                 return;
             };
-            match connect_tls(&self.pools().tcp, &ep).await {
+            match connect_tls(&self.pools().tcp, &self.shared.tls, &self.expected, &ep).await {
                 Ok(mut tls) => {
                     self.shared
                         .metrics
@@ -454,16 +487,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn connect_tls(tls: &TlsConnector, ep: &str) -> io::Result<TlsStream<TcpStream>> {
+/// An mTLS connection to `ep`, which must present `expected`: checked in
+/// the handshake, and again after it for a resumed session, whose
+/// certificate may have expired or been revoked since.
+async fn connect_tls(
+    tls: &TlsConnector,
+    mesh: &MeshTls,
+    expected: &SpiffeId,
+    ep: &str,
+) -> io::Result<TlsStream<TcpStream>> {
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(ep))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     tcp.set_nodelay(true)?;
     // The SNI name is not used for verification: the SPIFFE ID is.
     let name = rustls_pki_types::ServerName::try_from("ward-peer").map_err(io::Error::other)?;
-    tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+    let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    mesh.connected_peer(stream.get_ref().1, false, Some(expected))
+        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    Ok(stream)
 }
 
 /// Per endpoint: requests in flight, and until when it is skipped.
@@ -550,6 +594,7 @@ impl Balancer {
 struct MeshConnector {
     tls: TlsConnector,
     shared: Arc<Shared>,
+    expected: SpiffeId,
     h2: bool,
 }
 
@@ -603,13 +648,14 @@ impl tower::Service<http::Uri> for MeshConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let tls = self.tls.clone();
         let shared = self.shared.clone();
+        let expected = self.expected.clone();
         let h2 = self.h2;
         Box::pin(async move {
             let ep = uri
                 .authority()
                 .map(|a| a.as_str().to_string())
                 .ok_or_else(|| io::Error::other("no endpoint"))?;
-            let r = connect_tls(&tls, &ep).await;
+            let r = connect_tls(&tls, &shared.tls, &expected, &ep).await;
             let result = if r.is_ok() { "ok" } else { "error" };
             shared
                 .metrics

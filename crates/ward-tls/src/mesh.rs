@@ -211,24 +211,21 @@ impl MeshTls {
         Ok(peer)
     }
 
-    /// The identity of a peer whose chain a handshake just verified with
-    /// this configuration (`client`: the peer was a client), from memory
-    /// when it is there.
-    pub fn verified_peer(
+    /// The identity of the peer on a connection whose handshake has just
+    /// completed with this configuration (`client`: the peer is the
+    /// client; `expected`: the one ID a server must have). A resumed
+    /// session carries the chain of an earlier full handshake, which may
+    /// since have expired, been revoked, or lost its trust anchor, so every
+    /// connection's chain is checked against the trust in force (from
+    /// memory, after the handshake's own verification).
+    pub fn connected_peer(
         &self,
-        chain: Option<&[CertificateDer<'_>]>,
+        conn: &rustls::CommonState,
         client: bool,
-    ) -> Option<VerifiedPeer> {
-        let chain = chain?;
-        let known = self
-            .trust
-            .load()
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&chain_key(chain, client))
-            .map(|v| v.peer.clone());
-        known.or_else(|| peer_identity(Some(chain)))
+        expected: Option<&SpiffeId>,
+    ) -> Result<VerifiedPeer, VerifyError> {
+        let chain = conn.peer_certificates().ok_or(VerifyError::NoCertificate)?;
+        expect(self.verify_peer(chain, client)?, expected)
     }
 
     /// Server side (inbound): a client certificate is required and verified.
@@ -244,6 +241,10 @@ impl MeshTls {
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // The suite order of `provider()`, whatever the client prefers.
         cfg.ignore_client_order = true;
+        // One ticket per handshake: a sidecar that resumes spends one and
+        // gets one, and a full handshake does half the ticket work of
+        // rustls's default of two.
+        cfg.send_tls13_tickets = 1;
         cfg
     }
 
@@ -296,6 +297,17 @@ struct PeerVerifier {
     expected: Option<SpiffeId>,
 }
 
+/// `peer`, if it is the one expected.
+fn expect(peer: VerifiedPeer, expected: Option<&SpiffeId>) -> Result<VerifiedPeer, VerifyError> {
+    match expected {
+        Some(want) if *want != peer.id => Err(VerifyError::UnexpectedId {
+            found: peer.id.to_string(),
+            expected: want.to_string(),
+        }),
+        _ => Ok(peer),
+    }
+}
+
 fn general(e: VerifyError) -> rustls::Error {
     rustls::Error::General(e.to_string())
 }
@@ -312,13 +324,8 @@ impl ServerCertVerifier for PeerVerifier {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let peer = self.tls.verify_peer(&chain, false).map_err(general)?;
-        match &self.expected {
-            Some(want) if *want != peer.id => Err(general(VerifyError::UnexpectedId {
-                found: peer.id.to_string(),
-                expected: want.to_string(),
-            })),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
+        expect(peer, self.expected.as_ref()).map_err(general)?;
+        Ok(ServerCertVerified::assertion())
     }
     crate::tls13_signature_methods!(tls.algs);
 }
@@ -369,32 +376,89 @@ mod tests {
         tls.trust.load().verified.lock().unwrap().len()
     }
 
+    /// A root, a signing CA under it, and a leaf for `service`.
+    struct Pki {
+        td: TrustDomain,
+        root: CaMaterial,
+        signing: CaMaterial,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let td = TrustDomain::new("example.org").unwrap();
+            let t = now();
+            let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
+            let signing = root
+                .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
+                .unwrap();
+            Pki { td, root, signing }
+        }
+
+        fn trust(&self) -> Trust {
+            Trust {
+                bundle: vec![CertificateDer::from(self.root.cert_der.clone())],
+                revoked: HashSet::new(),
+                trust_domain: "example.org".into(),
+            }
+        }
+
+        /// The leaf's ID, serial, chain and a `MeshTls` holding it.
+        fn workload(
+            &self,
+            service: &str,
+        ) -> (SpiffeId, String, Vec<CertificateDer<'static>>, Arc<MeshTls>) {
+            let ca = SigningAuthority::new(&self.signing).unwrap();
+            let id = SpiffeId::for_service(&self.td, "default", service).unwrap();
+            let (csr, key) = csr_for(&id);
+            let csr = validate_csr(&csr).unwrap();
+            let leaf = ca
+                .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), now())
+                .unwrap();
+            let chain = vec![
+                leaf.der.clone(),
+                CertificateDer::from(self.signing.cert_der.clone()),
+            ];
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            let tls = MeshTls::new(chain.clone(), key, self.trust()).unwrap();
+            (id, leaf.serial, chain, tls)
+        }
+    }
+
+    /// Runs a handshake in memory, then delivers the server's tickets.
+    fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            buf.clear();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
+                return;
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
     #[test]
     fn remembered_chains_are_still_checked() {
-        let td = TrustDomain::new("example.org").unwrap();
+        let pki = Pki::new();
+        let (id, serial, chain, tls) = pki.workload("a");
+        let (td, trust) = (pki.td.clone(), pki.trust());
         let t = now();
-        let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-        let signing = root
-            .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
-            .unwrap();
-        let ca = SigningAuthority::new(&signing).unwrap();
-        let id = SpiffeId::for_service(&td, "default", "a").unwrap();
-        let (csr, key) = csr_for(&id);
-        let csr = validate_csr(&csr).unwrap();
-        let leaf = ca
-            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), t)
-            .unwrap();
-        let chain = vec![
-            leaf.der.clone(),
-            CertificateDer::from(signing.cert_der.clone()),
-        ];
-        let trust = Trust {
-            bundle: vec![CertificateDer::from(root.cert_der.clone())],
-            revoked: HashSet::new(),
-            trust_domain: "example.org".into(),
-        };
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let tls = MeshTls::new(chain.clone(), key, trust.clone()).unwrap();
         let at = unix_time(t.unix_timestamp());
 
         assert_eq!(tls.verify_peer_at(&chain, true, at).unwrap().id, id);
@@ -405,7 +469,6 @@ mod tests {
             1,
             "the second check is answered from memory"
         );
-        assert_eq!(tls.verified_peer(Some(&chain), true).unwrap().id, id);
         // Server use is a separate entry.
         assert!(tls.verify_peer_at(&chain, false, at).is_ok());
         assert_eq!(remembered(&tls), 2);
@@ -424,7 +487,7 @@ mod tests {
 
         // Revocation and a new bundle apply at once.
         let mut revoked = trust.clone();
-        revoked.revoked.insert(leaf.serial.clone());
+        revoked.revoked.insert(serial);
         tls.set_trust(revoked);
         assert_eq!(remembered(&tls), 0);
         assert!(tls.verify_peer_at(&chain, true, at).is_err());
@@ -436,5 +499,52 @@ mod tests {
             ..trust
         });
         assert!(tls.verify_peer_at(&chain, true, at).is_err());
+    }
+
+    #[test]
+    fn resumed_sessions_are_checked_against_the_trust_in_force() {
+        let pki = Pki::new();
+        let (a_id, a_serial, _, a) = pki.workload("a");
+        let (b_id, b_serial, _, b) = pki.workload("b");
+        let server_cfg = Arc::new(b.server_config(&[b"http/1.1"]));
+        let client_cfg = Arc::new(a.client_config(b_id.clone(), &[b"http/1.1"]));
+        let connect = || {
+            let name = ServerName::try_from("ward-peer").unwrap();
+            let mut c = rustls::ClientConnection::new(client_cfg.clone(), name).unwrap();
+            let mut s = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
+            handshake(&mut c, &mut s);
+            assert_eq!(
+                s.negotiated_cipher_suite().unwrap().suite(),
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            );
+            (c, s)
+        };
+        let (c, s) = connect();
+        assert_eq!(s.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(b.connected_peer(&s, true, None).unwrap().id, a_id);
+        assert_eq!(a.connected_peer(&c, false, Some(&b_id)).unwrap().id, b_id);
+        assert!(matches!(
+            a.connected_peer(&c, false, Some(&a_id)),
+            Err(VerifyError::UnexpectedId { .. })
+        ));
+
+        let (c, s) = connect();
+        assert_eq!(s.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(b.connected_peer(&s, true, None).unwrap().id, a_id);
+        assert_eq!(a.connected_peer(&c, false, Some(&b_id)).unwrap().id, b_id);
+
+        // Revoked after the full handshake: the session still resumes (TLS
+        // does not look at certificates then), and ward refuses the peer.
+        let mut trust = pki.trust();
+        trust.revoked.insert(a_serial);
+        b.set_trust(trust);
+        let mut trust = pki.trust();
+        trust.revoked.insert(b_serial);
+        a.set_trust(trust);
+        let (c, s) = connect();
+        assert_eq!(s.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert!(b.connected_peer(&s, true, None).is_err());
+        assert!(a.connected_peer(&c, false, Some(&b_id)).is_err());
     }
 }
