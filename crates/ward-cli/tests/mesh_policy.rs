@@ -79,26 +79,9 @@ async fn send(
 }
 
 async fn token(s: &WardServer, secret: &str, scope: &str, audience: &str) -> String {
-    let v: Value = s
-        .https()
-        .unwrap()
-        .post(format!("{}/oauth2/token", s.url))
-        .basic_auth("fe", Some(secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", scope),
-            ("audience", audience),
-        ])
-        .send()
+    s.token("fe", secret, &[("scope", scope), ("audience", audience)])
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_string()
 }
 
 fn claims_of(token: &str) -> String {
@@ -167,26 +150,22 @@ async fn l7_rules_tokens_tcp_closing_and_check_agree() {
     wait_for_endpoint(&fe, "payments").await;
     wait_for_endpoint(&fe, "ledger").await;
     apply(&s, PAYMENTS_POLICY);
-    let c = s
-        .cli_json(&[
-            "client",
-            "create",
+    let secret = s
+        .secret_client(
             "fe",
-            "--service",
             "frontend",
-            "--auth",
-            "client_secret_basic",
-            "--scope",
-            "payments:read",
-            "--scope",
-            "payments:write",
-            "--audience",
-            "payments",
-            "--audience",
-            "ledger",
-        ])
+            &[
+                "--scope",
+                "payments:read",
+                "--scope",
+                "payments:write",
+                "--audience",
+                "payments",
+                "--audience",
+                "ledger",
+            ],
+        )
         .unwrap();
-    let secret = c["client_secret"].as_str().unwrap().to_string();
     let write = token(&s, &secret, "payments:read payments:write", "payments").await;
     let read = token(&s, &secret, "payments:read", "payments").await;
     let other_aud = token(&s, &secret, "payments:write", "ledger").await;

@@ -26,22 +26,13 @@ fn token_endpoint_end_to_end() {
     );
 
     // Secret client.
-    let c = s
-        .cli_json(&[
-            "client",
-            "create",
+    let secret = s
+        .secret_client(
             "fe-secret",
-            "--service",
             "frontend",
-            "--auth",
-            "client_secret_basic",
-            "--scope",
-            "payments:read",
-            "--audience",
-            "payments",
-        ])
+            &["--scope", "payments:read", "--audience", "payments"],
+        )
         .unwrap();
-    let secret = c["client_secret"].as_str().unwrap().to_string();
     assert!(secret.len() >= 43, "≥ 256-bit secret");
     let db = std::fs::read(s.data_dir.join("ward.db")).unwrap();
     assert!(
@@ -357,36 +348,10 @@ async fn signing_key_rotation_while_issuing_and_verifying() {
     use std::time::{Duration, Instant};
     let s = server(&["--token-ttl", "3s", "--svid-ttl", "20s"]);
     s.cli_json(&["service", "add", "frontend"]).unwrap();
-    let c = s
-        .cli_json(&[
-            "client",
-            "create",
-            "fe",
-            "--service",
-            "frontend",
-            "--auth",
-            "client_secret_basic",
-        ])
-        .unwrap();
-    let secret = c["client_secret"].as_str().unwrap().to_string();
+    let secret = s.secret_client("fe", "frontend", &[]).unwrap();
     let http = s.https().unwrap();
     let issuer = s.url.clone();
-    let get = || {
-        let (http, issuer, secret) = (http.clone(), issuer.clone(), secret.clone());
-        async move {
-            let v: Value = http
-                .post(format!("{issuer}/oauth2/token"))
-                .basic_auth("fe", Some(secret))
-                .form(&[("grant_type", "client_credentials")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["access_token"].as_str().unwrap().to_string()
-        }
-    };
+    let get = || async { s.token("fe", &secret, &[]).await.unwrap() };
     let mut cache = ward_jwt::JwksCache::from_url(http.clone(), &format!("{issuer}/oauth2/jwks"));
     cache.cooldown = Duration::from_millis(100);
     let v = ward_jwt::Validation::access_token(&issuer, "frontend");
@@ -476,18 +441,7 @@ async fn token_source_caches_and_sends_one_request_at_a_time() {
     use ward_jwt::source::{ClientAuth, TokenSource};
     let s = server(&[]);
     s.cli_json(&["service", "add", "frontend"]).unwrap();
-    let c = s
-        .cli_json(&[
-            "client",
-            "create",
-            "fe",
-            "--service",
-            "frontend",
-            "--auth",
-            "client_secret_basic",
-        ])
-        .unwrap();
-    let secret = c["client_secret"].as_str().unwrap().to_string();
+    let secret = s.secret_client("fe", "frontend", &[]).unwrap();
     let key = Arc::new(ward_jwt::SigningKey::generate(ward_jwt::Algorithm::ES256, "c1").unwrap());
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
@@ -592,20 +546,9 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
     for svc in ["payments", "frontend"] {
         s.cli_json(&["service", "add", svc]).unwrap();
     }
-    let c = s
-        .cli_json(&[
-            "client",
-            "create",
-            "fe",
-            "--service",
-            "frontend",
-            "--auth",
-            "client_secret_basic",
-            "--audience",
-            "payments",
-        ])
+    let secret = s
+        .secret_client("fe", "frontend", &["--audience", "payments"])
         .unwrap();
-    let secret = c["client_secret"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("svid.pem"), dir.path().join("svid.key"));
     s.cli_json(&[
@@ -667,24 +610,10 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
             app.oneshot(req).await.unwrap().status()
         }
     };
-    let get = || {
-        let (http, issuer, secret) = (http.clone(), issuer.clone(), secret.clone());
-        async move {
-            let v: Value = http
-                .post(format!("{issuer}/oauth2/token"))
-                .basic_auth("fe", Some(secret))
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("audience", "payments"),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["access_token"].as_str().unwrap().to_string()
-        }
+    let get = || async {
+        s.token("fe", &secret, &[("audience", "payments")])
+            .await
+            .unwrap()
     };
     let (doomed, kept) = (get().await, get().await);
     assert!(

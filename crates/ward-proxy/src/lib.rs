@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     /// Trusted token issuers for this service.
     pub authn: ArcSwap<authn::Authn>,
     pub key_caches: std::sync::Mutex<authn::KeyCaches>,
+    /// The policy inputs of the last watch message (documents, default,
+    /// issuer, JWKS): the next message recompiles only if they differ.
+    pub applied: std::sync::Mutex<Option<PolicyInputs>>,
     /// Revoked access-token ids, from the watch stream.
     pub revoked_tokens: ward_jwt::tower::RevocationList,
     /// SPIFFE ID → sidecar addresses.
@@ -182,6 +185,7 @@ impl Proxy {
             policy_version: watch::channel(0).0,
             authn: ArcSwap::from_pointee(authn::Authn::default()),
             key_caches: std::sync::Mutex::new(key_caches),
+            applied: std::sync::Mutex::new(None),
             revoked_tokens: Default::default(),
             endpoints: ArcSwap::from_pointee(HashMap::new()),
             configured: AtomicBool::new(false),
@@ -376,7 +380,17 @@ async fn control_loop(shared: Arc<Shared>, advertise: String) {
     .await;
 }
 
+/// What a watch message's policies are built from.
+#[derive(PartialEq)]
+pub(crate) struct PolicyInputs {
+    documents: Vec<String>,
+    default_action: String,
+    issuer: String,
+    jwks_json: String,
+}
+
 fn apply(shared: &Shared, msg: WatchResponse) {
+    let mut trust_changed = false;
     if let Some(b) = msg.bundle {
         let trust = Trust {
             bundle: b
@@ -387,7 +401,7 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             revoked: msg.revoked_serials.into_iter().collect(),
             trust_domain: shared.td.to_string(),
         };
-        shared.tls.set_trust(trust);
+        trust_changed = shared.tls.set_trust(trust);
     }
     shared.endpoints.store(Arc::new(
         msg.endpoints
@@ -395,20 +409,34 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             .map(|e| (e.spiffe_id, e.addresses))
             .collect(),
     ));
-    let mut docs = Vec::new();
-    for p in &msg.policies_json {
-        match ward_policy::parse_document(p) {
-            Ok(d) => docs.push(d),
-            Err(e) => tracing::error!(error = %e, "ignoring a policy this sidecar cannot read"),
-        }
-    }
     shared.revoked_tokens.set(msg.revoked_token_ids);
-    let default = if msg.default_action == "allow" {
-        DefaultAction::Allow
-    } else {
-        DefaultAction::Deny
+    let inputs = PolicyInputs {
+        documents: msg.policies_json,
+        default_action: msg.default_action,
+        issuer: msg.issuer,
+        jwks_json: msg.jwks_json,
     };
-    apply_documents(shared, docs, default, &msg.issuer, &msg.jwks_json);
+    let mut applied = shared.applied.lock().unwrap_or_else(|e| e.into_inner());
+    if applied.as_ref() != Some(&inputs) {
+        let mut docs = Vec::new();
+        for p in &inputs.documents {
+            match ward_policy::parse_document(p) {
+                Ok(d) => docs.push(d),
+                Err(e) => tracing::error!(error = %e, "ignoring a policy this sidecar cannot read"),
+            }
+        }
+        let default = if inputs.default_action == "allow" {
+            DefaultAction::Allow
+        } else {
+            DefaultAction::Deny
+        };
+        apply_documents(shared, docs, default, &inputs.issuer, &inputs.jwks_json);
+        *applied = Some(inputs);
+    } else if trust_changed {
+        // Open TCP connections are judged again on a revocation.
+        shared.policy_version.send_modify(|v| *v += 1);
+    }
+    drop(applied);
     shared.configured.store(true, Ordering::Relaxed);
     tracing::debug!(version = msg.version, "configuration updated");
 }
@@ -431,11 +459,12 @@ async fn files_loop(shared: Arc<Shared>) {
         if certs != seen_certs {
             match identity::load_files(&f.cert, &f.key, &f.bundle) {
                 Ok(svid) => {
-                    shared.tls.set_trust(Trust {
+                    let trust = Trust {
                         bundle: svid.bundle.clone(),
                         revoked: Default::default(),
                         trust_domain: shared.td.to_string(),
-                    });
+                    };
+                    shared.tls.set_trust(trust);
                     match shared.tls.set_identity(svid.chain.clone(), svid.key()) {
                         Ok(()) => {
                             shared.metrics.cert_expiry.set(svid.not_after);

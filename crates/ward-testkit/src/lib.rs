@@ -169,6 +169,59 @@ impl WardServer {
             .timeout(Duration::from_secs(30))
             .build()?)
     }
+
+    /// Registers an OAuth2 client `name` of `service` authenticating with
+    /// `client_secret_basic` (`extra`: more `ward client create` flags)
+    /// and returns its secret.
+    pub fn secret_client(
+        &self,
+        name: &str,
+        service: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        let args = [
+            &[
+                "client",
+                "create",
+                name,
+                "--service",
+                service,
+                "--auth",
+                "client_secret_basic",
+            ],
+            extra,
+        ]
+        .concat();
+        let v = self.cli_json(&args)?;
+        v["client_secret"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("no client_secret in {v}"))
+    }
+
+    /// An access token by `client_credentials` with `client_secret_basic`;
+    /// `form` adds parameters such as `scope` and `audience`.
+    pub async fn token(
+        &self,
+        client: &str,
+        secret: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let form = [&[("grant_type", "client_credentials")], form].concat();
+        let v: Value = self
+            .https()?
+            .post(format!("{}/oauth2/token", self.url))
+            .basic_auth(client, Some(secret))
+            .form(&form)
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["access_token"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("no access_token in {v}"))
+    }
 }
 
 impl Drop for WardServer {

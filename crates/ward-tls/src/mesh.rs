@@ -29,7 +29,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::{provider, verify_svid_chain, VerifiedPeer, VerifyError};
 
 /// The trust bundle and revocations in force.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
     /// CA certificates, each a trust anchor.
     pub bundle: Vec<CertificateDer<'static>>,
@@ -133,10 +133,15 @@ impl MeshTls {
         Ok(())
     }
 
-    /// Replaces the bundle and revocations; chains verified against the
-    /// old trust are forgotten.
-    pub fn set_trust(&self, trust: Trust) {
+    /// Replaces the bundle and revocations, and forgets the chains
+    /// verified against the old ones; false (and nothing forgotten) when
+    /// `trust` is the trust already in force.
+    pub fn set_trust(&self, trust: Trust) -> bool {
+        if *self.trust.load().trust == trust {
+            return false;
+        }
         self.trust.store(Arc::new(TrustState::new(trust)));
+        true
     }
 
     /// The trust in force.
@@ -491,8 +496,10 @@ mod tests {
         tls.set_trust(revoked);
         assert_eq!(remembered(&tls), 0);
         assert!(tls.verify_peer_at(&chain, true, at).is_err());
-        tls.set_trust(trust.clone());
+        assert!(tls.set_trust(trust.clone()));
         assert!(tls.verify_peer_at(&chain, true, at).is_ok());
+        assert!(!tls.set_trust(trust.clone()), "the same trust");
+        assert_eq!(remembered(&tls), 1, "the same trust keeps what it verified");
         let other = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
         tls.set_trust(Trust {
             bundle: vec![CertificateDer::from(other.cert_der)],
