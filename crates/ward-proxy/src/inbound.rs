@@ -83,6 +83,9 @@ struct Peer {
     requests: Counters<(u16, &'static str)>,
     /// Decision counters by (decision, policy, dry run).
     decisions: Counters<(&'static str, String, bool)>,
+    /// This connection's own app connection, for HTTP/1.1 requests when
+    /// the peer negotiated HTTP/1.1 (otherwise requests use the pools).
+    app: Option<crate::app_conn::Slot>,
     serial: String,
     /// SHA-256 of the leaf certificate (for certificate-bound tokens).
     cert_sha256: [u8; 32],
@@ -186,6 +189,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         id_header,
         requests: Counters::default(),
         decisions: Counters::default(),
+        app: (conn.alpn_protocol() == Some(b"http/1.1")).then(Default::default),
         serial: peer.serial.clone(),
         cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
@@ -418,9 +422,23 @@ impl Inbound {
         } else {
             Version::HTTP_11
         };
-        let client = if h2 { &self.app_h2 } else { &self.app_h1 };
-        match client.request(req).await {
-            Ok(r) => r.map(|b| b.boxed()),
+        let sent = match (&peer.app, h2) {
+            (Some(own), false) => own.send(shared.cfg.app, req).await,
+            (_, true) => self
+                .app_h2
+                .request(req)
+                .await
+                .map(boxed)
+                .map_err(Into::into),
+            (None, false) => self
+                .app_h1
+                .request(req)
+                .await
+                .map(boxed)
+                .map_err(Into::into),
+        };
+        match sent {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
                 local(
@@ -430,6 +448,10 @@ impl Inbound {
             }
         }
     }
+}
+
+fn boxed(r: Response<Incoming>) -> Response<Body> {
+    r.map(|b| b.boxed())
 }
 
 /// The request's host: the URI's authority (HTTP/2, absolute form) or the

@@ -16,6 +16,7 @@
 
 mod abuse;
 mod admin;
+mod app_conn;
 mod authn;
 mod config;
 mod identity;
