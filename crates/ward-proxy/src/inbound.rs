@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
 use crate::authn::Outcome;
+use crate::h1conn::Idle;
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::{Shared, ALPN_H2, ALPN_TCP};
 
@@ -85,7 +86,7 @@ struct Peer {
     decisions: Counters<(&'static str, String, bool)>,
     /// This connection's own app connection, for HTTP/1.1 requests when
     /// the peer negotiated HTTP/1.1 (otherwise requests use the pools).
-    app: Option<crate::app_conn::Slot>,
+    app: Option<Idle<Incoming, TcpStream>>,
     serial: String,
     /// SHA-256 of the leaf certificate (for certificate-bound tokens).
     cert_sha256: [u8; 32],
@@ -189,7 +190,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         id_header,
         requests: Counters::default(),
         decisions: Counters::default(),
-        app: (conn.alpn_protocol() == Some(b"http/1.1")).then(Default::default),
+        app: (conn.alpn_protocol() == Some(b"http/1.1")).then(|| Idle::new(1)),
         serial: peer.serial.clone(),
         cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
@@ -423,19 +424,34 @@ impl Inbound {
             Version::HTTP_11
         };
         let sent = match (&peer.app, h2) {
-            (Some(own), false) => own.send(shared.cfg.app, req).await,
+            (Some(own), false) => {
+                // Origin form on the request line, as a client sends it,
+                // and a Host header (the app's address, as the pool sets).
+                if let Some(pq) = req.uri().path_and_query().cloned() {
+                    *req.uri_mut() = Uri::from(pq);
+                }
+                if !req.headers().contains_key(HOST) {
+                    if let Ok(h) = HeaderValue::from_str(self.app_authority.as_str()) {
+                        req.headers_mut().insert(HOST, h);
+                    }
+                }
+                let app = shared.cfg.app;
+                own.send("", || connect_app(app), req)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             (_, true) => self
                 .app_h2
                 .request(req)
                 .await
                 .map(boxed)
-                .map_err(Into::into),
+                .map_err(|e| e.to_string()),
             (None, false) => self
                 .app_h1
                 .request(req)
                 .await
                 .map(boxed)
-                .map_err(Into::into),
+                .map_err(|e| e.to_string()),
         };
         match sent {
             Ok(r) => r,
@@ -448,6 +464,12 @@ impl Inbound {
             }
         }
     }
+}
+
+async fn connect_app(app: SocketAddr) -> std::io::Result<TcpStream> {
+    let tcp = TcpStream::connect(app).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 fn boxed(r: Response<Incoming>) -> Response<Body> {

@@ -16,9 +16,9 @@
 
 mod abuse;
 mod admin;
-mod app_conn;
 mod authn;
 mod config;
+mod h1conn;
 mod identity;
 mod inbound;
 mod metrics;

@@ -1,6 +1,7 @@
 //! Outbound ports: plaintext from the app, mTLS to a sidecar of the target
-//! service (verified to hold exactly that service's SPIFFE ID). HTTP
-//! requests share pooled HTTP/2 connections; TCP gets its own connection.
+//! service (verified to hold exactly that service's SPIFFE ID). HTTP/2
+//! requests share pooled HTTP/2 connections, HTTP/1.1 requests kept-alive
+//! HTTP/1.1 connections; TCP gets its own connection.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -24,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use ward_identity::SpiffeId;
 use ward_tls::MeshTls;
 
+use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
 use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
 use crate::{Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
@@ -91,17 +94,19 @@ pub(crate) async fn serve(
 }
 
 /// Connections to the upstream made with one certificate generation: a
-/// pooled HTTP/2 client and a TLS connector for TCP, each with its own
-/// TLS session cache, so nothing made with an older certificate (pooled
+/// pooled HTTP/2 client, idle HTTP/1.1 connections and a TLS connector for
+/// TCP, each with its own TLS session cache, so nothing made with an older certificate (pooled
 /// connections, resumable sessions) is used after a renewal.
 struct Pools {
     generation: u64,
     /// HTTP/2 (gRPC and apps that speak HTTP/2), multiplexed.
     http: Client<MeshConnector, Body>,
-    /// HTTP/1.1 requests, on pooled keep-alive HTTP/1.1 connections: less
-    /// work per request than HTTP/2 framing (measured in
-    /// docs/performance.md).
-    http1: Client<MeshConnector, Body>,
+    /// HTTP/1.1 requests, on kept-alive HTTP/1.1 connections driven by the
+    /// task of the request they carry (`h1conn`): less work per request
+    /// than HTTP/2 framing or a pool with a task per connection (measured
+    /// in docs/performance.md).
+    h1: Idle<Body, TlsStream<TcpStream>>,
+    h1_tls: TlsConnector,
     tcp: TlsConnector,
 }
 
@@ -124,26 +129,15 @@ impl Pools {
                 tls: h2,
                 shared: shared.clone(),
                 expected: expected.clone(),
-                h2: true,
             });
-        let h1 = TlsConnector::from(Arc::new(
+        let h1_tls = TlsConnector::from(Arc::new(
             shared.tls.client_config(expected.clone(), &[b"http/1.1"]),
         ));
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(MeshConnector {
-                tls: h1,
-                shared: shared.clone(),
-                expected: expected.clone(),
-                h2: false,
-            });
         Pools {
             generation,
             http,
-            http1,
+            h1: Idle::new(256),
+            h1_tls,
             tcp,
         }
     }
@@ -356,6 +350,9 @@ impl Outbound {
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !h2 {
+            return self.forward_h1(req, endpoints).await;
+        }
         if req.version() == Version::HTTP_2 {
             req.headers_mut()
                 .insert(ORIG_PROTO, HeaderValue::from_static("h2"));
@@ -375,7 +372,7 @@ impl Outbound {
             1
         };
         let pools = self.pools();
-        let client = if h2 { &pools.http } else { &pools.http1 };
+        let client = &pools.http;
         for attempt in 1..=attempts {
             let Some((ep, _guard)) = self.balancer.pick_excluding(endpoints, &tried) else {
                 break;
@@ -390,11 +387,7 @@ impl Outbound {
             let mut r = Request::new(body.take().unwrap_or_else(empty));
             *r.method_mut() = parts.method.clone();
             *r.uri_mut() = uri;
-            *r.version_mut() = if h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            };
+            *r.version_mut() = Version::HTTP_2;
             // The last attempt (the only one, for most requests) takes the
             // headers instead of copying them.
             *r.headers_mut() = if attempt == attempts {
@@ -414,6 +407,61 @@ impl Outbound {
                 }
             }
         }
+        self.unreachable(endpoints, &tried)
+    }
+
+    /// Sends an HTTP/1.1 request on an idle connection to the least loaded
+    /// endpoint, or a new one. A request that found no connection to an
+    /// endpoint (it is then untouched, body included) goes to another, and
+    /// the dead endpoint is skipped for a while.
+    async fn forward_h1(
+        &self,
+        req: Request<Incoming>,
+        endpoints: &[String],
+    ) -> (Response<Body>, String) {
+        let pools = self.pools();
+        let (mut parts, body) = req.into_parts();
+        parts.version = Version::HTTP_11;
+        // Origin form on the request line, as the app sent it to us.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+        // Without a Host header (HTTP/1.0 apps) the endpoint is the host.
+        let host_from_endpoint = !parts.headers.contains_key(HOST);
+        let mut req = Request::from_parts(parts, body.boxed());
+        let mut tried: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            let Some((ep, _guard)) = self.balancer.pick_excluding(endpoints, &tried) else {
+                break;
+            };
+            if host_from_endpoint {
+                if let Ok(h) = HeaderValue::from_str(&ep) {
+                    req.headers_mut().insert(HOST, h);
+                }
+            }
+            let open = || dial(&self.shared, &pools.h1_tls, &self.expected, &ep);
+            match pools.h1.send(&ep, open, req).await {
+                Ok(resp) => return (resp, ep),
+                Err(SendError::Connect(e, back)) => {
+                    tracing::warn!(endpoint = %ep, service = %self.expected, error = %e, "upstream connection failed");
+                    self.balancer.mark_down(&ep);
+                    tried.push(ep);
+                    req = *back;
+                }
+                Err(SendError::Http(e)) => {
+                    tracing::warn!(endpoint = %ep, service = %self.expected, error = %e, "upstream request failed");
+                    tried.push(ep);
+                    break;
+                }
+            }
+        }
+        self.unreachable(endpoints, &tried)
+    }
+
+    /// The answer when no endpoint answered.
+    fn unreachable(&self, endpoints: &[String], tried: &[String]) -> (Response<Body>, String) {
         if endpoints.is_empty() {
             tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
             return (
@@ -510,6 +558,26 @@ async fn connect_tls(
     Ok(stream)
 }
 
+/// [`connect_tls`], counted in the handshake metric.
+async fn dial(
+    shared: &Shared,
+    tls: &TlsConnector,
+    expected: &SpiffeId,
+    ep: &str,
+) -> io::Result<TlsStream<TcpStream>> {
+    let r = connect_tls(tls, &shared.tls, expected, ep).await;
+    let result = if r.is_ok() { "ok" } else { "error" };
+    shared
+        .metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels {
+            direction: "outbound",
+            result,
+        })
+        .inc();
+    r
+}
+
 /// Per endpoint: requests in flight, and until when it is skipped.
 type EndpointState = Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>;
 
@@ -589,24 +657,20 @@ impl Balancer {
     }
 }
 
-/// Connects to a sidecar endpoint (the URI's authority) over mTLS.
+/// Connects to a sidecar endpoint (the URI's authority) over mTLS, for
+/// the HTTP/2 pool.
 #[derive(Clone)]
 struct MeshConnector {
     tls: TlsConnector,
     shared: Arc<Shared>,
     expected: SpiffeId,
-    h2: bool,
 }
 
-struct MeshIo(TokioIo<TlsStream<TcpStream>>, bool);
+struct MeshIo(TokioIo<TlsStream<TcpStream>>);
 
 impl Connection for MeshIo {
     fn connected(&self) -> Connected {
-        if self.1 {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
+        Connected::new().negotiated_h2()
     }
 }
 
@@ -649,23 +713,13 @@ impl tower::Service<http::Uri> for MeshConnector {
         let tls = self.tls.clone();
         let shared = self.shared.clone();
         let expected = self.expected.clone();
-        let h2 = self.h2;
         Box::pin(async move {
             let ep = uri
                 .authority()
                 .map(|a| a.as_str().to_string())
                 .ok_or_else(|| io::Error::other("no endpoint"))?;
-            let r = connect_tls(&tls, &shared.tls, &expected, &ep).await;
-            let result = if r.is_ok() { "ok" } else { "error" };
-            shared
-                .metrics
-                .handshakes
-                .get_or_create(&HandshakeLabels {
-                    direction: "outbound",
-                    result,
-                })
-                .inc();
-            Ok(MeshIo(TokioIo::new(r?), h2))
+            let io = dial(&shared, &tls, &expected, &ep).await?;
+            Ok(MeshIo(TokioIo::new(io)))
         })
     }
 }

@@ -34,6 +34,11 @@ enum State {
     Passthrough,
 }
 
+/// Bytes read from the connection at a time, and the least room a read
+/// is given.
+const READ_SIZE: usize = 16 * 1024;
+const READ_MIN: usize = 1024;
+
 pub(crate) struct StrictH1<IO> {
     io: IO,
     state: State,
@@ -59,6 +64,8 @@ impl<IO> StrictH1<IO> {
     }
 
     fn release(&mut self, n: usize) {
+        // Copied, so that both buffers stay unshared and are refilled from
+        // their start: a connection keeps touching the same few pages.
         let chunk = self.pending.split_to(n);
         self.ready.extend_from_slice(&chunk);
     }
@@ -276,16 +283,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for StrictH1<IO> {
             } else {
                 this.head_deadline = None;
             }
-            let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
-                    } else {
-                        this.pending.extend_from_slice(rb.filled());
-                    }
-                }
+            // Straight into `pending`'s spare room, which is not zeroed
+            // first.
+            if this.pending.capacity() - this.pending.len() < READ_MIN {
+                this.pending.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.pending) {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
