@@ -49,10 +49,12 @@ async fn standalone_sidecars_from_files() {
     std::fs::write(d.join("policy.yaml"), ALLOW).unwrap();
     let pay = app("payments");
     let f = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let pay_sc = Proc::spawn(
+    let pay_sc = Proc::spawn_logged(
         bin(),
         &[
             "--output",
+            "json",
+            "--log-format",
             "json",
             "--trust-bundle",
             &f("bundle.pem"),
@@ -74,6 +76,7 @@ async fn standalone_sidecars_from_files() {
             "--worker-threads",
             "1",
         ],
+        "warn,ward::access=info",
     )
     .unwrap();
     let inbound = pay_sc.ready["proxy"]["inbound"]
@@ -130,6 +133,25 @@ async fn standalone_sidecars_from_files() {
         body["peer_id"],
         "spiffe://ward.internal/ns/default/sa/frontend"
     );
+    // The access log has the request, as a JSON line.
+    let logged = |status: u64| {
+        pay_sc.log().iter().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_default();
+            let f = &v["fields"];
+            v["target"] == "ward::access"
+                && f["direction"] == "inbound"
+                && f["peer"] == "spiffe://ward.internal/ns/default/sa/frontend"
+                && f["method"] == "GET"
+                && f["path"] == "/whoami"
+                && f["status"] == status
+                && f["duration_ms"].as_f64().is_some_and(|d| d > 0.0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || async { logged(200) }).await,
+        "{:?}",
+        pay_sc.log()
+    );
 
     // The policy file changes: enforced within seconds.
     std::fs::write(d.join("policy.yaml"), format!("{ALLOW}---\n{DENY}")).unwrap();
@@ -139,6 +161,11 @@ async fn standalone_sidecars_from_files() {
         })
         .await,
         "the new policy file was not applied"
+    );
+    assert!(
+        pay_sc.log().iter().any(|l| l.contains("default/lockdown")) && logged(403),
+        "{:?}",
+        pay_sc.log()
     );
     // A broken policy file is refused; the policies in force stay.
     std::fs::write(

@@ -138,7 +138,8 @@ impl<B: ReqBody, T: Io> Idle<B, T> {
     /// too long are closed on the way.
     fn take(&self, key: &str) -> Option<Conn<B, T>> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        kept.retain(|k| k.since.elapsed() < IDLE_FOR);
+        let now = Instant::now();
+        kept.retain(|k| now.duration_since(k.since) < IDLE_FOR);
         let i = kept.iter().rposition(|k| k.key == key)?;
         Some(kept.remove(i).conn)
     }

@@ -235,10 +235,11 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
 
 impl Inbound {
     async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        let start = Instant::now();
         let shared = &self.shared;
-        // Method and path are kept for the access log only when it is on.
+        // Start, method and path are kept for the access log only when it
+        // is on.
         let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
+        let start = log.then(Instant::now);
         let method = req.method().clone();
         let path = if log {
             req.uri().path().to_string()
@@ -350,7 +351,7 @@ impl Inbound {
                 method = %method,
                 path = %path,
                 status,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = crate::ms_since(start),
                 decision = label,
                 policy = decided,
                 "request"
@@ -493,7 +494,7 @@ impl Inbound {
         method: &http::Method,
         path: &str,
         why: &str,
-        start: Instant,
+        start: Option<Instant>,
     ) -> Response<Body> {
         let shared = &self.shared;
         shared
@@ -530,7 +531,7 @@ impl Inbound {
             method = %method,
             path = %path,
             status = 401,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = crate::ms_since(start),
             decision = "deny",
             policy = "request-authentication",
             reason = why,

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
@@ -321,6 +321,11 @@ pub(crate) async fn accept_loop<F, Fut>(
 /// Resolves once shutdown has been requested.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Milliseconds since `start`, for the access log (0 without a start).
+pub(crate) fn ms_since(start: Option<Instant>) -> f64 {
+    start.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0)
 }
 
 async fn shutdown_signal() {

@@ -243,9 +243,10 @@ impl Outbound {
     }
 
     async fn request(&self, req: Request<Incoming>) -> Response<Body> {
-        let start = Instant::now();
-        // Method and path are kept for the access log only when it is on.
+        // Start, method and path are kept for the access log only when it
+        // is on.
         let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
+        let start = log.then(Instant::now);
         let method = req.method().clone();
         let path = if log {
             req.uri().path().to_string()
@@ -293,7 +294,7 @@ impl Outbound {
                 method = %method,
                 path = %path,
                 status,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = crate::ms_since(start),
                 "request"
             );
         }

@@ -271,21 +271,54 @@ pub struct Proc {
     pub child: Child,
     /// The first JSON line it printed.
     pub ready: Value,
+    /// Its stderr lines, when started with [`Proc::spawn_logged`].
+    log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Proc {
     /// Starts `bin args…` and waits for its JSON ready line.
     pub fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+        let filter = std::env::var("WARD_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::start(bin, args, &filter, false)
+    }
+
+    /// Like [`Proc::spawn`], with `RUST_LOG=filter` and its stderr kept
+    /// for [`Proc::log`].
+    pub fn spawn_logged(bin: &Path, args: &[&str], filter: &str) -> anyhow::Result<Proc> {
+        Self::start(bin, args, filter, true)
+    }
+
+    /// The stderr lines so far (empty unless started with
+    /// [`Proc::spawn_logged`]).
+    pub fn log(&self) -> Vec<String> {
+        self.log
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    fn start(bin: &Path, args: &[&str], filter: &str, keep_log: bool) -> anyhow::Result<Proc> {
         let mut child = Command::new(bin)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("WARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .context("spawning ward")?;
+        let log = child.stderr.take().map(|stderr| {
+            let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+            log
+        });
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {
@@ -299,7 +332,7 @@ impl Proc {
             }
         };
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Ok(Proc { child, ready })
+        Ok(Proc { child, ready, log })
     }
 
     /// Sends SIGTERM.
