@@ -206,5 +206,51 @@ async fn standalone_sidecars_from_files() {
     for _ in 0..5 {
         assert_eq!(get("/whoami").await.0, 200);
     }
-    let _ = (pay_sc, pay, fe);
+
+    // An upstream whose first endpoint refuses connections: requests with
+    // a body that find no connection there have not been sent, and go to
+    // the live endpoint whole.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let upstream = format!(
+        "payments=127.0.0.1:0,endpoint={dead_addr},endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
+    );
+    let fe2 = Proc::spawn(
+        bin(),
+        &[
+            "--output",
+            "json",
+            "--trust-bundle",
+            &f("bundle.pem"),
+            "proxy",
+            "--cert",
+            &f("frontend.pem"),
+            "--key",
+            &f("frontend.key"),
+            "--service",
+            "frontend",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:9",
+            "--upstream",
+            &upstream,
+        ],
+    )
+    .unwrap();
+    let echo = format!(
+        "http://{}/echo",
+        fe2.ready["proxy"]["upstreams"]["payments.default"]
+            .as_str()
+            .unwrap()
+    );
+    let http = reqwest::Client::new();
+    for i in 0..6 {
+        let body = format!("payment {i}");
+        let r = http.post(&echo).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "POST {i} with a dead endpoint listed");
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    let _ = (pay_sc, pay, fe, fe2);
 }
