@@ -213,6 +213,39 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
         handshakes <= 3.0,
         "{handshakes} outbound handshakes for ~10 requests and 1 TCP connection:\n{metrics}"
     );
+
+    // Each TCP connection is an mTLS connection of its own; after the
+    // first, they resume the session the echo sidecar issued.
+    for i in 0..5u8 {
+        let mut tcp = tokio::net::TcpStream::connect(fe.upstream("echo-tcp.default"))
+            .await
+            .unwrap();
+        tcp.write_all(&[i; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [i; 100]);
+    }
+    let resumed = |admin: String, direction: &'static str| async move {
+        let m = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n: f64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("ward_proxy_tls_resumptions_total{")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n, m)
+    };
+    let (n, m) = resumed(fe.admin.clone(), "outbound").await;
+    assert!(n >= 4.0, "{n} resumed of 5 new TCP connections:\n{m}");
+    let (n, m) = resumed(tcp_sc.admin.clone(), "inbound").await;
+    assert!(n >= 4.0, "{n} resumed at the echo sidecar:\n{m}");
     let _ = (tcp_sc, pay_sc);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

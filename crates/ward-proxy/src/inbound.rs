@@ -167,6 +167,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             version,
         })
         .inc();
+    m.count_resumption("inbound", conn);
     let peer = match ctx.shared.tls.connected_peer(conn, true, None) {
         Ok(peer) => peer,
         Err(e) => {

@@ -19,6 +19,11 @@ pub(crate) struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TlsVersionLabels {
     pub direction: &'static str,
     pub version: &'static str,
@@ -75,6 +80,7 @@ pub(crate) struct Metrics {
     pub tcp_connections: Family<HandshakeLabels, Counter>,
     pub cert_expiry: Gauge,
     pub tls_versions: Family<TlsVersionLabels, Counter>,
+    pub resumptions: Family<DirectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -86,6 +92,12 @@ impl Metrics {
         let tcp_connections = Family::<HandshakeLabels, Counter>::default();
         let cert_expiry = Gauge::default();
         let tls_versions = Family::<TlsVersionLabels, Counter>::default();
+        let resumptions = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "ward_proxy_tls_resumptions",
+            "Completed handshakes that resumed an earlier session, by direction",
+            resumptions.clone(),
+        );
         registry.register(
             "ward_proxy_tls_versions",
             "Completed handshakes by TLS version",
@@ -124,6 +136,16 @@ impl Metrics {
             tcp_connections,
             cert_expiry,
             tls_versions,
+            resumptions,
+        }
+    }
+
+    /// Counts `conn`'s handshake if it resumed a session.
+    pub(crate) fn count_resumption(&self, direction: &'static str, conn: &rustls::CommonState) {
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumptions
+                .get_or_create(&DirectionLabels { direction })
+                .inc();
         }
     }
 

@@ -489,28 +489,12 @@ impl Outbound {
                 tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
                 return;
             };
-            match connect_tls(&self.pools().tcp, &self.shared.tls, &self.expected, &ep).await {
+            match dial(&self.shared, &self.pools().tcp, &self.expected, &ep).await {
                 Ok(mut tls) => {
-                    self.shared
-                        .metrics
-                        .handshakes
-                        .get_or_create(&HandshakeLabels {
-                            direction: "outbound",
-                            result: "ok",
-                        })
-                        .inc();
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
                     return;
                 }
                 Err(e) => {
-                    self.shared
-                        .metrics
-                        .handshakes
-                        .get_or_create(&HandshakeLabels {
-                            direction: "outbound",
-                            result: "error",
-                        })
-                        .inc();
                     tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
                     self.balancer.mark_down(&ep);
                 }
@@ -549,9 +533,7 @@ async fn connect_tls(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     tcp.set_nodelay(true)?;
-    // The SNI name is not used for verification: the SPIFFE ID is.
-    let name = rustls_pki_types::ServerName::try_from("ward-peer").map_err(io::Error::other)?;
-    let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+    let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(session_name(ep), tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     mesh.connected_peer(stream.get_ref().1, false, Some(expected))
@@ -559,7 +541,33 @@ async fn connect_tls(
     Ok(stream)
 }
 
-/// [`connect_tls`], counted in the handshake metric.
+/// The name a connection to `ep` is made under. Verification does not use
+/// it (the SPIFFE ID is checked), but the TLS session cache is keyed by
+/// it: one name per endpoint, so that a session is only offered to the
+/// sidecar that issued it (a ticket offered to another endpoint is wasted
+/// and costs a full handshake; so does the rare name two addresses share,
+/// nothing more, as only the issuer can resume a session).
+fn session_name(ep: &str) -> rustls_pki_types::ServerName<'static> {
+    let label: String = ep
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let label = label.trim_matches('-');
+    rustls_pki_types::ServerName::try_from(format!("{label}.ward-peer"))
+        .ok()
+        .filter(|_| !label.is_empty() && label.len() <= 63)
+        .unwrap_or_else(|| {
+            rustls_pki_types::ServerName::try_from("ward-peer").expect("a valid DNS name")
+        })
+}
+
+/// [`connect_tls`], counted in the handshake metrics.
 async fn dial(
     shared: &Shared,
     tls: &TlsConnector,
@@ -576,6 +584,11 @@ async fn dial(
             result,
         })
         .inc();
+    if let Ok(stream) = &r {
+        shared
+            .metrics
+            .count_resumption("outbound", stream.get_ref().1);
+    }
     r
 }
 
@@ -722,5 +735,24 @@ impl tower::Service<http::Uri> for MeshConnector {
             let io = dial(&shared, &tls, &expected, &ep).await?;
             Ok(MeshIo(TokioIo::new(io)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_name;
+
+    #[test]
+    fn one_session_name_per_endpoint() {
+        let name = |ep: &str| session_name(ep).to_str().into_owned();
+        assert_eq!(name("127.0.0.1:15006"), "127-0-0-1-15006.ward-peer");
+        assert_ne!(name("127.0.0.1:15006"), name("127.0.0.1:15007"));
+        assert_eq!(name("[::1]:8443"), "1--8443.ward-peer");
+        assert_eq!(
+            name("Payments-0.NS.svc:15006"),
+            "payments-0-ns-svc-15006.ward-peer"
+        );
+        assert_eq!(name(&"x".repeat(80)), "ward-peer");
+        assert_eq!(name(":"), "ward-peer");
     }
 }
