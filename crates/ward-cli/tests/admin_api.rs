@@ -126,23 +126,8 @@ async fn admin_api_requires_the_token_and_leaks_nothing() {
 #[tokio::test]
 async fn admin_client_certificate_is_accepted_until_revoked() {
     let s = server(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
-    let v = s
-        .cli_json(&[
-            "cert",
-            "issue",
-            "--spiffe-id",
-            "spiffe://ward.internal/ward/admin",
-            "--out-cert",
-            c.to_str().unwrap(),
-            "--out-key",
-            k.to_str().unwrap(),
-        ])
-        .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
-    let admin = s.https_with_cert(Some((chain, key))).unwrap();
+    let admin_cert = s.issue("spiffe://ward.internal/ward/admin", &[]).unwrap();
+    let admin = s.https_with_cert(Some(admin_cert.pair())).unwrap();
     let r = admin
         .get(format!("{}/api/v1/services", s.url))
         .send()
@@ -151,21 +136,10 @@ async fn admin_client_certificate_is_accepted_until_revoked() {
     assert_eq!(r.status(), 200);
 
     // A workload certificate is not an admin credential.
-    let (wc, wk) = (dir.path().join("w.pem"), dir.path().join("w.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        "spiffe://ward.internal/ns/default/sa/web",
-        "--out-cert",
-        wc.to_str().unwrap(),
-        "--out-key",
-        wk.to_str().unwrap(),
-    ])
-    .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&wc).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&wk).unwrap()).unwrap();
-    let workload = s.https_with_cert(Some((chain, key))).unwrap();
+    let workload = s
+        .issue("spiffe://ward.internal/ns/default/sa/web", &[])
+        .unwrap();
+    let workload = s.https_with_cert(Some(workload.pair())).unwrap();
     assert_eq!(
         workload
             .get(format!("{}/api/v1/services", s.url))
@@ -177,6 +151,8 @@ async fn admin_client_certificate_is_accepted_until_revoked() {
     );
 
     // The server's own identity cannot be issued.
+    let dir = tempfile::tempdir().unwrap();
+    let (wc, wk) = (dir.path().join("w.pem"), dir.path().join("w.key"));
     let out = s.cli(&[
         "cert",
         "issue",
@@ -190,11 +166,9 @@ async fn admin_client_certificate_is_accepted_until_revoked() {
     assert_eq!(out.status.code(), Some(1));
 
     // Revoked: refused on new connections.
-    s.cli_json(&["cert", "revoke", v["serial"].as_str().unwrap()])
+    s.cli_json(&["cert", "revoke", admin_cert.out["serial"].as_str().unwrap()])
         .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
-    let revoked = s.https_with_cert(Some((chain, key))).unwrap();
+    let revoked = s.https_with_cert(Some(admin_cert.pair())).unwrap();
     assert_eq!(
         revoked
             .get(format!("{}/api/v1/services", s.url))

@@ -194,21 +194,12 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
     assert_eq!(got, data);
 
     // Requests were multiplexed over pooled connections, not one handshake each.
-    let metrics = reqwest::get(format!("http://{}/metrics", fe.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let handshakes: f64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("ward_proxy_tls_handshakes_total{")
-                && l.contains("outbound")
-                && l.contains("\"ok\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let (handshakes, metrics) = metric_sum(
+        &fe,
+        "ward_proxy_tls_handshakes",
+        &["direction=\"outbound\"", "result=\"ok\""],
+    )
+    .await;
     assert!(
         handshakes <= 3.0,
         "{handshakes} outbound handshakes for ~10 requests and 1 TCP connection:\n{metrics}"
@@ -225,26 +216,19 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
         tcp.read_exact(&mut got).await.unwrap();
         assert_eq!(got, [i; 100]);
     }
-    let resumed = |admin: String, direction: &'static str| async move {
-        let m = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let n: f64 = m
-            .lines()
-            .filter(|l| {
-                l.starts_with("ward_proxy_tls_resumptions_total{")
-                    && l.contains(&format!("direction=\"{direction}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (n, m)
-    };
-    let (n, m) = resumed(fe.admin.clone(), "outbound").await;
+    let (n, m) = metric_sum(
+        &fe,
+        "ward_proxy_tls_resumptions",
+        &["direction=\"outbound\""],
+    )
+    .await;
     assert!(n >= 4.0, "{n} resumed of 5 new TCP connections:\n{m}");
-    let (n, m) = resumed(tcp_sc.admin.clone(), "inbound").await;
+    let (n, m) = metric_sum(
+        &tcp_sc,
+        "ward_proxy_tls_resumptions",
+        &["direction=\"inbound\""],
+    )
+    .await;
     assert!(n >= 4.0, "{n} resumed at the echo sidecar:\n{m}");
     let _ = (tcp_sc, pay_sc);
     tokio::time::sleep(Duration::from_millis(10)).await;

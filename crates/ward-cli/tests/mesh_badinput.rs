@@ -68,21 +68,10 @@ async fn bad_input_on_both_listeners() {
     wait_for_endpoint(&fe, "payments").await;
 
     // An mTLS client identity for talking to the inbound listener directly.
-    let dir = tempfile::tempdir().unwrap();
-    let (c, k) = (dir.path().join("c.pem"), dir.path().join("c.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        "spiffe://ward.internal/ns/default/sa/tester",
-        "--out-cert",
-        c.to_str().unwrap(),
-        "--out-key",
-        k.to_str().unwrap(),
-    ])
-    .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&c).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&k).unwrap()).unwrap();
+    let (chain, key) = s
+        .issue("spiffe://ward.internal/ns/default/sa/tester", &[])
+        .unwrap()
+        .pair();
     let bundle =
         ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
     let mesh = ward_tls::MeshTls::new(

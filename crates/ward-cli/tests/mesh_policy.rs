@@ -78,6 +78,23 @@ async fn send(
     status
 }
 
+/// A control plane, the payments app with its sidecar, and a frontend
+/// sidecar with payments as its upstream, ready.
+async fn payments_and_frontend() -> (WardServer, App, Sidecar, Sidecar) {
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:1",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    (s, pay, pay_sc, fe)
+}
+
 async fn token(s: &WardServer, secret: &str, scope: &str, audience: &str) -> String {
     s.token("fe", secret, &[("scope", scope), ("audience", audience)])
         .await
@@ -336,17 +353,7 @@ async fn l7_rules_tokens_tcp_closing_and_check_agree() {
 /// forwarded; ward's own tokens still work; unknown issuers get 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_authentication_for_another_issuer() {
-    init();
-    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
-    let pay = app("payments");
-    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:1",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (s, pay, pay_sc, fe) = payments_and_frontend().await;
 
     let idp = ward_jwt::SigningKey::generate(ward_jwt::Algorithm::ES256, "idp-1").unwrap();
     let jwks = serde_json::json!({ "keys": [idp.public_jwk()] }).to_string();
@@ -448,37 +455,17 @@ spec:
 async fn request_authentication_with_jwks_uri() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    init();
-    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
-    let pay = app("payments");
-    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:1",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (s, pay, pay_sc, fe) = payments_and_frontend().await;
 
     // The issuer's JWKS endpoint: HTTPS with a certificate for 127.0.0.1.
     s.cli_json(&["service", "add", "idp"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("idp.pem"), dir.path().join("idp.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        "spiffe://ward.internal/ns/default/sa/idp",
-        "--dns-name",
-        "127.0.0.1",
-        "--out-cert",
-        cert.to_str().unwrap(),
-        "--out-key",
-        key.to_str().unwrap(),
-    ])
-    .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&cert).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let (chain, key) = s
+        .issue(
+            "spiffe://ward.internal/ns/default/sa/idp",
+            &["--dns-name", "127.0.0.1"],
+        )
+        .unwrap()
+        .pair();
     let tls = rustls::ServerConfig::builder_with_provider(ward_tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()

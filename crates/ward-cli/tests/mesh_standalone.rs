@@ -86,31 +86,35 @@ async fn standalone_sidecars_from_files() {
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
-    let fe = Proc::spawn(
-        bin(),
-        &[
-            "--output",
-            "json",
-            "--trust-bundle",
-            &f("bundle.pem"),
-            "proxy",
-            "--cert",
-            &f("frontend.pem"),
-            "--key",
-            &f("frontend.key"),
-            "--service",
-            "frontend",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:9",
-            "--admin",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-        ],
-    )
-    .unwrap();
+    // A frontend sidecar with one upstream, from the same files.
+    let frontend = |upstream: &str| {
+        Proc::spawn(
+            bin(),
+            &[
+                "--output",
+                "json",
+                "--trust-bundle",
+                &f("bundle.pem"),
+                "proxy",
+                "--cert",
+                &f("frontend.pem"),
+                "--key",
+                &f("frontend.key"),
+                "--service",
+                "frontend",
+                "--inbound",
+                "127.0.0.1:0",
+                "--app",
+                "127.0.0.1:9",
+                "--admin",
+                "127.0.0.1:0",
+                "--upstream",
+                upstream,
+            ],
+        )
+        .unwrap()
+    };
+    let fe = frontend(&upstream);
     let up = fe.ready["proxy"]["upstreams"]["payments.default"]
         .as_str()
         .unwrap()
@@ -216,29 +220,7 @@ async fn standalone_sidecars_from_files() {
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={dead_addr},endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
-    let fe2 = Proc::spawn(
-        bin(),
-        &[
-            "--output",
-            "json",
-            "--trust-bundle",
-            &f("bundle.pem"),
-            "proxy",
-            "--cert",
-            &f("frontend.pem"),
-            "--key",
-            &f("frontend.key"),
-            "--service",
-            "frontend",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:9",
-            "--upstream",
-            &upstream,
-        ],
-    )
-    .unwrap();
+    let fe2 = frontend(&upstream);
     let echo = format!(
         "http://{}/echo",
         fe2.ready["proxy"]["upstreams"]["payments.default"]

@@ -549,21 +549,10 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
     let secret = s
         .secret_client("fe", "frontend", &["--audience", "payments"])
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("svid.pem"), dir.path().join("svid.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        "spiffe://ward.internal/ns/default/sa/payments",
-        "--out-cert",
-        cert.to_str().unwrap(),
-        "--out-key",
-        key.to_str().unwrap(),
-    ])
-    .unwrap();
-    let chain = ward_testkit::chain_from_pem(&std::fs::read_to_string(&cert).unwrap()).unwrap();
-    let key = ward_testkit::key_from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let (chain, key) = s
+        .issue("spiffe://ward.internal/ns/default/sa/payments", &[])
+        .unwrap()
+        .pair();
 
     // The service side: revocations from the feed, keys from the JWKS.
     let revoked = RevocationList::default();

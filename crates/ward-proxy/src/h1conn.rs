@@ -172,59 +172,74 @@ impl<B: ReqBody, T: Io> Idle<B, T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = io::Result<T>>,
     {
-        let mut conn = None;
         while let Some(mut c) = self.take(key) {
             if c.ready().await {
-                conn = Some(c);
-                break;
+                match self.send_on(key, c, req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(Failed::Sent(e)) => return Err(SendError::Http(e)),
+                    Err(Failed::Unsent(back)) => {
+                        req = *back;
+                        break;
+                    }
+                }
             }
         }
-        let mut open = Some(open);
-        loop {
-            let fresh = conn.is_none();
-            let mut c = match conn.take() {
-                Some(c) => c,
-                None => {
-                    let Some(open) = open.take() else {
-                        unreachable!("a new connection is opened at most once")
-                    };
-                    let io = match open().await {
-                        Ok(io) => io,
-                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-                    };
-                    let mut c = Conn::handshake(io).await.map_err(SendError::Http)?;
-                    if !c.ready().await {
-                        return Err(SendError::Http("the connection closed at once".into()));
-                    }
-                    c
-                }
-            };
-            let mut sent = std::pin::pin!(c.sender.try_send_request(req));
-            let result = poll_fn(|cx| {
-                c.drive(cx);
-                sent.as_mut().poll(cx)
+        let io = match open().await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        let mut c = Conn::handshake(io).await.map_err(SendError::Http)?;
+        if !c.ready().await {
+            return Err(SendError::Http("the connection closed at once".into()));
+        }
+        self.send_on(key, c, req).await.map_err(|e| {
+            SendError::Http(match e {
+                Failed::Unsent(_) => "the connection closed at once".into(),
+                Failed::Sent(e) => e,
             })
-            .await;
-            match result {
-                Ok(resp) => {
-                    let (idle, key) = (self.clone(), key.to_string());
-                    return Ok(resp.map(|body| {
-                        Driven {
-                            body,
-                            conn: Some(c),
-                            idle,
-                            key,
-                        }
-                        .boxed()
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => req = back,
-                    _ => return Err(SendError::Http(e.into_error().into())),
-                },
+        })
+    }
+
+    /// Sends `req` on `c`, driving it until the response head arrives.
+    async fn send_on(
+        &self,
+        key: &str,
+        mut c: Conn<B, T>,
+        req: Request<B>,
+    ) -> Result<Response<Body>, Failed<B>> {
+        let mut sent = std::pin::pin!(c.sender.try_send_request(req));
+        let result = poll_fn(|cx| {
+            c.drive(cx);
+            sent.as_mut().poll(cx)
+        })
+        .await;
+        match result {
+            Ok(resp) => {
+                let (idle, key) = (self.clone(), key.to_string());
+                Ok(resp.map(|body| {
+                    Driven {
+                        body,
+                        conn: Some(c),
+                        idle,
+                        key,
+                    }
+                    .boxed()
+                }))
             }
+            Err(mut e) => match e.take_message() {
+                Some(back) => Err(Failed::Unsent(Box::new(back))),
+                None => Err(Failed::Sent(e.into_error().into())),
+            },
         }
     }
+}
+
+/// Why [`Idle::send_on`] failed.
+enum Failed<B> {
+    /// The connection closed before taking the request, given back.
+    Unsent(Box<Request<B>>),
+    /// The request was taken, and failed.
+    Sent(BoxError),
 }
 
 /// A response body; polling it drives its connection, which becomes idle

@@ -2,7 +2,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::digest::{digest, SHA256};
 use bytes::Bytes;
@@ -237,22 +237,13 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
 impl Inbound {
     async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let shared = &self.shared;
-        // Start, method and path are kept for the access log only when it
-        // is on.
-        let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
-        let start = log.then(Instant::now);
-        let method = req.method().clone();
-        let path = if log {
-            req.uri().path().to_string()
-        } else {
-            String::new()
-        };
+        let access = crate::Access::capture(&req);
         let authn = shared.authn.load_full();
         let outcome = authn
             .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)
             .await;
         if let Outcome::Invalid(why) = &outcome {
-            return self.unauthenticated(peer, &method, req.uri().path(), why, start);
+            return self.unauthenticated(peer, &access, why);
         }
         let (request_principal, claims) = match &outcome {
             Outcome::Valid {
@@ -278,7 +269,7 @@ impl Inbound {
                 source_principal: Some(&peer.id),
                 source_ip: Some(peer.remote.ip()),
                 http: Some(HttpAttributes {
-                    method: method.as_str(),
+                    method: req.method().as_str(),
                     path: req.uri().path(),
                     host: host_of(&req).unwrap_or_default(),
                     headers,
@@ -294,31 +285,9 @@ impl Inbound {
         let allowed = decision.allowed() && !revoked;
         let label = if allowed { "allow" } else { "deny" };
         let decided = decision.policy();
-        peer.decisions.inc(
-            |(l, p, _)| *l == label && p == decided,
-            || {
-                let labels = DecisionLabels {
-                    decision: label,
-                    policy: decided.to_string(),
-                    dry_run: "false",
-                };
-                let c = shared.metrics.decisions.get_or_create(&labels).clone();
-                ((label, labels.policy, false), c)
-            },
-        );
+        self.count_decision(peer, label, decided, false);
         for m in &decision.reported {
-            peer.decisions.inc(
-                |(l, p, d)| *l == "match" && *p == m.policy && *d == m.dry_run,
-                || {
-                    let labels = DecisionLabels {
-                        decision: "match",
-                        policy: m.policy.clone(),
-                        dry_run: if m.dry_run { "true" } else { "false" },
-                    };
-                    let c = shared.metrics.decisions.get_or_create(&labels).clone();
-                    (("match", m.policy.clone(), m.dry_run), c)
-                },
-            );
+            self.count_decision(peer, "match", &m.policy, m.dry_run);
         }
         let resp = if revoked {
             local(StatusCode::FORBIDDEN, "peer certificate revoked\n")
@@ -328,36 +297,8 @@ impl Inbound {
             self.forward(req, peer, &authn, &outcome).await
         };
         let status = resp.status().as_u16();
-        peer.requests.inc(
-            |(s, l)| *s == status && *l == label,
-            || {
-                let c = shared
-                    .metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        direction: "inbound",
-                        peer: peer.id.clone(),
-                        status,
-                        decision: label,
-                    })
-                    .clone();
-                ((status, label), c)
-            },
-        );
-        if log {
-            tracing::info!(
-                target: "ward::access",
-                direction = "inbound",
-                peer = %peer.id,
-                method = %method,
-                path = %path,
-                status,
-                duration_ms = crate::ms_since(start),
-                decision = label,
-                policy = decided,
-                "request"
-            );
-        }
+        self.count_request(peer, status, label);
+        access_log(peer, &access, status, label, decided, None);
         resp
     }
 
@@ -489,24 +430,8 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 impl Inbound {
     /// 401 for a bearer token that is present and invalid (RFC 6750 §3.1).
-    fn unauthenticated(
-        &self,
-        peer: &Peer,
-        method: &http::Method,
-        path: &str,
-        why: &str,
-        start: Option<Instant>,
-    ) -> Response<Body> {
-        let shared = &self.shared;
-        shared
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                decision: "deny",
-                policy: "request-authentication".into(),
-                dry_run: "false",
-            })
-            .inc();
+    fn unauthenticated(&self, peer: &Peer, access: &crate::Access, why: &str) -> Response<Body> {
+        self.count_decision(peer, "deny", "request-authentication", false);
         let mut resp = local(StatusCode::UNAUTHORIZED, "invalid bearer token\n");
         let challenge = format!(
             "Bearer realm=\"ward\", error=\"invalid_token\", error_description=\"{}\"",
@@ -515,30 +440,77 @@ impl Inbound {
         if let Ok(v) = HeaderValue::from_str(&challenge) {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
-        shared
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                direction: "inbound",
-                peer: peer.id.clone(),
-                status: 401,
-                decision: "deny",
-            })
-            .inc();
+        self.count_request(peer, 401, "deny");
+        access_log(
+            peer,
+            access,
+            401,
+            "deny",
+            "request-authentication",
+            Some(why),
+        );
+        resp
+    }
+
+    /// Counts a decision in `ward_authz_decisions`, through the
+    /// connection's kept counters.
+    fn count_decision(&self, peer: &Peer, decision: &'static str, policy: &str, dry_run: bool) {
+        peer.decisions.inc(
+            |(l, p, d)| *l == decision && p == policy && *d == dry_run,
+            || {
+                let labels = DecisionLabels {
+                    decision,
+                    policy: policy.to_string(),
+                    dry_run: if dry_run { "true" } else { "false" },
+                };
+                let c = self.shared.metrics.decisions.get_or_create(&labels).clone();
+                ((decision, labels.policy, dry_run), c)
+            },
+        );
+    }
+
+    /// Counts a request in `ward_proxy_requests`, through the connection's
+    /// kept counters.
+    fn count_request(&self, peer: &Peer, status: u16, decision: &'static str) {
+        peer.requests.inc(
+            |(s, d)| *s == status && *d == decision,
+            || {
+                let labels = RequestLabels {
+                    direction: "inbound",
+                    peer: peer.id.clone(),
+                    status,
+                    decision,
+                };
+                let c = self.shared.metrics.requests.get_or_create(&labels).clone();
+                ((status, decision), c)
+            },
+        );
+    }
+}
+
+/// The access-log line of an inbound request (when the log is on).
+fn access_log(
+    peer: &Peer,
+    access: &crate::Access,
+    status: u16,
+    decision: &str,
+    policy: &str,
+    reason: Option<&str>,
+) {
+    if let Some((start, method, path)) = &access.0 {
         tracing::info!(
             target: "ward::access",
             direction = "inbound",
             peer = %peer.id,
             method = %method,
             path = %path,
-            status = 401,
-            duration_ms = crate::ms_since(start),
-            decision = "deny",
-            policy = "request-authentication",
-            reason = why,
+            status,
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            decision,
+            policy,
+            reason,
             "request"
         );
-        resp
     }
 }
 

@@ -323,9 +323,21 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Milliseconds since `start`, for the access log (0 without a start).
-pub(crate) fn ms_since(start: Option<Instant>) -> f64 {
-    start.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0)
+/// What a request's access-log line needs (start, method, path), kept
+/// only when the log is on.
+pub(crate) struct Access(Option<(Instant, http::Method, String)>);
+
+impl Access {
+    pub(crate) fn capture<B>(req: &http::Request<B>) -> Access {
+        let on = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
+        Access(on.then(|| {
+            (
+                Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_string(),
+            )
+        }))
+    }
 }
 
 async fn shutdown_signal() {

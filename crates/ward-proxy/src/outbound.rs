@@ -228,40 +228,23 @@ impl Outbound {
         fresh
     }
 
-    fn endpoints(&self) -> Vec<String> {
-        // Endpoints given on the command line (no control plane) are this
-        // upstream's own, even when another upstream expects the same ID.
-        if !self.up.endpoints.is_empty() {
-            return self.up.endpoints.clone();
-        }
-        self.shared
-            .endpoints
-            .load()
-            .get(self.expected.as_str())
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
-        // Start, method and path are kept for the access log only when it
-        // is on.
-        let log = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
-        let start = log.then(Instant::now);
-        let method = req.method().clone();
-        let path = if log {
-            req.uri().path().to_string()
-        } else {
-            String::new()
-        };
-        // Endpoints given on the command line (no control plane) are this
-        // upstream's own, even when another upstream expects the same ID.
-        let map = self.shared.endpoints.load_full();
-        let endpoints: &[String] = if self.up.endpoints.is_empty() {
+    /// This upstream's endpoints, from `map` (the control plane's, loaded
+    /// by the caller). Endpoints given on the command line (no control
+    /// plane) are this upstream's own, even when another upstream expects
+    /// the same ID.
+    fn endpoints<'a>(&'a self, map: &'a HashMap<String, Vec<String>>) -> &'a [String] {
+        if self.up.endpoints.is_empty() {
             map.get(self.expected.as_str())
                 .map_or(&[], |v| v.as_slice())
         } else {
             &self.up.endpoints
-        };
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+        let access = crate::Access::capture(&req);
+        let map = self.shared.endpoints.load_full();
+        let endpoints = self.endpoints(&map);
         let (resp, ep) = if crate::upgrade::is_upgrade(&req) {
             self.forward_upgrade(req, endpoints).await
         } else {
@@ -285,7 +268,7 @@ impl Outbound {
                 (status, c)
             },
         );
-        if log {
+        if let Some((start, method, path)) = &access.0 {
             tracing::info!(
                 target: "ward::access",
                 direction = "outbound",
@@ -294,7 +277,7 @@ impl Outbound {
                 method = %method,
                 path = %path,
                 status,
-                duration_ms = crate::ms_since(start),
+                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
                 "request"
             );
         }
@@ -316,12 +299,9 @@ impl Outbound {
                 String::new(),
             );
         };
-        let tls = TlsConnector::from(Arc::new(
-            self.shared
-                .tls
-                .client_config(self.expected.clone(), &[b"http/1.1"]),
-        ));
-        let resp = match connect_tls(&tls, &self.shared.tls, &self.expected, &ep).await {
+        // An HTTP/1.1 connection of its own, made with the pools' connector.
+        let tls = &self.pools().h1_tls;
+        let resp = match connect_tls(tls, &self.shared.tls, &self.expected, &ep).await {
             Ok(io) => crate::upgrade::forward(req, io).await,
             Err(e) => {
                 tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
@@ -483,9 +463,10 @@ impl Outbound {
     }
 
     async fn tcp_conn(self: Arc<Self>, mut tcp: TcpStream) {
-        let endpoints = self.endpoints();
+        let map = self.shared.endpoints.load_full();
+        let endpoints = self.endpoints(&map);
         for _ in 0..endpoints.len().max(1) {
-            let Some((ep, _guard)) = self.balancer.pick(&endpoints) else {
+            let Some((ep, _guard)) = self.balancer.pick(endpoints) else {
                 tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
                 return;
             };
@@ -627,33 +608,25 @@ impl Balancer {
         endpoints: &[String],
         exclude: &[String],
     ) -> Option<(String, InFlight)> {
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .filter(|e| !exclude.contains(e))
-            .cloned()
-            .collect();
-        let endpoints = endpoints.as_slice();
         let mut s = self.state.lock().ok()?;
-        let now = Instant::now();
-        let live = |ep: &String, s: &HashMap<String, (usize, Option<Instant>)>| {
-            s.get(ep).and_then(|e| e.1).is_none_or(|t| t <= now)
+        let ep = {
+            let now = Instant::now();
+            let live = |ep: &String| s.get(ep).and_then(|e| e.1).is_none_or(|t| t <= now);
+            let allowed = || endpoints.iter().filter(|e| !exclude.contains(e));
+            // When every endpoint is marked down, try them anyway.
+            let any_live = allowed().any(live);
+            let pool = || allowed().filter(|e| !any_live || live(e));
+            let n = pool().count();
+            if n == 0 {
+                return None;
+            }
+            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+            pool()
+                .skip(start)
+                .chain(pool().take(start))
+                .min_by_key(|e| s.get(*e).map_or(0, |v| v.0))?
+                .clone()
         };
-        let candidates: Vec<&String> = endpoints.iter().filter(|e| live(e, &s)).collect();
-        // When every endpoint is marked down, try them anyway.
-        let pool: Vec<&String> = if candidates.is_empty() {
-            endpoints.iter().collect()
-        } else {
-            candidates
-        };
-        if pool.is_empty() {
-            return None;
-        }
-        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
-        let ep = pool[start..]
-            .iter()
-            .chain(&pool[..start])
-            .min_by_key(|e| s.get(**e).map_or(0, |v| v.0))?
-            .to_string();
         s.entry(ep.clone()).or_default().0 += 1;
         Some((
             ep.clone(),

@@ -15,6 +15,21 @@ use tonic::transport::Channel;
 use ward_api::v1::identity_client::IdentityClient;
 use ward_tls::ControlPlaneTrust;
 
+/// A certificate issued by [`WardServer::issue`].
+pub struct Issued {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// What `ward cert issue` printed (serial, expiry, …).
+    pub out: Value,
+}
+
+impl Issued {
+    /// Chain and key, for a client or server configuration.
+    pub fn pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
+}
+
 /// A `ward server` process on a temporary data dir.
 pub struct WardServer {
     pub bin: PathBuf,
@@ -168,6 +183,34 @@ impl WardServer {
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(30))
             .build()?)
+    }
+
+    /// `ward cert issue --spiffe-id ID` (with `extra` flags), loaded.
+    pub fn issue(&self, spiffe_id: &str, extra: &[&str]) -> anyhow::Result<Issued> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("cert.key"));
+        let path = |p: &Path| p.to_str().map(String::from).ok_or_else(|| anyhow!("path"));
+        let (cert_arg, key_arg) = (path(&cert)?, path(&key)?);
+        let args = [
+            &[
+                "cert",
+                "issue",
+                "--spiffe-id",
+                spiffe_id,
+                "--out-cert",
+                &cert_arg,
+                "--out-key",
+                &key_arg,
+            ],
+            extra,
+        ]
+        .concat();
+        let out = self.cli_json(&args)?;
+        Ok(Issued {
+            chain: chain_from_pem(&std::fs::read_to_string(&cert)?)?,
+            key: key_from_pem(&std::fs::read_to_string(&key)?)?,
+            out,
+        })
     }
 
     /// Registers an OAuth2 client `name` of `service` authenticating with

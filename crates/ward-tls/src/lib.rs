@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 mod mesh;
+#[cfg(test)]
+mod testing;
 mod verify;
 
 pub use mesh::{peer_identity, MeshTls, Trust};

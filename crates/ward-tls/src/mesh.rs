@@ -368,89 +368,34 @@ pub fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> Option<VerifiedPee
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use rustls_pki_types::PrivatePkcs8KeyDer;
-    use ward_ca::{now, testing::csr_for, validate_csr, CaMaterial, SigningAuthority};
-    use ward_identity::TrustDomain;
+    use ward_ca::now;
 
     use super::*;
+    use crate::testing::Pki;
     use crate::unix_time;
 
     fn remembered(tls: &MeshTls) -> usize {
         tls.trust.load().verified.lock().unwrap().len()
     }
 
-    /// A root, a signing CA under it, and a leaf for `service`.
-    struct Pki {
-        td: TrustDomain,
-        root: CaMaterial,
-        signing: CaMaterial,
-    }
-
-    impl Pki {
-        fn new() -> Pki {
-            let td = TrustDomain::new("example.org").unwrap();
-            let t = now();
-            let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-            let signing = root
-                .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
-                .unwrap();
-            Pki { td, root, signing }
+    /// Moves what `from` has to send to `to`.
+    fn pump<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
         }
-
-        fn trust(&self) -> Trust {
-            Trust {
-                bundle: vec![CertificateDer::from(self.root.cert_der.clone())],
-                revoked: HashSet::new(),
-                trust_domain: "example.org".into(),
-            }
-        }
-
-        /// The leaf's ID, serial, chain and a `MeshTls` holding it.
-        fn workload(
-            &self,
-            service: &str,
-        ) -> (SpiffeId, String, Vec<CertificateDer<'static>>, Arc<MeshTls>) {
-            let ca = SigningAuthority::new(&self.signing).unwrap();
-            let id = SpiffeId::for_service(&self.td, "default", service).unwrap();
-            let (csr, key) = csr_for(&id);
-            let csr = validate_csr(&csr).unwrap();
-            let leaf = ca
-                .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), now())
-                .unwrap();
-            let chain = vec![
-                leaf.der.clone(),
-                CertificateDer::from(self.signing.cert_der.clone()),
-            ];
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            let tls = MeshTls::new(chain.clone(), key, self.trust()).unwrap();
-            (id, leaf.serial, chain, tls)
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets().unwrap();
         }
     }
 
     /// Runs a handshake in memory, then delivers the server's tickets.
     fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
-        let mut buf = Vec::new();
         for _ in 0..10 {
-            buf.clear();
-            while client.wants_write() {
-                client.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                server.read_tls(&mut rd).unwrap();
-                server.process_new_packets().unwrap();
-            }
-            buf.clear();
-            while server.wants_write() {
-                server.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                client.read_tls(&mut rd).unwrap();
-                client.process_new_packets().unwrap();
-            }
+            pump(&mut **client, &mut **server);
+            pump(&mut **server, &mut **client);
             if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
                 return;
             }
@@ -462,7 +407,7 @@ mod tests {
     fn remembered_chains_are_still_checked() {
         let pki = Pki::new();
         let (id, serial, chain, tls) = pki.workload("a");
-        let (td, trust) = (pki.td.clone(), pki.trust());
+        let trust = pki.trust();
         let t = now();
         let at = unix_time(t.unix_timestamp());
 
@@ -500,9 +445,8 @@ mod tests {
         assert!(tls.verify_peer_at(&chain, true, at).is_ok());
         assert!(!tls.set_trust(trust.clone()), "the same trust");
         assert_eq!(remembered(&tls), 1, "the same trust keeps what it verified");
-        let other = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
         tls.set_trust(Trust {
-            bundle: vec![CertificateDer::from(other.cert_der)],
+            bundle: pki.foreign_bundle(),
             ..trust
         });
         assert!(tls.verify_peer_at(&chain, true, at).is_err());

@@ -234,32 +234,19 @@ pub fn unix_time(secs: i64) -> UnixTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_ca::{now, testing::csr_for, validate_csr, CaMaterial, SigningAuthority};
-    use ward_identity::TrustDomain;
+    use crate::testing::Pki;
+    use ward_ca::now;
 
     #[test]
     fn verifies_svid_chains() {
-        let td = TrustDomain::new("example.org").unwrap();
+        let pki = Pki::new();
+        let (id, serial, chain, _) = pki.leaf("a");
+        let bundle = pki.bundle();
         let t = now();
-        let root = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-        let signing = root
-            .generate_signing_ca(&td, 1, Duration::from_secs(3600), t)
-            .unwrap();
-        let ca = SigningAuthority::new(&signing).unwrap();
-        let id = SpiffeId::for_service(&td, "default", "a").unwrap();
-        let csr = validate_csr(&csr_for(&id).0).unwrap();
-        let leaf = ca
-            .issue_svid(&csr.spki, &id, &[], Duration::from_secs(60), t)
-            .unwrap();
-        let chain = vec![
-            leaf.der.clone(),
-            CertificateDer::from(signing.cert_der.clone()),
-        ];
-        let bundle = vec![CertificateDer::from(root.cert_der.clone())];
         let now_u = unix_time(t.unix_timestamp());
         let peer = verify_svid_chain(&chain, &bundle, true, now_u).unwrap();
         assert_eq!(peer.id, id);
-        assert_eq!(peer.serial, leaf.serial);
+        assert_eq!(peer.serial, serial);
         assert!(verify_svid_chain(&chain, &bundle, false, now_u).is_ok());
         assert!(matches!(
             verify_svid_chain(&chain[..1], &bundle, true, now_u),
@@ -271,11 +258,7 @@ mod tests {
         ));
         let later = unix_time(t.unix_timestamp() + 61);
         assert!(verify_svid_chain(&chain, &bundle, true, later).is_err());
-        let other = CaMaterial::generate_root(&td, Duration::from_secs(86400), t).unwrap();
-        assert!(
-            verify_svid_chain(&chain, &[CertificateDer::from(other.cert_der)], true, now_u)
-                .is_err()
-        );
+        assert!(verify_svid_chain(&chain, &pki.foreign_bundle(), true, now_u).is_err());
     }
 
     #[test]

@@ -115,6 +115,25 @@ pub async fn admin_json(sc: &Sidecar, path: &str) -> Value {
         .unwrap()
 }
 
+/// The sum of the samples of counter `name` (its `_total` lines) whose
+/// labels include every one of `labels` (`key="value"`), and the whole
+/// exposition for messages.
+pub async fn metric_sum(sc: &Sidecar, name: &str, labels: &[&str]) -> (f64, String) {
+    let text = reqwest::get(format!("http://{}/metrics", sc.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_total{{")))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (sum, text)
+}
+
 /// Waits until `sc` knows an endpoint for `service` and is ready.
 pub async fn wait_for_endpoint(sc: &Sidecar, service: &str) {
     let id = format!("spiffe://ward.internal/ns/default/sa/{service}");
