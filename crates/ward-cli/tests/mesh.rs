@@ -233,3 +233,67 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
     let _ = (tcp_sc, pay_sc);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// HTTP/1.1 exchanges from many app connections at once share one mTLS
+/// connection between the sidecars, each intact (bodies larger than a
+/// stream's flow-control window included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_exchanges_share_one_connection_between_sidecars() {
+    let s = common::server(&[]);
+    apply(&s, ALLOW_FRONTEND);
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let up = fe.upstream("payments.default");
+    let mut tasks = Vec::new();
+    for c in 0..32u32 {
+        let up = up.clone();
+        tasks.push(tokio::spawn(async move {
+            // A client of its own: its own connections to the sidecar.
+            let client = reqwest::Client::builder().http1_only().build().unwrap();
+            for i in 0..8u32 {
+                let len = if (c + i) % 16 == 0 {
+                    600_000
+                } else {
+                    1 + (c * 97 + i * 13) as usize
+                };
+                let body: Vec<u8> = (0..len).map(|j| (j as u32 * 31 + c + i) as u8).collect();
+                let r = client
+                    .post(format!("http://{up}/echo"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{:?}", r.text().await);
+                assert_eq!(
+                    r.bytes().await.unwrap().as_ref(),
+                    body.as_slice(),
+                    "client {c} request {i}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (inbound, m) = metric_sum(
+        &pay_sc,
+        "ward_proxy_tls_handshakes",
+        &["direction=\"inbound\"", "result=\"ok\""],
+    )
+    .await;
+    assert_eq!(inbound, 1.0, "256 exchanges from 32 connections:\n{m}");
+    let (requests, m) = metric_sum(
+        &pay_sc,
+        "ward_proxy_requests",
+        &["direction=\"inbound\"", "status=\"200\""],
+    )
+    .await;
+    assert_eq!(requests, 256.0, "{m}");
+}

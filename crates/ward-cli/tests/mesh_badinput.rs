@@ -196,6 +196,51 @@ async fn bad_input_on_both_listeners() {
         assert!(start.elapsed() < Duration::from_secs(40), "{}", t.name);
     }
 
+    // The framing between sidecars (`ward-mux/1`), spoken by hand.
+    let inbound = &targets[1];
+    // A request on a stream is answered on that stream.
+    let mut io = inbound.connect(b"ward-mux/1").await;
+    io.write_all(&mux_frame(
+        1,
+        0,
+        1,
+        b"GET /pay/7 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    let (id, data) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut io))
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+    let head = String::from_utf8_lossy(&data);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Streams beyond the limit (512 at the accepting side) are refused
+    // with RESET; the connection and the streams already open go on.
+    let mut flood = Vec::new();
+    for id in 3..3 + 2 * 600 {
+        if id % 2 == 1 {
+            flood.extend(mux_frame(id, 0, 1, b"GET /sleep/100 HTTP/1.1\r\n"));
+        }
+    }
+    io.write_all(&flood).await.unwrap();
+    let mut resets = 0;
+    while resets < 600 - 512 {
+        let (_, kind, _) = tokio::time::timeout(Duration::from_secs(5), read_header(&mut io))
+            .await
+            .expect("a RESET for each stream beyond the limit");
+        if kind == 2 {
+            resets += 1;
+        }
+    }
+    // Garbage (an HTTP request where a frame header belongs) ends the
+    // connection.
+    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the connection stayed open after garbage");
+
     // Both sidecars still serve.
     let r = reqwest::get(format!(
         "http://{}/still-alive",
@@ -204,4 +249,33 @@ async fn bad_input_on_both_listeners() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A `ward-mux/1` frame: stream id, kind, flags, length, payload.
+fn mux_frame(id: u32, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = id.to_be_bytes().to_vec();
+    f.extend([kind, flags]);
+    f.extend((payload.len() as u16).to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// The next frame header: stream id, kind, and the payload (read too).
+async fn read_header(io: &mut Pin<Box<dyn Io>>) -> (u32, u8, Vec<u8>) {
+    let mut h = [0u8; 8];
+    io.read_exact(&mut h).await.unwrap();
+    let len = u16::from_be_bytes([h[6], h[7]]) as usize;
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.unwrap();
+    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]), h[4], payload)
+}
+
+/// The next DATA frame with a payload.
+async fn read_frame(io: &mut Pin<Box<dyn Io>>) -> (u32, Vec<u8>) {
+    loop {
+        let (id, kind, payload) = read_header(io).await;
+        if kind == 0 && !payload.is_empty() {
+            return (id, payload);
+        }
+    }
 }

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -24,7 +25,7 @@ use ward_policy::{HttpAttributes, Request as PolicyRequest};
 use crate::authn::Outcome;
 use crate::h1conn::Idle;
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
-use crate::{Shared, ALPN_H2, ALPN_TCP};
+use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -76,6 +77,10 @@ struct Inbound {
     app_h2: Client<HttpConnector, Incoming>,
 }
 
+/// An HTTP/1.1 connection to the app, kept by one connection (or stream)
+/// from a peer for its requests.
+type AppConn = Idle<Incoming, TcpStream>;
+
 /// The verified caller on one connection, with what its requests reuse.
 struct Peer {
     id: String,
@@ -84,9 +89,6 @@ struct Peer {
     requests: Counters<(u16, &'static str)>,
     /// Decision counters by (decision, policy, dry run).
     decisions: Counters<(&'static str, String, bool)>,
-    /// This connection's own app connection, for HTTP/1.1 requests when
-    /// the peer negotiated HTTP/1.1 (otherwise requests use the pools).
-    app: Option<Idle<Incoming, TcpStream>>,
     serial: String,
     /// SHA-256 of the leaf certificate (for certificate-bound tokens).
     cert_sha256: [u8; 32],
@@ -97,6 +99,7 @@ struct Peer {
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>) {
     let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
         ALPN_H2,
+        mux::ALPN,
         b"http/1.1",
         ALPN_TCP,
     ])));
@@ -191,13 +194,13 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         id_header,
         requests: Counters::default(),
         decisions: Counters::default(),
-        app: (conn.alpn_protocol() == Some(b"http/1.1")).then(|| Idle::new(1)),
         serial: peer.serial.clone(),
         cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
         remote,
     });
-    if conn.alpn_protocol() == Some(ALPN_TCP) {
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    if alpn.as_deref() == Some(ALPN_TCP) {
         tcp_to_app(ctx, tls, peer).await;
         return;
     }
@@ -207,13 +210,70 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         return;
     }
     let budget = Arc::new(crate::abuse::CancelBudget::default());
+    match alpn.as_deref() {
+        Some(mux::ALPN) => serve_streams(ctx, tls, peer, budget).await,
+        // An HTTP/1.1 connection keeps an app connection of its own; HTTP/2
+        // requests use the pools.
+        Some(b"http/1.1") => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget).await,
+        _ => serve_http(ctx, tls, peer, None, budget).await,
+    }
+}
+
+/// Serves the HTTP/1.1 streams of a `ward-mux/1` connection, each as a
+/// connection of its own (with its own app connection). The peer, its
+/// counters and the cancellation budget are the connection's.
+async fn serve_streams(
+    ctx: Arc<Inbound>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Arc<Peer>,
+    budget: Arc<crate::abuse::CancelBudget>,
+) {
+    let (acceptor, driver) = mux::acceptor(tls);
+    tokio::pin!(driver);
+    let mut acceptor = Some(acceptor);
+    let mut stop = ctx.shared.shutdown.subscribe();
+    loop {
+        let next = async {
+            match &acceptor {
+                Some(a) => a.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut driver => return,
+            _ = budget.tripped() => return,
+            s = next => match s {
+                Some(stream) => {
+                    let task = serve_http(ctx.clone(), stream, peer.clone(), Some(Idle::new(1)), budget.clone());
+                    tokio::spawn(task);
+                }
+                None => acceptor = None,
+            },
+            // No new streams; those open finish their exchanges (each shuts
+            // down gracefully), then the connection closes.
+            _ = crate::stopped(&mut stop), if acceptor.is_some() => acceptor = None,
+        }
+    }
+}
+
+/// Serves HTTP from a peer on `io` (a connection or a stream) until it
+/// ends, the budget trips or the sidecar stops.
+async fn serve_http<IO>(
+    ctx: Arc<Inbound>,
+    io: IO,
+    peer: Arc<Peer>,
+    app: Option<AppConn>,
+    budget: Arc<crate::abuse::CancelBudget>,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let svc = {
         let (ctx, budget) = (ctx.clone(), budget.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (ctx, peer) = (ctx.clone(), peer.clone());
+            let (ctx, peer, app) = (ctx.clone(), peer.clone(), app.clone());
             let guard = crate::abuse::RequestGuard::new(&budget);
             async move {
-                let resp = ctx.request(req, &peer).await;
+                let resp = ctx.request(req, &peer, app.as_ref()).await;
                 guard.done();
                 Ok::<_, Infallible>(resp)
             }
@@ -221,7 +281,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     };
     let builder = http_server();
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(tls)), svc);
+        .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(io)), svc);
     tokio::pin!(conn);
     let mut stop = ctx.shared.shutdown.subscribe();
     tokio::select! {
@@ -235,7 +295,12 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
 }
 
 impl Inbound {
-    async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        app: Option<&AppConn>,
+    ) -> Response<Body> {
         let shared = &self.shared;
         let access = crate::Access::capture(&req);
         let authn = shared.authn.load_full();
@@ -294,7 +359,7 @@ impl Inbound {
         } else if !allowed {
             local(StatusCode::FORBIDDEN, "RBAC: access denied\n")
         } else {
-            self.forward(req, peer, &authn, &outcome).await
+            self.forward(req, peer, app, &authn, &outcome).await
         };
         let status = resp.status().as_u16();
         self.count_request(peer, status, label);
@@ -308,6 +373,7 @@ impl Inbound {
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
+        app: Option<&AppConn>,
         authn: &crate::authn::Authn,
         outcome: &Outcome,
     ) -> Response<Body> {
@@ -366,7 +432,7 @@ impl Inbound {
         } else {
             Version::HTTP_11
         };
-        let sent = match (&peer.app, h2) {
+        let sent = match (app, h2) {
             (Some(own), false) => {
                 // Origin form on the request line, as a client sends it,
                 // and a Host header (the app's address, as the pool sets).

@@ -22,6 +22,7 @@ mod h1conn;
 mod identity;
 mod inbound;
 mod metrics;
+mod mux;
 mod outbound;
 mod strict_h1;
 mod upgrade;

@@ -1,7 +1,8 @@
 //! Outbound ports: plaintext from the app, mTLS to a sidecar of the target
 //! service (verified to hold exactly that service's SPIFFE ID). HTTP/2
-//! requests share pooled HTTP/2 connections, HTTP/1.1 requests kept-alive
-//! HTTP/1.1 connections; TCP gets its own connection.
+//! requests share pooled HTTP/2 connections; HTTP/1.1 exchanges share
+//! connections too, each on a stream of its own (`mux`); TCP gets its own
+//! connection.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
@@ -29,7 +31,7 @@ use ward_tls::MeshTls;
 use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
 use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
-use crate::{Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
+use crate::{mux, Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
 
 /// Endpoints that refused a connection are skipped for this long.
 const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -104,8 +106,12 @@ struct Pools {
     /// HTTP/1.1 requests, on kept-alive HTTP/1.1 connections driven by the
     /// task of the request they carry (`h1conn`): less work per request
     /// than HTTP/2 framing or a pool with a task per connection (measured
-    /// in docs/performance.md).
-    h1: Idle<Body, TlsStream<TcpStream>>,
+    /// in docs/performance.md). Each is a stream on a shared connection
+    /// (`links`), or a TLS connection of its own to a sidecar that does not
+    /// speak `ward-mux/1`.
+    h1: Idle<Body, PeerIo>,
+    /// Shared connections by endpoint, for HTTP/1.1 streams.
+    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<mux::Connector>>>>>,
     h1_tls: TlsConnector,
     tcp: TlsConnector,
 }
@@ -131,14 +137,89 @@ impl Pools {
                 expected: expected.clone(),
             });
         let h1_tls = TlsConnector::from(Arc::new(
-            shared.tls.client_config(expected.clone(), &[b"http/1.1"]),
+            shared
+                .tls
+                .client_config(expected.clone(), &[mux::ALPN, b"http/1.1"]),
         ));
         Pools {
             generation,
             http,
             h1: Idle::new(256),
+            links: Mutex::new(HashMap::new()),
             h1_tls,
             tcp,
+        }
+    }
+
+    /// A new HTTP/1.1 link to `ep`: a stream on a shared connection (a new
+    /// connection when none has room), or a connection of its own when the
+    /// endpoint does not speak `ward-mux/1` (an older sidecar).
+    async fn open_h1(&self, shared: &Shared, expected: &SpiffeId, ep: &str) -> io::Result<PeerIo> {
+        let slot = {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            links.entry(ep.to_string()).or_default().clone()
+        };
+        // One dial at a time per endpoint: requests that arrive meanwhile
+        // wait for its connection instead of opening their own.
+        let mut conns = slot.lock().await;
+        conns.retain(|c| !c.is_closed());
+        if let Some(stream) = conns.iter().find_map(|c| c.open()) {
+            return Ok(PeerIo::Mux(stream));
+        }
+        let tls = dial(shared, &self.h1_tls, expected, ep).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(mux::ALPN) {
+            return Ok(PeerIo::Tls(Box::new(tls)));
+        }
+        let (conn, driver) = mux::connector(tls);
+        tokio::spawn(driver);
+        let stream = conn
+            .open()
+            .ok_or_else(|| io::Error::other("a new connection refused a stream"))?;
+        conns.push(conn);
+        Ok(PeerIo::Mux(stream))
+    }
+}
+
+/// An HTTP/1.1 link to another sidecar.
+pub(crate) enum PeerIo {
+    Mux(mux::Stream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for PeerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Mux(s) => Pin::new(s).poll_read(cx, buf),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerIo::Mux(s) => Pin::new(s).poll_write(cx, buf),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Mux(s) => Pin::new(s).poll_flush(cx),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Mux(s) => Pin::new(s).poll_shutdown(cx),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -299,9 +380,9 @@ impl Outbound {
                 String::new(),
             );
         };
-        // An HTTP/1.1 connection of its own, made with the pools' connector.
-        let tls = &self.pools().h1_tls;
-        let resp = match connect_tls(tls, &self.shared.tls, &self.expected, &ep).await {
+        // An HTTP/1.1 link of its own (a stream on a shared connection).
+        let pools = self.pools();
+        let resp = match pools.open_h1(&self.shared, &self.expected, &ep).await {
             Ok(io) => crate::upgrade::forward(req, io).await,
             Err(e) => {
                 tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
@@ -422,7 +503,7 @@ impl Outbound {
                     req.headers_mut().insert(HOST, h);
                 }
             }
-            let open = || dial(&self.shared, &pools.h1_tls, &self.expected, &ep);
+            let open = || pools.open_h1(&self.shared, &self.expected, &ep);
             match pools.h1.send(&ep, open, req).await {
                 Ok(resp) => return (resp, ep),
                 Err(SendError::Connect(e, back)) => {

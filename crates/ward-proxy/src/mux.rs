@@ -1,0 +1,999 @@
+//! Many HTTP/1.1 exchanges on one mTLS connection between two sidecars
+//! (ALPN `ward-mux/1`).
+//!
+//! With a TLS connection per exchange, every request and every response
+//! between the sidecars costs its own system calls and TLS record on both
+//! sides. Here the exchanges share one connection: each is a stream of
+//! bytes (the HTTP/1.1 messages, as they would be on a connection of their
+//! own) cut into frames. What several streams write while the connection's
+//! task is queued goes out as one write, and one read brings in frames for
+//! many streams. HTTP/2 carries the same, but between the sidecars its
+//! per-request work cost more than it saved (docs/performance.md); this
+//! framing has no header compression, priorities or settings to pay for.
+//!
+//! A frame is an 8-byte header, then its payload:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0–3 | stream id (big-endian) |
+//! | 4 | kind: 0 DATA, 1 WINDOW, 2 RESET |
+//! | 5 | flags (DATA): 1 SYN opens the stream, 2 FIN ends the sender's half |
+//! | 6–7 | payload length (big-endian, at most 16 KiB) |
+//!
+//! - Only the side that connected opens streams, with ids that always
+//!   increase: an empty DATA frame with SYN, sent when the stream is
+//!   opened (so in the order of the ids).
+//! - Each side may have at most [`WINDOW`] bytes of a stream unread by the
+//!   other; WINDOW frames (a 4-byte increment) give credit back as the
+//!   reader consumes.
+//! - RESET abandons a stream in both directions (a stream dropped before
+//!   both halves ended, or refused).
+//! - The opener keeps at most [`MAX_STREAMS`] streams open; the acceptor
+//!   refuses streams beyond twice that (it may not yet have dropped streams
+//!   the opener has finished).
+//! - Anything else (an unknown kind, a frame too large, data beyond the
+//!   window, after FIN or on a stream never opened, an id used twice) ends
+//!   the connection, and every stream on it fails.
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The ALPN protocol of this framing.
+pub(crate) const ALPN: &[u8] = b"ward-mux/1";
+/// Bytes of one stream that one side may have unread by the other.
+pub(crate) const WINDOW: u32 = 256 * 1024;
+/// Streams the connecting side keeps open on one connection.
+pub(crate) const MAX_STREAMS: usize = 256;
+
+const HEADER: usize = 8;
+const MAX_PAYLOAD: usize = 16 * 1024;
+/// Frames queued for the connection beyond which writers wait for it.
+const QUEUE_HIGH: usize = 512 * 1024;
+/// Reads per turn of the connection's task before it yields.
+const READS_PER_TURN: usize = 16;
+/// The connecting side closes a connection without streams for this long.
+pub(crate) const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(90);
+
+const DATA: u8 = 0;
+const WINDOW_UPDATE: u8 = 1;
+const RESET: u8 = 2;
+const SYN: u8 = 1;
+const FIN: u8 = 2;
+
+/// The connecting side's handle: opens streams.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    state: Arc<Handle>,
+}
+
+/// The accepting side's handle: takes the streams the peer opens.
+pub(crate) struct Acceptor {
+    state: Arc<Handle>,
+}
+
+/// One stream: one HTTP/1.1 connection's worth of bytes.
+pub(crate) struct Stream {
+    state: Arc<Mutex<State>>,
+    id: u32,
+}
+
+/// Counts the handles that keep a connection open: when the last is
+/// dropped and everything queued is written, the connection closes.
+struct Handle(Arc<Mutex<State>>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0);
+        if !s.client {
+            s.accepting = false;
+            // Streams opened but not yet accepted are refused.
+            while let Some(id) = s.accept.pop_front() {
+                s.streams.remove(&id);
+                frame(&mut s.queue, id, RESET, 0, &[]);
+            }
+        }
+        s.release();
+    }
+}
+
+/// The task that reads and writes the connection. It must be polled (run
+/// or spawned) for any stream to make progress, and ends when the
+/// connection fails or every handle is gone.
+pub(crate) struct Driver<T> {
+    io: T,
+    state: Arc<Mutex<State>>,
+    read: BytesMut,
+    /// Frames being written (taken from the queue), and whether some were
+    /// written since the last flush.
+    out: BytesMut,
+    unflushed: bool,
+    shutting_down: bool,
+    /// Connecting side: runs while no stream is open.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Default)]
+struct Half {
+    recv: BytesMut,
+    recv_fin: bool,
+    /// What the peer may still send before more credit.
+    recv_window: u32,
+    /// Read since the last credit given back.
+    consumed: u32,
+    send_window: u32,
+    sent_fin: bool,
+    reset: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half {
+            recv_window: WINDOW,
+            send_window: WINDOW,
+            ..Half::default()
+        }
+    }
+
+    fn wake_all(&mut self) {
+        wake(&mut self.reader);
+        wake(&mut self.writer);
+    }
+}
+
+struct State {
+    client: bool,
+    streams: HashMap<u32, Half>,
+    /// Opener: the next id to use. Acceptor: the lowest id a new stream
+    /// may have.
+    next_id: u64,
+    /// Frames waiting to be written.
+    queue: BytesMut,
+    driver: Option<Waker>,
+    /// Writers waiting for the queue to drain.
+    drained: Vec<Waker>,
+    accept: VecDeque<u32>,
+    acceptor: Option<Waker>,
+    accepting: bool,
+    /// Connector, Acceptor and Stream handles alive.
+    handles: usize,
+    /// Why the connection ended.
+    closed: Option<String>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}
+
+fn keep(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+fn frame(queue: &mut BytesMut, id: u32, kind: u8, flags: u8, payload: &[u8]) {
+    debug_assert!(payload.len() <= MAX_PAYLOAD);
+    queue.reserve(HEADER + payload.len());
+    queue.put_u32(id);
+    queue.put_u8(kind);
+    queue.put_u8(flags);
+    queue.put_u16(payload.len() as u16);
+    queue.put_slice(payload);
+}
+
+impl State {
+    fn new(client: bool) -> State {
+        State {
+            client,
+            streams: HashMap::new(),
+            next_id: 1,
+            queue: BytesMut::new(),
+            driver: None,
+            drained: Vec::new(),
+            accept: VecDeque::new(),
+            acceptor: None,
+            accepting: !client,
+            handles: 1,
+            closed: None,
+        }
+    }
+
+    fn release(&mut self) {
+        self.handles -= 1;
+        wake(&mut self.driver);
+    }
+
+    fn closed_error(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!(
+                "the connection between the sidecars ended: {}",
+                self.closed.as_deref().unwrap_or("closed")
+            ),
+        )
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.closed.is_none() {
+            self.closed = Some(why);
+        }
+        for h in self.streams.values_mut() {
+            h.wake_all();
+        }
+        wake(&mut self.acceptor);
+        for w in self.drained.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Takes one frame from the peer.
+    fn receive(&mut self, id: u32, kind: u8, flags: u8, payload: &[u8]) -> Result<(), String> {
+        match kind {
+            DATA => {
+                if flags & SYN != 0 {
+                    if self.client {
+                        return Err("the accepting side opened a stream".into());
+                    }
+                    if u64::from(id) < self.next_id {
+                        return Err(format!("stream {id} opened twice"));
+                    }
+                    self.next_id = u64::from(id) + 1;
+                    if !self.accepting || self.streams.len() >= 2 * MAX_STREAMS {
+                        frame(&mut self.queue, id, RESET, 0, &[]);
+                        return Ok(());
+                    }
+                    self.streams.insert(id, Half::new());
+                    self.accept.push_back(id);
+                    wake(&mut self.acceptor);
+                }
+                let Some(h) = self.streams.get_mut(&id) else {
+                    // A stream this side has dropped or refused: its RESET
+                    // is on the way.
+                    if u64::from(id) < self.next_id {
+                        return Ok(());
+                    }
+                    return Err(format!("data on stream {id}, which was never opened"));
+                };
+                if h.reset {
+                    return Ok(());
+                }
+                if h.recv_fin {
+                    return Err(format!("data on stream {id} after its end"));
+                }
+                let n = payload.len() as u32;
+                if n > h.recv_window {
+                    return Err(format!("stream {id} sent beyond its window"));
+                }
+                h.recv_window -= n;
+                h.recv.extend_from_slice(payload);
+                if flags & FIN != 0 {
+                    h.recv_fin = true;
+                }
+                wake(&mut h.reader);
+            }
+            WINDOW_UPDATE => {
+                let Ok(inc) = <[u8; 4]>::try_from(payload) else {
+                    return Err("a WINDOW frame without a 4-byte increment".into());
+                };
+                if let Some(h) = self.streams.get_mut(&id) {
+                    match h.send_window.checked_add(u32::from_be_bytes(inc)) {
+                        Some(w) if w <= WINDOW => h.send_window = w,
+                        _ => return Err(format!("stream {id} credited beyond its window")),
+                    }
+                    wake(&mut h.writer);
+                }
+            }
+            RESET => {
+                if let Some(h) = self.streams.get_mut(&id) {
+                    h.reset = true;
+                    h.wake_all();
+                }
+            }
+            other => return Err(format!("unknown frame kind {other}")),
+        }
+        Ok(())
+    }
+}
+
+/// The opening side of a new connection.
+pub(crate) fn connector<T>(io: T) -> (Connector, Driver<T>) {
+    let state = Arc::new(Mutex::new(State::new(true)));
+    (
+        Connector {
+            state: Arc::new(Handle(state.clone())),
+        },
+        Driver::new(io, state),
+    )
+}
+
+/// The accepting side of a new connection.
+pub(crate) fn acceptor<T>(io: T) -> (Acceptor, Driver<T>) {
+    let state = Arc::new(Mutex::new(State::new(false)));
+    (
+        Acceptor {
+            state: Arc::new(Handle(state.clone())),
+        },
+        Driver::new(io, state),
+    )
+}
+
+impl Connector {
+    /// A new stream, or None when the connection has ended or has
+    /// [`MAX_STREAMS`] open (then another connection is needed). Its SYN is
+    /// queued at once, so that streams open in the order of their ids
+    /// whichever writes first.
+    pub(crate) fn open(&self) -> Option<Stream> {
+        let state = &self.state.0;
+        let mut s = lock(state);
+        if s.closed.is_some() || s.streams.len() >= MAX_STREAMS || s.next_id > u64::from(u32::MAX) {
+            return None;
+        }
+        let id = s.next_id as u32;
+        s.next_id += 1;
+        s.streams.insert(id, Half::new());
+        frame(&mut s.queue, id, DATA, SYN, &[]);
+        wake(&mut s.driver);
+        s.handles += 1;
+        Some(Stream {
+            state: state.clone(),
+            id,
+        })
+    }
+
+    /// The connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state.0).closed.is_some()
+    }
+}
+
+impl Acceptor {
+    /// The next stream the peer opened; None once the connection has ended.
+    pub(crate) async fn accept(&self) -> Option<Stream> {
+        let state = &self.state.0;
+        poll_fn(|cx| {
+            let mut s = lock(state);
+            if s.closed.is_some() {
+                return Poll::Ready(None);
+            }
+            if let Some(id) = s.accept.pop_front() {
+                s.handles += 1;
+                return Poll::Ready(Some(Stream {
+                    state: state.clone(),
+                    id,
+                }));
+            }
+            keep(&mut s.acceptor, cx);
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state);
+        if let Some(h) = s.streams.remove(&self.id) {
+            let finished = h.reset || (h.sent_fin && h.recv_fin);
+            if !finished && s.closed.is_none() {
+                frame(&mut s.queue, self.id, RESET, 0, &[]);
+            }
+        }
+        s.release();
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "the stream was reset by the peer",
+    )
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        let Some(h) = s.streams.get_mut(&id) else {
+            return Poll::Ready(Err(reset_error()));
+        };
+        if !h.recv.is_empty() {
+            let n = h.recv.len().min(buf.remaining());
+            buf.put_slice(&h.recv[..n]);
+            h.recv.advance(n);
+            if h.recv.is_empty() {
+                // An idle stream holds no buffer.
+                h.recv = BytesMut::new();
+            }
+            h.consumed += n as u32;
+            if h.consumed >= WINDOW / 2 && !h.recv_fin && !h.reset {
+                frame(
+                    &mut s.queue,
+                    id,
+                    WINDOW_UPDATE,
+                    0,
+                    &h.consumed.to_be_bytes(),
+                );
+                h.recv_window += h.consumed;
+                h.consumed = 0;
+                wake(&mut s.driver);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if h.recv_fin {
+            return Poll::Ready(Ok(()));
+        }
+        if h.reset {
+            return Poll::Ready(Err(reset_error()));
+        }
+        if s.closed.is_some() {
+            return Poll::Ready(Err(s.closed_error()));
+        }
+        keep(&mut h.reader, cx);
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let id = self.id;
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        if s.closed.is_some() {
+            return Poll::Ready(Err(s.closed_error()));
+        }
+        let Some(h) = s.streams.get_mut(&id) else {
+            return Poll::Ready(Err(reset_error()));
+        };
+        if h.reset {
+            return Poll::Ready(Err(reset_error()));
+        }
+        if h.sent_fin {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if s.queue.len() >= QUEUE_HIGH {
+            s.drained.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if h.send_window == 0 {
+            keep(&mut h.writer, cx);
+            return Poll::Pending;
+        }
+        let n = buf.len().min(h.send_window as usize);
+        for chunk in buf[..n].chunks(MAX_PAYLOAD) {
+            frame(&mut s.queue, id, DATA, 0, chunk);
+        }
+        h.send_window -= n as u32;
+        wake(&mut s.driver);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued frames go out as soon as the driver runs.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        if let Some(h) = s.streams.get_mut(&id) {
+            if !h.sent_fin && !h.reset && s.closed.is_none() {
+                h.sent_fin = true;
+                frame(&mut s.queue, id, DATA, FIN, &[]);
+                wake(&mut s.driver);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T> Driver<T> {
+    fn new(io: T, state: Arc<Mutex<State>>) -> Driver<T> {
+        Driver {
+            io,
+            state,
+            read: BytesMut::new(),
+            out: BytesMut::new(),
+            unflushed: false,
+            shutting_down: false,
+            idle: None,
+        }
+    }
+
+    fn end(&mut self, why: String) -> Poll<()> {
+        tracing::debug!(reason = %why, "connection between sidecars ended");
+        lock(&self.state).fail(why);
+        Poll::Ready(())
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        lock(&self.state).fail("the connection was closed".into());
+    }
+}
+
+/// Hands every complete frame in `read` to its stream.
+fn dispatch(s: &mut State, read: &mut BytesMut) -> Result<(), String> {
+    while read.len() >= HEADER {
+        let h = &read[..HEADER];
+        let id = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let (kind, flags) = (h[4], h[5]);
+        let len = usize::from(u16::from_be_bytes([h[6], h[7]]));
+        if len > MAX_PAYLOAD {
+            return Err(format!("a frame of {len} bytes"));
+        }
+        if read.len() < HEADER + len {
+            break;
+        }
+        s.receive(id, kind, flags, &read[HEADER..HEADER + len])?;
+        read.advance(HEADER + len);
+    }
+    Ok(())
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    /// Writes the queued frames; Ready(Err) when the connection failed.
+    fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
+            if self.out.is_empty() {
+                let mut s = lock(&self.state);
+                if s.queue.is_empty() {
+                    break;
+                }
+                self.out.clear();
+                std::mem::swap(&mut self.out, &mut s.queue);
+                for w in s.drained.drain(..) {
+                    w.wake();
+                }
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err("the connection took no bytes".into()))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.out.advance(n);
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.to_string())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.to_string())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.shutting_down {
+            return match Pin::new(&mut this.io).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => this.end("closed: no stream or handle left".into()),
+            };
+        }
+        // Read what has arrived, a bounded number of times per turn.
+        let mut reads = 0;
+        loop {
+            if reads == READS_PER_TURN {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            if this.read.capacity() - this.read.len() < 4096 {
+                this.read.reserve(32 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read) {
+                Poll::Ready(Ok(0)) => return this.end("the peer closed the connection".into()),
+                Poll::Ready(Ok(_)) => {
+                    let r = dispatch(&mut lock(&this.state), &mut this.read);
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "closing a connection that broke the framing");
+                        return this.end(e);
+                    }
+                }
+                Poll::Ready(Err(e)) => return this.end(e.to_string()),
+                Poll::Pending => break,
+            }
+            reads += 1;
+        }
+        // Then write what the streams queued: what every stream woken
+        // since the last turn wrote goes out in one write.
+        match this.write_out(cx) {
+            Poll::Ready(Err(e)) => return this.end(e),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut s = lock(&this.state);
+        if !s.queue.is_empty() {
+            // Written while this turn wrote.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let idle_out = if s.client && s.streams.is_empty() {
+            let timer = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_FOR)));
+            timer.as_mut().poll(cx).is_ready()
+        } else {
+            this.idle = None;
+            false
+        };
+        if idle_out {
+            // No stream can be opened from here on.
+            s.closed = Some("idle".into());
+        }
+        if s.handles == 0 || idle_out {
+            drop(s);
+            this.shutting_down = true;
+            return match Pin::new(&mut this.io).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => this.end("closed: no stream or handle left".into()),
+            };
+        }
+        keep(&mut s.driver, cx);
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn pair() -> (Connector, Acceptor) {
+        let (a, b) = duplex(64 * 1024);
+        let (c, cd) = connector(a);
+        let (s, sd) = acceptor(b);
+        tokio::spawn(cd);
+        tokio::spawn(sd);
+        (c, s)
+    }
+
+    /// Echoes every stream back until its end.
+    fn echo(s: Acceptor) {
+        tokio::spawn(async move {
+            while let Some(mut st) = s.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        match st.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if st.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = st.shutdown().await;
+                });
+            }
+        });
+    }
+
+    fn data(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn streams_carry_their_own_bytes_beyond_the_window() {
+        let (c, s) = pair();
+        echo(s);
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let mut st = c.open().expect("a stream");
+            // A few streams carry more than a window each way.
+            let len = if i % 25 == 0 {
+                1024 * 1024 + 17
+            } else {
+                100 + i * 37
+            };
+            tasks.push(tokio::spawn(async move {
+                let sent = data(i, len);
+                let (mut r, mut w) = tokio::io::split(&mut st);
+                let write = async {
+                    w.write_all(&sent).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let read = r.read_to_end(&mut got);
+                let (_, n) = tokio::join!(write, read);
+                n.unwrap();
+                assert_eq!(got, sent, "stream {i}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn streams_written_out_of_order() {
+        let (c, s) = pair();
+        echo(s);
+        let mut first = c.open().unwrap();
+        let mut second = c.open().unwrap();
+        second.write_all(b"2").await.unwrap();
+        tokio::task::yield_now().await;
+        first.write_all(b"1").await.unwrap();
+        let mut b = [0u8; 1];
+        second.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"2");
+        first.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"1");
+        // A stream opened and dropped unused is fine too.
+        drop(c.open().unwrap());
+        let mut third = c.open().unwrap();
+        third.write_all(b"3").await.unwrap();
+        third.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"3");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_stream_is_reset_on_the_other_side() {
+        let (c, s) = pair();
+        let mut st = c.open().unwrap();
+        st.write_all(b"hello").await.unwrap();
+        let mut theirs = s.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        theirs.read_exact(&mut buf).await.unwrap();
+        drop(st);
+        let e = theirs.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert!(theirs.write_all(b"late").await.is_err());
+
+        // The other way round.
+        let mut st = c.open().unwrap();
+        st.write_all(b"x").await.unwrap();
+        let theirs = s.accept().await.unwrap();
+        drop(theirs);
+        let e = st.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_most_max_streams_are_open() {
+        let (c, s) = pair();
+        echo(s);
+        let open: Vec<Stream> = (0..MAX_STREAMS).map(|_| c.open().unwrap()).collect();
+        assert!(c.open().is_none());
+        drop(open);
+        let mut st = c.open().expect("room again");
+        st.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        st.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    /// A transport that counts the writes it is asked for.
+    struct Counting(DuplexStream, Arc<AtomicUsize>);
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_streams_write_together_goes_out_in_one_write() {
+        let (a, b) = duplex(1024 * 1024);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (c, cd) = connector(Counting(a, writes.clone()));
+        let (s, sd) = acceptor(b);
+        tokio::spawn(cd);
+        tokio::spawn(sd);
+        let streams: Vec<Stream> = (0..50).map(|_| c.open().unwrap()).collect();
+        // The SYNs go out first.
+        tokio::task::yield_now().await;
+        let before = writes.load(Ordering::Relaxed);
+        // 50 requests written in one turn, as 50 connection tasks woken by
+        // one epoll round would.
+        let mut tasks = Vec::new();
+        for mut st in streams {
+            tasks.push(tokio::spawn(async move {
+                st.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                    .await
+                    .unwrap();
+                st
+            }));
+        }
+        let mut kept = Vec::new();
+        for t in tasks {
+            kept.push(t.await.unwrap());
+        }
+        for _ in 0..50 {
+            let mut st = s.accept().await.unwrap();
+            let mut buf = [0u8; 27];
+            st.read_exact(&mut buf).await.unwrap();
+        }
+        assert_eq!(writes.load(Ordering::Relaxed) - before, 1);
+    }
+
+    /// A raw peer that sends `bytes` after opening stream 1 properly.
+    async fn broken_by(bytes: &[u8]) -> io::Error {
+        let (a, mut raw) = duplex(64 * 1024);
+        let (s, sd) = acceptor(a);
+        tokio::spawn(sd);
+        let mut open = BytesMut::new();
+        frame(&mut open, 1, DATA, SYN, b"hi");
+        raw.write_all(&open).await.unwrap();
+        let mut st = s.accept().await.unwrap();
+        let mut buf = [0u8; 2];
+        st.read_exact(&mut buf).await.unwrap();
+        raw.write_all(bytes).await.unwrap();
+        // The connection is closed (the raw peer reads to its end) before
+        // the stream has read anything more, so no credit was given back.
+        let mut rest = Vec::new();
+        raw.read_to_end(&mut rest).await.unwrap();
+        // Data that came before the offence may still be read; then the
+        // stream fails.
+        let mut sink = Vec::new();
+        let e = st.read_to_end(&mut sink).await.unwrap_err();
+        assert!(s.accept().await.is_none());
+        e
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_breaks_the_framing_loses_the_connection() {
+        let f = |id, kind, flags, payload: &[u8]| {
+            let mut b = BytesMut::new();
+            frame(&mut b, id, kind, flags, payload);
+            b.to_vec()
+        };
+        let mut too_big = f(1, DATA, 0, b"");
+        too_big[6..8].copy_from_slice(&((MAX_PAYLOAD + 1) as u16).to_be_bytes());
+        let mut beyond = Vec::new();
+        for _ in 0..(WINDOW as usize / MAX_PAYLOAD) {
+            beyond.extend(f(1, DATA, 0, &[0u8; MAX_PAYLOAD]));
+        }
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown kind", f(1, 9, 0, b"")),
+            ("too large", too_big),
+            ("reused id", f(1, DATA, SYN, b"again")),
+            ("never opened", f(7, DATA, 0, b"x")),
+            ("beyond the window", beyond),
+            (
+                "after FIN",
+                [f(3, DATA, SYN | FIN, b""), f(3, DATA, 0, b"x")].concat(),
+            ),
+            ("bad WINDOW", f(1, WINDOW_UPDATE, 0, b"12")),
+            ("over-credit", f(1, WINDOW_UPDATE, 0, &1u32.to_be_bytes())),
+        ];
+        for (name, bytes) in cases {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(5), broken_by(&bytes))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no end"));
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{name}: {e}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_connection_closes_when_every_handle_is_gone() {
+        let (a, mut raw) = duplex(64 * 1024);
+        let (c, cd) = connector(a);
+        let driver = tokio::spawn(cd);
+        let mut st = c.open().unwrap();
+        st.write_all(b"abc").await.unwrap();
+        st.shutdown().await.unwrap();
+        drop(st);
+        drop(c);
+        driver.await.unwrap();
+        let mut got = Vec::new();
+        raw.read_to_end(&mut got).await.unwrap();
+        // SYN, "abc", FIN, then RESET (the peer never ended its half).
+        assert_eq!(&got[..8], &[0, 0, 0, 1, DATA, SYN, 0, 0]);
+        assert_eq!(&got[8..16], &[0, 0, 0, 1, DATA, 0, 0, 3]);
+        assert_eq!(&got[16..19], b"abc");
+        assert_eq!(&got[19..27], &[0, 0, 0, 1, DATA, FIN, 0, 0]);
+        assert_eq!(&got[27..35], &[0, 0, 0, 1, RESET, 0, 0, 0]);
+        assert_eq!(got.len(), 35);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_idle_connection_closes() {
+        let (c, s) = pair();
+        echo(s);
+        let mut st = c.open().unwrap();
+        st.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        st.read_exact(&mut b).await.unwrap();
+        // Open streams keep it.
+        tokio::time::sleep(IDLE_FOR * 2).await;
+        assert!(!c.is_closed());
+        drop(st);
+        tokio::time::sleep(IDLE_FOR / 2).await;
+        assert!(!c.is_closed());
+        tokio::time::sleep(IDLE_FOR).await;
+        assert!(c.is_closed());
+        assert!(c.open().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn streams_fail_when_the_connection_drops() {
+        let (a, raw) = duplex(64 * 1024);
+        let (c, cd) = connector(a);
+        tokio::spawn(cd);
+        let mut st = c.open().unwrap();
+        st.write_all(b"abc").await.unwrap();
+        drop(raw);
+        let mut buf = [0u8; 1];
+        let e = st.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(c.is_closed());
+        assert!(c.open().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn refused_when_not_accepting() {
+        let (c, s) = pair();
+        drop(s);
+        let mut st = c.open().unwrap();
+        st.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1];
+        let e = st.read(&mut buf).await.unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+            "{e}"
+        );
+    }
+}
