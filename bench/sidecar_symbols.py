@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Records the functions a ward sidecar pair runs, for the linker to place
+together (crates/ward-cli/link/sidecar-symbols.txt; see
+crates/ward-cli/build.rs for why).
+
+Runs the pair of bench/compare.py under valgrind's callgrind (start-up,
+HTTP/1.1 load through both sidecars, full mTLS handshakes at B, shutdown)
+and writes the symbols of the `ward` binary that executed, in the order
+callgrind reports them.
+
+    cargo build --release -p ward-cli -p ward-bench
+    python3 bench/sidecar_symbols.py > crates/ward-cli/link/sidecar-symbols.txt
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as c  # noqa: E402
+
+
+def executed(path, binary):
+    """Names of the functions of `binary` that have a cost in a callgrind
+    output file (names are compressed: `fn=(id) name` once, then `(id)`)."""
+    objs, fns, cur, names = {}, {}, None, []
+    for line in open(path, errors="replace"):
+        m = re.match(r"(c?)(ob|fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if not m:
+            continue
+        called, kind, ident, name = m.groups()
+        table = objs if kind == "ob" else fns
+        if name:
+            table[ident] = name
+        if called:
+            continue
+        if kind == "ob":
+            cur = objs.get(ident)
+        elif cur and os.path.realpath(cur) == binary and fns.get(ident):
+            names.append(fns[ident])
+    return names
+
+
+def main():
+    binary = os.path.realpath(c.WARD)
+    tmp = tempfile.mkdtemp()
+    procs = []
+    plain_start = c.start
+
+    def start(procs_, args, **kw):
+        if args[0] == c.WARD and "proxy" in args:
+            side = "a" if "--upstream" in args else "b"
+            args = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={tmp}/cg-{side}.out"] + args
+        return plain_start(procs_, args, **kw)
+
+    c.start = start
+    try:
+        c.certs(tmp, procs)
+        app = plain_start(procs, [c.BENCH, "upstream", "--listen", "127.0.0.1:0"])
+        addr = json.loads(app.stdout.readline())["http"]
+        t = c.ward_pair(tmp, procs, addr, 1)
+        time.sleep(5)
+        c.wrk(t.entry, 5, conns=32)
+        subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{t.b_port}", "-new",
+                        "-cert", f"{tmp}/a.pem", "-key", f"{tmp}/a.key", "-time", "3"], capture_output=True)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        time.sleep(8)
+        for p in procs:
+            p.kill()
+    seen = set()
+    for side in ("a", "b"):
+        for name in executed(f"{tmp}/cg-{side}.out", binary):
+            if name not in seen:
+                seen.add(name)
+                print(name)
+    print(f"{len(seen)} functions", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
