@@ -241,15 +241,7 @@ async fn http1_http2_grpc_and_tcp_through_two_sidecars() {
 async fn http1_exchanges_share_one_connection_between_sidecars() {
     let s = common::server(&[]);
     apply(&s, ALLOW_FRONTEND);
-    let pay = app("payments");
-    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
     let up = fe.upstream("payments.default");
     let mut tasks = Vec::new();
     for c in 0..32u32 {

@@ -57,15 +57,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_on_both_listeners() {
     let s = common::server(&["--default-policy", "allow"]);
-    let pay = app("payments");
-    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
 
     // An mTLS client identity for talking to the inbound listener directly.
     let (chain, key) = s

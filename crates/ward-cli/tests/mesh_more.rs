@@ -16,15 +16,7 @@ const FRONTEND: &str = "spiffe://ward.internal/ns/default/sa/frontend";
 async fn curl_and_grpcio_through_an_upstream_port() {
     let s = common::server(&[]);
     apply(&s, ALLOW_FRONTEND);
-    let pay = app("payments");
-    let _pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (_pay, _pay_sc, fe) = payments_and_frontend(&s).await;
     let up = fe.upstream("payments.default");
     for flags in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
         let out = Command::new("curl")

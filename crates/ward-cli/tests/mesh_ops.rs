@@ -61,15 +61,7 @@ fn load(url: String) -> Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_loses_no_request() {
     let s = common::server(&["--svid-ttl", "20s", "--default-policy", "allow"]);
-    let pay = app("payments");
-    let _pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (_pay, _pay_sc, fe) = payments_and_frontend(&s).await;
     let Load {
         stop,
         ok,
@@ -100,15 +92,7 @@ async fn rotation_under_load_loses_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_kill9_under_load() {
     let mut s = common::server(&["--default-policy", "allow"]);
-    let pay = app("payments");
-    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
     let Load {
         stop,
         ok,

@@ -156,3 +156,18 @@ pub fn apply(s: &WardServer, yaml: &str) {
 }
 
 pub const ALLOW_FRONTEND: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-frontend }\nspec:\n  action: ALLOW\n  rules:\n  - from: [{ source: { principals: [\"ward.internal/ns/default/sa/frontend\"] } }]\n";
+
+/// The `payments` app behind its sidecar, and a `frontend` sidecar with an
+/// upstream port for `payments` that already knows an endpoint.
+pub async fn payments_and_frontend(s: &WardServer) -> (App, Sidecar, Sidecar) {
+    let pay = app("payments");
+    let pay_sc = sidecar(s, "payments", &pay.http, &[]);
+    let fe = sidecar(
+        s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    (pay, pay_sc, fe)
+}
