@@ -234,5 +234,36 @@ async fn standalone_sidecars_from_files() {
         assert_eq!(r.status(), 200, "POST {i} with a dead endpoint listed");
         assert_eq!(r.text().await.unwrap(), body);
     }
-    let _ = (pay_sc, pay, fe, fe2);
+
+    // An endpoint that accepts TCP and never answers TLS: requests that
+    // arrive while one dial waits for its handshake timeout share its
+    // failure instead of each waiting for a dial of its own.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!(
+        "payments=127.0.0.1:0,endpoint={},id=spiffe://ward.internal/ns/default/sa/payments",
+        hole.local_addr().unwrap()
+    );
+    let fe3 = frontend(&upstream);
+    let url = format!(
+        "http://{}/x",
+        fe3.ready["proxy"]["upstreams"]["payments.default"]
+            .as_str()
+            .unwrap()
+    );
+    let start = std::time::Instant::now();
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.get(&url).send().await.unwrap().status() })
+        })
+        .collect();
+    for t in tries {
+        assert_eq!(t.await.unwrap(), 502);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "8 requests to a silent endpoint took {:?}",
+        start.elapsed()
+    );
+    let _ = (pay_sc, pay, fe, fe2, fe3, hole);
 }

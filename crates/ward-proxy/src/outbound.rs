@@ -111,7 +111,7 @@ struct Pools {
     /// speak `ward-mux/1`.
     h1: Idle<Body, PeerIo>,
     /// Shared connections by endpoint, for HTTP/1.1 streams.
-    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<mux::Connector>>>>>,
+    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Links>>>>,
     h1_tls: TlsConnector,
     tcp: TlsConnector,
 }
@@ -160,13 +160,27 @@ impl Pools {
             links.entry(ep.to_string()).or_default().clone()
         };
         // One dial at a time per endpoint: requests that arrive meanwhile
-        // wait for its connection instead of opening their own.
-        let mut conns = slot.lock().await;
-        conns.retain(|c| !c.is_closed());
-        if let Some(stream) = conns.iter().find_map(|c| c.open()) {
+        // wait for its connection instead of opening their own, and share
+        // its failure instead of each dialling again.
+        let waiting_since = Instant::now();
+        let mut links = slot.lock().await;
+        if let Some((at, kind, why)) = &links.failed {
+            if *at >= waiting_since {
+                return Err(io::Error::new(*kind, why.clone()));
+            }
+        }
+        links.conns.retain(|c| !c.is_closed());
+        if let Some(stream) = links.conns.iter().find_map(|c| c.open()) {
             return Ok(PeerIo::Mux(stream));
         }
-        let tls = dial(shared, &self.h1_tls, expected, ep).await?;
+        let tls = match dial(shared, &self.h1_tls, expected, ep).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                links.failed = Some((Instant::now(), e.kind(), e.to_string()));
+                return Err(e);
+            }
+        };
+        links.failed = None;
         if tls.get_ref().1.alpn_protocol() != Some(mux::ALPN) {
             return Ok(PeerIo::Tls(Box::new(tls)));
         }
@@ -175,9 +189,16 @@ impl Pools {
         let stream = conn
             .open()
             .ok_or_else(|| io::Error::other("a new connection refused a stream"))?;
-        conns.push(conn);
+        links.conns.push(conn);
         Ok(PeerIo::Mux(stream))
     }
+}
+
+/// The shared connections to one endpoint, and the last dial's failure.
+#[derive(Default)]
+struct Links {
+    conns: Vec<mux::Connector>,
+    failed: Option<(Instant, io::ErrorKind, String)>,
 }
 
 /// An HTTP/1.1 link to another sidecar.
