@@ -25,7 +25,8 @@
 //!   opened (so in the order of the ids).
 //! - Each side may have at most [`WINDOW`] bytes of a stream unread by the
 //!   other; WINDOW frames (a 4-byte increment) give credit back as the
-//!   reader consumes.
+//!   reader consumes. A side stops reading the connection while 4 MiB over
+//!   all streams is unread.
 //! - RESET abandons a stream in both directions (a stream dropped before
 //!   both halves ended, or refused).
 //! - The opener keeps at most [`MAX_STREAMS`] streams open; the acceptor
@@ -57,6 +58,10 @@ const MAX_PAYLOAD: usize = 16 * 1024;
 const QUEUE_HIGH: usize = 512 * 1024;
 /// Reads per turn of the connection's task before it yields.
 const READS_PER_TURN: usize = 16;
+/// Bytes received and not yet read, over all streams, beyond which the
+/// connection is not read until streams consume (TCP then holds the
+/// sender back): per-stream windows alone would allow 512 × 256 KiB.
+const BUFFERED_MAX: usize = 4 * 1024 * 1024;
 /// The connecting side closes a connection without streams for this long.
 pub(crate) const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(90);
 
@@ -94,7 +99,9 @@ impl Drop for Handle {
             s.accepting = false;
             // Streams opened but not yet accepted are refused.
             while let Some(id) = s.accept.pop_front() {
-                s.streams.remove(&id);
+                if let Some(h) = s.streams.remove(&id) {
+                    s.buffered -= h.recv.len();
+                }
                 frame(&mut s.queue, id, RESET, 0, &[]);
             }
         }
@@ -156,6 +163,8 @@ struct State {
     next_id: u64,
     /// Frames waiting to be written.
     queue: BytesMut,
+    /// Bytes received on all streams and not yet read.
+    buffered: usize,
     driver: Option<Waker>,
     /// Writers waiting for the queue to drain.
     drained: Vec<Waker>,
@@ -202,6 +211,7 @@ impl State {
             streams: HashMap::new(),
             next_id: 1,
             queue: BytesMut::new(),
+            buffered: 0,
             driver: None,
             drained: Vec::new(),
             accept: VecDeque::new(),
@@ -280,6 +290,7 @@ impl State {
                 }
                 h.recv_window -= n;
                 h.recv.extend_from_slice(payload);
+                self.buffered += payload.len();
                 if flags & FIN != 0 {
                     h.recv_fin = true;
                 }
@@ -387,6 +398,10 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let mut s = lock(&self.state);
         if let Some(h) = s.streams.remove(&self.id) {
+            s.buffered -= h.recv.len();
+            if s.buffered < BUFFERED_MAX {
+                wake(&mut s.driver);
+            }
             let finished = h.reset || (h.sent_fin && h.recv_fin);
             if !finished && s.closed.is_none() {
                 frame(&mut s.queue, self.id, RESET, 0, &[]);
@@ -419,6 +434,11 @@ impl AsyncRead for Stream {
             let n = h.recv.len().min(buf.remaining());
             buf.put_slice(&h.recv[..n]);
             h.recv.advance(n);
+            let was_full = s.buffered >= BUFFERED_MAX;
+            s.buffered -= n;
+            if was_full && s.buffered < BUFFERED_MAX {
+                wake(&mut s.driver);
+            }
             if h.recv.is_empty() {
                 // An idle stream holds no buffer.
                 h.recv = BytesMut::new();
@@ -609,9 +629,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         }
         // Read what has arrived, a bounded number of times per turn.
         let mut reads = 0;
+        let mut paused = false;
         loop {
             if reads == READS_PER_TURN {
                 cx.waker().wake_by_ref();
+                break;
+            }
+            if lock(&this.state).buffered >= BUFFERED_MAX {
+                // Streams wake the driver as they consume.
+                paused = true;
                 break;
             }
             if this.read.capacity() - this.read.len() < 4096 {
@@ -666,6 +692,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             };
         }
         keep(&mut s.driver, cx);
+        if paused && s.buffered < BUFFERED_MAX {
+            // Consumed since the check, before the waker was kept.
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }
@@ -763,6 +793,47 @@ mod tests {
         third.write_all(b"3").await.unwrap();
         third.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"3");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unread_data_over_all_streams_is_bounded() {
+        let (c, s) = pair();
+        // 32 streams each send a full window; nobody reads on the other
+        // side at first.
+        let mut writers = Vec::new();
+        for i in 0..32 {
+            let mut st = c.open().unwrap();
+            writers.push(tokio::spawn(async move {
+                st.write_all(&data(i, WINDOW as usize)).await.unwrap();
+                st.shutdown().await.unwrap();
+                st
+            }));
+        }
+        let mut theirs = Vec::new();
+        for _ in 0..32 {
+            theirs.push(s.accept().await.unwrap());
+        }
+        // Let the transfer run until it stalls.
+        let (mut last, mut still) = (0, 0);
+        while still < 50 {
+            tokio::task::yield_now().await;
+            let now = lock(&theirs[0].state).buffered;
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+        assert!(
+            (BUFFERED_MAX..=BUFFERED_MAX + READS_PER_TURN * 32 * 1024).contains(&last),
+            "{last} bytes buffered"
+        );
+        // Reading resumes as the streams consume: everything arrives.
+        for (i, mut st) in theirs.into_iter().enumerate() {
+            let mut got = Vec::new();
+            st.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got.len(), WINDOW as usize, "stream {i}");
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
