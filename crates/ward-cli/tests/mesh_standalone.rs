@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mesh_common::*;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ward_testkit::{wait_until, Proc, WardServer};
 
 fn issue(s: &WardServer, dir: &Path, service: &str) {
@@ -265,5 +266,87 @@ async fn standalone_sidecars_from_files() {
         "8 requests to a silent endpoint took {:?}",
         start.elapsed()
     );
-    let _ = (pay_sc, pay, fe, fe2, fe3, hole);
+
+    // A peer that does not offer `ward-mux/1` (as an older sidecar would
+    // not): each exchange gets an HTTP/1.1 connection of its own, and all
+    // arrive.
+    let (chain, key) = s
+        .issue("spiffe://ward.internal/ns/default/sa/payments", &[])
+        .unwrap()
+        .pair();
+    let bundle =
+        ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
+    let mesh = ward_tls::MeshTls::new(
+        chain,
+        key,
+        ward_tls::Trust {
+            bundle,
+            revoked: Default::default(),
+            trust_domain: "ward.internal".into(),
+        },
+    )
+    .unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"http/1.1"])));
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_addr = old.local_addr().unwrap();
+    let alpns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = alpns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = old.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                seen.lock().unwrap().push(alpn);
+                // Answers each request head with "old", kept alive.
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nold";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let fe4 = frontend(&format!(
+        "payments=127.0.0.1:0,endpoint={old_addr},id=spiffe://ward.internal/ns/default/sa/payments"
+    ));
+    let url = format!(
+        "http://{}/old",
+        fe4.ready["proxy"]["upstreams"]["payments.default"]
+            .as_str()
+            .unwrap()
+    );
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                // A client of its own: concurrent exchanges.
+                let r = reqwest::get(&url).await.unwrap();
+                (r.status(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tries {
+        let (status, body) = t.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "old"));
+    }
+    let alpns = alpns.lock().unwrap().clone();
+    assert!(!alpns.is_empty());
+    assert!(
+        alpns.iter().all(|a| a.as_deref() == Some(&b"http/1.1"[..])),
+        "{alpns:?}"
+    );
+    let _ = (pay_sc, pay, fe, fe2, fe3, fe4, hole);
 }
