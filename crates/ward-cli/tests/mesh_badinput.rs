@@ -60,22 +60,7 @@ async fn bad_input_on_both_listeners() {
     let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
 
     // An mTLS client identity for talking to the inbound listener directly.
-    let (chain, key) = s
-        .issue("spiffe://ward.internal/ns/default/sa/tester", &[])
-        .unwrap()
-        .pair();
-    let bundle =
-        ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
-    let mesh = ward_tls::MeshTls::new(
-        chain,
-        key,
-        ward_tls::Trust {
-            bundle,
-            revoked: Default::default(),
-            trust_domain: "ward.internal".into(),
-        },
-    )
-    .unwrap();
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/tester");
     let inbound_tls = Arc::new(mesh.client_config(common::id(&pay_sc.id), &[b"http/1.1"]));
 
     let targets = [

@@ -270,22 +270,7 @@ async fn standalone_sidecars_from_files() {
     // A peer that does not offer `ward-mux/1` (as an older sidecar would
     // not): each exchange gets an HTTP/1.1 connection of its own, and all
     // arrive.
-    let (chain, key) = s
-        .issue("spiffe://ward.internal/ns/default/sa/payments", &[])
-        .unwrap()
-        .pair();
-    let bundle =
-        ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
-    let mesh = ward_tls::MeshTls::new(
-        chain,
-        key,
-        ward_tls::Trust {
-            bundle,
-            revoked: Default::default(),
-            trust_domain: "ward.internal".into(),
-        },
-    )
-    .unwrap();
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");
     let acceptor =
         tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"http/1.1"])));
     let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

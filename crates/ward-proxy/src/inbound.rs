@@ -199,24 +199,36 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
         remote,
     });
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    if alpn.as_deref() == Some(ALPN_TCP) {
-        tcp_to_app(ctx, tls, peer).await;
-        return;
-    }
+    let mode = match conn.alpn_protocol() {
+        Some(ALPN_TCP) => {
+            tcp_to_app(ctx, tls, peer).await;
+            return;
+        }
+        Some(mux::ALPN) => Mode::Streams,
+        Some(b"http/1.1") => Mode::Http1,
+        _ => Mode::Http2,
+    };
     if ctx.shared.cfg.app_protocol == crate::Protocol::Tcp {
         // HTTP framing towards an app that speaks raw TCP would corrupt both.
         tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
         return;
     }
     let budget = Arc::new(crate::abuse::CancelBudget::default());
-    match alpn.as_deref() {
-        Some(mux::ALPN) => serve_streams(ctx, tls, peer, budget).await,
+    match mode {
+        Mode::Streams => serve_streams(ctx, tls, peer, budget).await,
         // An HTTP/1.1 connection keeps an app connection of its own; HTTP/2
         // requests use the pools.
-        Some(b"http/1.1") => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget).await,
-        _ => serve_http(ctx, tls, peer, None, budget).await,
+        Mode::Http1 => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget).await,
+        Mode::Http2 => serve_http(ctx, tls, peer, None, budget).await,
     }
+}
+
+/// What an HTTP connection from a peer carries, by its ALPN protocol.
+enum Mode {
+    /// `ward-mux/1`: HTTP/1.1 exchanges, each on a stream.
+    Streams,
+    Http1,
+    Http2,
 }
 
 /// Serves the HTTP/1.1 streams of a `ward-mux/1` connection, each as a

@@ -579,6 +579,14 @@ fn dispatch(s: &mut State, read: &mut BytesMut) -> Result<(), String> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    /// Shuts the transport down (TLS close_notify, then FIN) and ends.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => self.end("closed: no stream or handle left".into()),
+        }
+    }
+
     /// Writes the queued frames; Ready(Err) when the connection failed.
     fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         loop {
@@ -622,10 +630,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         if this.shutting_down {
-            return match Pin::new(&mut this.io).poll_shutdown(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(_) => this.end("closed: no stream or handle left".into()),
-            };
+            return this.poll_close(cx);
         }
         // Read what has arrived, a bounded number of times per turn.
         let mut reads = 0;
@@ -686,10 +691,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         if s.handles == 0 || idle_out {
             drop(s);
             this.shutting_down = true;
-            return match Pin::new(&mut this.io).poll_shutdown(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(_) => this.end("closed: no stream or handle left".into()),
-            };
+            return this.poll_close(cx);
         }
         keep(&mut s.driver, cx);
         if paused && s.buffered < BUFFERED_MAX {

@@ -171,3 +171,21 @@ pub async fn payments_and_frontend(s: &WardServer) -> (App, Sidecar, Sidecar) {
     wait_for_endpoint(&fe, "payments").await;
     (pay, pay_sc, fe)
 }
+
+/// ward's TLS for a certificate the server issues to `spiffe_id`, trusting
+/// the server's bundle: to speak to sidecars directly.
+pub fn mesh_tls(s: &WardServer, spiffe_id: &str) -> std::sync::Arc<ward_tls::MeshTls> {
+    let (chain, key) = s.issue(spiffe_id, &[]).unwrap().pair();
+    let bundle =
+        ward_testkit::chain_from_pem(&std::fs::read_to_string(s.bundle_path()).unwrap()).unwrap();
+    ward_tls::MeshTls::new(
+        chain,
+        key,
+        ward_tls::Trust {
+            bundle,
+            revoked: Default::default(),
+            trust_domain: "ward.internal".into(),
+        },
+    )
+    .unwrap()
+}
