@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{
     parse_cidr, parse_port, Action, AuthorizationPolicy, Condition, DefaultAction, Operation, Rule,
@@ -106,8 +107,9 @@ pub struct Decision {
     pub reason: Reason,
     /// The deciding policy (`namespace/name`; for [`Reason::NoAllowMatched`]
     /// the ALLOW policies that apply, comma-separated), or `None` for the
-    /// mesh default.
-    pub policy: Option<String>,
+    /// mesh default. Shared with the compiled policy: a decision does not
+    /// copy the name.
+    pub policy: Option<Arc<str>>,
     /// The deciding rule's index, when a rule matched.
     pub rule: Option<usize>,
     /// Dry-run and AUDIT policies that matched.
@@ -139,7 +141,7 @@ pub struct PolicySet {
 
 #[derive(Debug, Clone)]
 struct Compiled {
-    key: String,
+    key: Arc<str>,
     action: Action,
     dry_run: bool,
     rules: Vec<Rule>,
@@ -188,7 +190,7 @@ impl PolicySet {
                     .push(idx),
             }
             set.policies.push(Compiled {
-                key: p.key(),
+                key: p.key().into(),
                 action: p.spec.action,
                 dry_run: p.spec.dry_run,
                 rules: p.spec.rules,
@@ -236,15 +238,15 @@ impl PolicySet {
         };
 
         let mut reported = Vec::new();
-        let mut deny: Option<(String, usize)> = None;
-        let mut allow: Option<(String, usize)> = None;
+        let mut deny: Option<(&Arc<str>, usize)> = None;
+        let mut allow: Option<(&Arc<str>, usize)> = None;
         let mut has_allow = false;
         for p in candidates() {
             let m = p.matching_rule(req);
             if p.dry_run || p.action == Action::Audit {
                 if let Some(rule) = m {
                     reported.push(Matched {
-                        policy: p.key.clone(),
+                        policy: p.key.to_string(),
                         rule,
                         action: p.action,
                         dry_run: p.dry_run,
@@ -255,13 +257,13 @@ impl PolicySet {
             match p.action {
                 Action::Deny => {
                     if let (None, Some(rule)) = (&deny, m) {
-                        deny = Some((p.key.clone(), rule));
+                        deny = Some((&p.key, rule));
                     }
                 }
                 Action::Allow => {
                     has_allow = true;
                     if let (None, Some(rule)) = (&allow, m) {
-                        allow = Some((p.key.clone(), rule));
+                        allow = Some((&p.key, rule));
                     }
                 }
                 Action::Audit => {}
@@ -284,13 +286,13 @@ impl PolicySet {
         // A denial because no ALLOW matched is explained by the ALLOW
         // policies that exist for the target, not by the mesh default.
         let policy = match (&decided, reason) {
-            (Some((p, _)), _) => Some(p.clone()),
+            (Some((p, _)), _) => Some(Arc::clone(p)),
             (None, Reason::NoAllowMatched) => {
                 let names: Vec<&str> = candidates()
                     .filter(|p| p.action == Action::Allow && !p.dry_run)
-                    .map(|p| p.key.as_str())
+                    .map(|p| &*p.key)
                     .collect();
-                Some(names.join(","))
+                Some(names.join(",").into())
             }
             _ => None,
         };

@@ -138,8 +138,10 @@ impl<B: ReqBody, T: Io> Idle<B, T> {
     /// too long are closed on the way.
     fn take(&self, key: &str) -> Option<Conn<B, T>> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept in the order they became idle: the expired ones lead.
         let now = Instant::now();
-        kept.retain(|k| now.duration_since(k.since) < IDLE_FOR);
+        let expired = kept.partition_point(|k| now.duration_since(k.since) >= IDLE_FOR);
+        kept.drain(..expired);
         let i = kept.iter().rposition(|k| k.key == key)?;
         Some(kept.remove(i).conn)
     }

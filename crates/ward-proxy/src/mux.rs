@@ -37,6 +37,7 @@
 //!   the connection, and every stream on it fails.
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -157,7 +158,7 @@ impl Half {
 
 struct State {
     client: bool,
-    streams: HashMap<u32, Half>,
+    streams: HashMap<u32, Half, BuildHasherDefault<IdHasher>>,
     /// Opener: the next id to use. Acceptor: the lowest id a new stream
     /// may have.
     next_id: u64,
@@ -175,6 +176,34 @@ struct State {
     handles: usize,
     /// Why the connection ended.
     closed: Option<String>,
+}
+
+/// Hashes stream ids for the stream table, which every read and write on a
+/// stream looks up. The ids are small integers, and at most a few hundred
+/// are open at once on a connection whose peer has authenticated, so a
+/// keyed hash (SipHash, several times the cost) buys nothing here: a
+/// multiplication spreads them over the high bits the table uses.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -208,7 +237,7 @@ impl State {
     fn new(client: bool) -> State {
         State {
             client,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             next_id: 1,
             queue: BytesMut::new(),
             buffered: 0,
@@ -707,6 +736,21 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    #[test]
+    fn stream_ids_spread_over_the_table() {
+        use std::collections::HashSet;
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<IdHasher>::default();
+        // A window of ids as a long-lived connection has open, far from 1.
+        let hashes: Vec<u64> = (1_000_000u32..1_000_512).map(|id| b.hash_one(id)).collect();
+        // hashbrown picks the bucket from the low bits and a tag from the
+        // top 7: both must vary.
+        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(buckets.len() > 300, "{} buckets", buckets.len());
+        assert_eq!(tags.len(), 128);
+    }
 
     fn pair() -> (Connector, Acceptor) {
         let (a, b) = duplex(64 * 1024);

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -675,28 +676,26 @@ async fn dial(
     r
 }
 
-/// Per endpoint: requests in flight, and until when it is skipped.
-type EndpointState = Arc<Mutex<HashMap<String, (usize, Option<Instant>)>>>;
-
 /// Least-loaded choice among live endpoints; ties go round-robin.
+///
+/// A pick looks each candidate up once; the chosen endpoint's count is
+/// shared with the [`InFlight`] guard, which gives it back without a
+/// lookup.
 #[derive(Default)]
 struct Balancer {
-    state: EndpointState,
-    next: std::sync::atomic::AtomicUsize,
+    slots: Mutex<HashMap<String, Slot>>,
+    next: AtomicUsize,
 }
 
-struct InFlight {
-    state: EndpointState,
-    ep: String,
-}
+/// Per endpoint: requests in flight, and until when it is skipped.
+type Slot = (Arc<AtomicUsize>, Option<Instant>);
+
+/// A request in flight to an endpoint, counted until dropped.
+struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.state.lock() {
-            if let Some(e) = s.get_mut(&self.ep) {
-                e.0 = e.0.saturating_sub(1);
-            }
-        }
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -710,39 +709,53 @@ impl Balancer {
         endpoints: &[String],
         exclude: &[String],
     ) -> Option<(String, InFlight)> {
-        let mut s = self.state.lock().ok()?;
-        let ep = {
-            let now = Instant::now();
-            let live = |ep: &String| s.get(ep).and_then(|e| e.1).is_none_or(|t| t <= now);
-            let allowed = || endpoints.iter().filter(|e| !exclude.contains(e));
-            // When every endpoint is marked down, try them anyway.
-            let any_live = allowed().any(live);
-            let pool = || allowed().filter(|e| !any_live || live(e));
-            let n = pool().count();
-            if n == 0 {
-                return None;
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() > 2 * n + 16 {
+            // Forget endpoints that left the service, once idle.
+            slots.retain(|ep, (c, _)| Arc::strong_count(c) > 1 || endpoints.contains(ep));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut now = None;
+        // The least loaded endpoint that is live, and of all of them: when
+        // every endpoint is marked down, they are tried anyway.
+        let mut live = None;
+        let mut any = None;
+        for i in 0..n {
+            let ep = &endpoints[(start + i) % n];
+            if exclude.contains(ep) {
+                continue;
             }
-            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
-            pool()
-                .skip(start)
-                .chain(pool().take(start))
-                .min_by_key(|e| s.get(*e).map_or(0, |v| v.0))?
-                .clone()
+            let slot = slots.get(ep.as_str());
+            let load = slot.map_or(0, |(c, _)| c.load(Ordering::Relaxed));
+            let up = slot
+                .and_then(|(_, down)| *down)
+                .is_none_or(|t| t <= *now.get_or_insert_with(Instant::now));
+            let better =
+                |best: &Option<(&String, usize, _)>| best.as_ref().is_none_or(|b| load < b.1);
+            if up && better(&live) {
+                live = Some((ep, load, slot.map(|(c, _)| c)));
+            }
+            if better(&any) {
+                any = Some((ep, load, slot.map(|(c, _)| c)));
+            }
+        }
+        let (ep, _, count) = live.or(any)?;
+        let (ep, count) = (ep.clone(), count.cloned());
+        let count = match count {
+            Some(c) => c,
+            None => slots.entry(ep.clone()).or_default().0.clone(),
         };
-        s.entry(ep.clone()).or_default().0 += 1;
-        Some((
-            ep.clone(),
-            InFlight {
-                state: self.state.clone(),
-                ep,
-            },
-        ))
+        count.fetch_add(1, Ordering::Relaxed);
+        Some((ep, InFlight(count)))
     }
 
     fn mark_down(&self, ep: &str) {
-        if let Ok(mut s) = self.state.lock() {
-            s.entry(ep.to_string()).or_default().1 = Some(Instant::now() + DOWN_FOR);
-        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(ep.to_string()).or_default().1 = Some(Instant::now() + DOWN_FOR);
     }
 }
 
@@ -815,7 +828,76 @@ impl tower::Service<http::Uri> for MeshConnector {
 
 #[cfg(test)]
 mod tests {
-    use super::session_name;
+    use super::{session_name, Balancer};
+
+    fn eps(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("127.0.0.1:{}", 15000 + i)).collect()
+    }
+
+    #[test]
+    fn balancer_spreads_ties_and_prefers_the_least_loaded() {
+        let b = Balancer::default();
+        let e = eps(3);
+        // Nothing in flight: each pick is dropped at once, so all tie and
+        // go round-robin.
+        let mut seen: Vec<String> = (0..6).map(|_| b.pick(&e).unwrap().0).collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [&e[0], &e[0], &e[1], &e[1], &e[2], &e[2]].map(String::clone)
+        );
+        // Two held on one endpoint and one on another: the third is next,
+        // whatever the round-robin start.
+        let (first, g1) = b.pick(&e).unwrap();
+        let (second, g2) = b.pick_excluding(&e, std::slice::from_ref(&first)).unwrap();
+        for _ in 0..5 {
+            let (ep, g) = b.pick(&e).unwrap();
+            assert!(ep != first && ep != second, "{ep}");
+            drop(g);
+        }
+        // Guards give their count back when dropped.
+        drop(g2);
+        drop(g1);
+        let counts: Vec<usize> = b
+            .slots
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(c, _)| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert!(counts.iter().all(|c| *c == 0), "{counts:?}");
+    }
+
+    #[test]
+    fn balancer_skips_endpoints_marked_down_unless_all_are() {
+        let b = Balancer::default();
+        let e = eps(2);
+        b.mark_down(&e[0]);
+        for _ in 0..4 {
+            assert_eq!(b.pick(&e).unwrap().0, e[1]);
+        }
+        assert_eq!(
+            b.pick_excluding(&e, &e[1..]).unwrap().0,
+            e[0],
+            "the only candidate left is tried though down"
+        );
+        b.mark_down(&e[1]);
+        assert!(b.pick(&e).is_some(), "all down: tried anyway");
+        assert!(b.pick_excluding(&e, &e).is_none());
+        assert!(b.pick(&[]).is_none());
+    }
+
+    #[test]
+    fn balancer_forgets_endpoints_that_left() {
+        let b = Balancer::default();
+        for i in 0..100 {
+            let e = vec![format!("10.0.0.{i}:15006")];
+            drop(b.pick(&e));
+        }
+        let held = b.pick(&eps(1)).unwrap();
+        assert!(b.slots.lock().unwrap().len() <= 2 + 16 + 1);
+        drop(held);
+    }
 
     #[test]
     fn one_session_name_per_endpoint() {
