@@ -334,7 +334,6 @@ impl Compiled {
         let principal = req
             .source_principal
             .map(|p| p.strip_prefix("spiffe://").unwrap_or(p));
-        let ns = req.source_namespace();
         let ip_ok = |blocks: &[String]| {
             req.source_ip.is_some_and(|ip| {
                 blocks
@@ -352,7 +351,8 @@ impl Compiled {
             &s.not_principals,
             principal,
             principal_matches,
-        ) && field(&s.namespaces, &s.not_namespaces, ns)
+        ) && ((s.namespaces.is_empty() && s.not_namespaces.is_empty())
+            || field(&s.namespaces, &s.not_namespaces, req.source_namespace()))
             && (s.ip_blocks.is_empty() || ip_ok(&s.ip_blocks))
             && (s.not_ip_blocks.is_empty() || !ip_ok(&s.not_ip_blocks))
             && http_field(&s.request_principals, &s.not_request_principals)

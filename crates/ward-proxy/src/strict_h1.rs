@@ -47,6 +47,10 @@ pub(crate) struct StrictH1<IO> {
     /// Checked, ready for hyper.
     ready: BytesMut,
     eof: bool,
+    /// How far `pending` is known not to hold the end of a request head:
+    /// bytes of a head that trickles in are searched once, not again on
+    /// every read.
+    scanned: usize,
     /// Running while a request head is incomplete.
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -59,6 +63,7 @@ impl<IO> StrictH1<IO> {
             pending: BytesMut::new(),
             ready: BytesMut::new(),
             eof: false,
+            scanned: 0,
             head_deadline: None,
         }
     }
@@ -68,6 +73,7 @@ impl<IO> StrictH1<IO> {
         // their start: a connection keeps touching the same few pages.
         let chunk = self.pending.split_to(n);
         self.ready.extend_from_slice(&chunk);
+        self.scanned = 0;
     }
 
     /// Moves what can be checked from `pending` to `ready`; false when more
@@ -170,7 +176,10 @@ impl<IO> StrictH1<IO> {
         while self.pending.starts_with(b"\r\n") {
             self.release(2);
         }
-        let Some(end) = find(&self.pending, b"\r\n\r\n") else {
+        // The end may straddle what was searched and what is new.
+        let from = self.scanned.saturating_sub(3);
+        let Some(end) = find(&self.pending[from..], b"\r\n\r\n").map(|i| from + i) else {
+            self.scanned = self.pending.len();
             return self.overlong(MAX_HEAD);
         };
         let head_len = end + 4;
@@ -212,6 +221,7 @@ impl<IO> StrictH1<IO> {
             // Replace the head with one hyper refuses with 400, and close.
             let _ = self.pending.split_to(head_len);
             self.pending.clear();
+            self.scanned = 0;
             self.ready
                 .extend_from_slice(b"INVALID\x01 / HTTP/1.1\r\n\r\n");
             self.state = State::Passthrough;
@@ -235,7 +245,7 @@ impl<IO> StrictH1<IO> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for StrictH1<IO> {
@@ -377,10 +387,31 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 1\r\n\r\nx",
         ] {
-            let out = through(c, 5).await;
-            let s = String::from_utf8_lossy(&out);
-            assert!(s.contains("INVALID\u{1}"), "{s}");
-            assert!(!s.contains("smuggled"), "{s}");
+            for split in [1, 2, 5, 1 << 16] {
+                let out = through(c, split).await;
+                let s = String::from_utf8_lossy(&out);
+                assert!(s.contains("INVALID\u{1}"), "split {split}: {s}");
+                assert!(!s.contains("smuggled"), "split {split}: {s}");
+            }
         }
+    }
+
+    #[test]
+    fn a_head_arriving_a_byte_at_a_time_is_searched_once() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n";
+        let mut s = StrictH1::new(());
+        for (i, b) in head.iter().enumerate() {
+            s.pending.extend_from_slice(&[*b]);
+            let moved = s.step();
+            if i + 1 < head.len() {
+                assert!(!moved && s.ready.is_empty(), "byte {i}");
+                // The next search starts at most 3 bytes back.
+                assert_eq!(s.scanned, i + 1);
+            } else {
+                assert!(moved);
+            }
+        }
+        assert_eq!(&s.ready[..], &head[..]);
+        assert_eq!(s.scanned, 0);
     }
 }
