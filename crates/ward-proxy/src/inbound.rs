@@ -25,6 +25,7 @@ use ward_policy::{HttpAttributes, Request as PolicyRequest};
 use crate::authn::Outcome;
 use crate::h1conn::Idle;
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::readahead::{ReadAhead, Transport};
 use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -131,7 +132,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
 async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let m = &ctx.shared.metrics;
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(
+        Duration::from_secs(10),
+        acceptor.accept(ReadAhead::new(tcp)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             m.handshakes
@@ -236,7 +242,7 @@ enum Mode {
 /// counters and the cancellation budget are the connection's.
 async fn serve_streams(
     ctx: Arc<Inbound>,
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: tokio_rustls::server::TlsStream<Transport>,
     peer: Arc<Peer>,
     budget: Arc<crate::abuse::CancelBudget>,
 ) {
@@ -594,7 +600,7 @@ fn access_log(
 
 async fn tcp_to_app(
     ctx: Arc<Inbound>,
-    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    mut tls: tokio_rustls::server::TlsStream<Transport>,
     peer: Arc<Peer>,
 ) {
     let shared = &ctx.shared;

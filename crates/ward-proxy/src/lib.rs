@@ -25,6 +25,7 @@ mod inbound;
 mod metrics;
 mod mux;
 mod outbound;
+mod readahead;
 mod strict_h1;
 mod upgrade;
 

@@ -32,6 +32,7 @@ use ward_tls::MeshTls;
 use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
 use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
+use crate::readahead::{ReadAhead, Transport};
 use crate::{mux, Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
 
 /// Endpoints that refused a connection are skipped for this long.
@@ -205,7 +206,7 @@ struct Links {
 /// An HTTP/1.1 link to another sidecar.
 pub(crate) enum PeerIo {
     Mux(mux::Stream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Transport>>),
 }
 
 impl AsyncRead for PeerIo {
@@ -612,11 +613,12 @@ async fn connect_tls(
     mesh: &MeshTls,
     expected: &SpiffeId,
     ep: &str,
-) -> io::Result<TlsStream<TcpStream>> {
+) -> io::Result<TlsStream<Transport>> {
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(ep))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     tcp.set_nodelay(true)?;
+    let tcp = ReadAhead::new(tcp);
     let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(session_name(ep), tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -657,7 +659,7 @@ async fn dial(
     tls: &TlsConnector,
     expected: &SpiffeId,
     ep: &str,
-) -> io::Result<TlsStream<TcpStream>> {
+) -> io::Result<TlsStream<Transport>> {
     let r = connect_tls(tls, &shared.tls, expected, ep).await;
     let result = if r.is_ok() { "ok" } else { "error" };
     shared
@@ -768,7 +770,7 @@ struct MeshConnector {
     expected: SpiffeId,
 }
 
-struct MeshIo(TokioIo<TlsStream<TcpStream>>);
+struct MeshIo(TokioIo<TlsStream<Transport>>);
 
 impl Connection for MeshIo {
     fn connected(&self) -> Connected {

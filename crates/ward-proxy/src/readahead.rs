@@ -1,0 +1,189 @@
+//! Large socket reads under TLS.
+//!
+//! rustls reads ciphertext at most 4 KiB at a time (`read_tls`), so a
+//! 16 KiB record costs four `recvfrom` calls and a batch of them between
+//! two sidecars dozens. [`ReadAhead`] reads the socket up to [`CHUNK`] at a
+//! time and hands rustls its 4 KiB from memory, once a read has shown
+//! that more is waiting (it filled what was asked): small exchanges are
+//! read straight into rustls's buffer, with no copy. The buffer is held
+//! only while it has bytes: an idle connection keeps none.
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes asked of the socket per read.
+pub(crate) const CHUNK: usize = 32 * 1024;
+
+/// The transport under TLS between sidecars.
+pub(crate) type Transport = ReadAhead<tokio::net::TcpStream>;
+
+/// A transport whose reads are batched (see the module documentation).
+pub(crate) struct ReadAhead<T> {
+    io: T,
+    buf: BytesMut,
+    /// The last read filled what it was given: read ahead next time.
+    full: bool,
+}
+
+impl<T> ReadAhead<T> {
+    pub(crate) fn new(io: T) -> ReadAhead<T> {
+        ReadAhead {
+            io,
+            buf: BytesMut::new(),
+            full: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.buf.is_empty() {
+            if !this.full || out.remaining() >= CHUNK {
+                let asked = out.remaining();
+                let before = out.filled().len();
+                std::task::ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+                this.full = asked > 0 && out.filled().len() - before == asked;
+                return Poll::Ready(Ok(()));
+            }
+            this.buf.reserve(CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
+                Poll::Ready(Ok(n)) if n > 0 => this.full = n == CHUNK,
+                r => {
+                    // Nothing to hold: end of stream, an error, or waiting.
+                    this.buf = BytesMut::new();
+                    this.full = false;
+                    return r.map_ok(|_| ());
+                }
+            }
+        }
+        let n = this.buf.len().min(out.remaining());
+        out.put_slice(&this.buf[..n]);
+        this.buf.advance(n);
+        if this.buf.is_empty() {
+            this.buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Counts the reads that reach the transport.
+    struct Counted<T>(T, Arc<AtomicUsize>);
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_large_read() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&data).await.unwrap();
+        drop(tx);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut r = ReadAhead::new(Counted(rx, reads.clone()));
+        let mut got = Vec::new();
+        let mut small = [0u8; 4096];
+        loop {
+            let n = r.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        // 100,000 bytes in 4 KiB reads: 25 for the reader; for the
+        // transport the first (which shows more is waiting), then 32 KiB
+        // at a time, and the end.
+        assert!(reads.load(Ordering::Relaxed) <= 6, "{reads:?}");
+        assert_eq!(r.buf.capacity(), 0, "a drained reader holds no buffer");
+    }
+
+    #[tokio::test]
+    async fn short_reads_go_straight_through() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut r = ReadAhead::new(rx);
+        let mut small = [0u8; 4096];
+        for i in 0..3u8 {
+            tx.write_all(&[i; 1000]).await.unwrap();
+            assert_eq!(r.read(&mut small).await.unwrap(), 1000);
+            assert_eq!(small[999], i);
+            assert!(!r.full);
+            assert_eq!(r.buf.capacity(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn large_reads_go_straight_through() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        tx.write_all(&[7u8; 50_000]).await.unwrap();
+        let mut r = ReadAhead::new(rx);
+        let mut big = vec![0u8; 64 * 1024];
+        let n = r.read(&mut big).await.unwrap();
+        assert_eq!(n, 50_000);
+        assert_eq!(r.buf.capacity(), 0);
+        // Waiting for data holds no buffer either.
+        let waker = std::task::Waker::noop();
+        let mut w = [0u8; 2];
+        let pending =
+            Pin::new(&mut r).poll_read(&mut Context::from_waker(waker), &mut ReadBuf::new(&mut w));
+        assert!(pending.is_pending());
+        assert_eq!(r.buf.capacity(), 0);
+        tx.write_all(b"more").await.unwrap();
+        assert_eq!(r.read(&mut w).await.unwrap(), 2);
+        assert_eq!(&w, b"mo");
+        assert_eq!(r.read(&mut w).await.unwrap(), 2);
+        assert_eq!(&w, b"re");
+    }
+}
