@@ -302,10 +302,12 @@ async fn serve_http<IO>(
         .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(io)), svc);
     tokio::pin!(conn);
     let mut stop = ctx.shared.shutdown.subscribe();
+    let tripped = crate::gated::Gated::new(budget.tripped());
+    let stopped = crate::gated::Gated::new(crate::stopped(&mut stop));
     tokio::select! {
-        _ = budget.tripped() => {}
+        _ = tripped => {}
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
-        _ = crate::stopped(&mut stop) => {
+        _ = stopped => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

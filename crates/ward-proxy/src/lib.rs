@@ -19,6 +19,7 @@ mod abuse;
 mod admin;
 mod authn;
 mod config;
+mod gated;
 mod h1conn;
 mod identity;
 mod inbound;

@@ -305,10 +305,12 @@ impl Outbound {
         );
         tokio::pin!(conn);
         let mut stop = self.shared.shutdown.subscribe();
+        let tripped = crate::gated::Gated::new(budget.tripped());
+        let stopped = crate::gated::Gated::new(crate::stopped(&mut stop));
         tokio::select! {
-            _ = budget.tripped() => {}
+            _ = tripped => {}
             r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "outbound connection error"); } }
-            _ = crate::stopped(&mut stop) => {
+            _ = stopped => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
