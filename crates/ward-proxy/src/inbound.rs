@@ -25,7 +25,7 @@ use ward_policy::{HttpAttributes, Request as PolicyRequest};
 use crate::authn::Outcome;
 use crate::h1conn::Idle;
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
-use crate::readahead::{ReadAhead, Transport};
+use crate::transport::Transport;
 use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -130,11 +130,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
 }
 
 async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
     let m = &ctx.shared.metrics;
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
-        acceptor.accept(ReadAhead::new(tcp)),
+        acceptor.accept(crate::transport::mesh(tcp)),
     )
     .await
     {

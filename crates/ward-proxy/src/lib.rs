@@ -26,8 +26,8 @@ mod inbound;
 mod metrics;
 mod mux;
 mod outbound;
-mod readahead;
 mod strict_h1;
+mod transport;
 mod upgrade;
 
 use std::collections::HashMap;

@@ -32,7 +32,7 @@ use ward_tls::MeshTls;
 use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
 use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
-use crate::readahead::{ReadAhead, Transport};
+use crate::transport::Transport;
 use crate::{mux, Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
 
 /// Endpoints that refused a connection are skipped for this long.
@@ -619,8 +619,7 @@ async fn connect_tls(
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(ep))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    tcp.set_nodelay(true)?;
-    let tcp = ReadAhead::new(tcp);
+    let tcp = crate::transport::mesh(tcp);
     let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(session_name(ep), tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;

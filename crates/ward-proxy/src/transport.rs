@@ -1,4 +1,18 @@
-//! Large socket reads under TLS.
+//! The TCP connections between sidecars.
+//!
+//! # Dead peers
+//!
+//! Idle connections between sidecars are kept for reuse, so one whose
+//! peer vanished without closing it (a host powered off, a network
+//! partition) must be noticed before a request is sent on it. As Linkerd
+//! does, a connection idle for [`KEEPALIVE_IDLE`] gets TCP keep-alive
+//! probes, and closes when several in a row go unanswered (30 s in all).
+//! A peer that vanishes while data is unacknowledged is left to TCP's own
+//! retransmission limit: `TCP_USER_TIMEOUT` would bound that, but it also
+//! closes a healthy connection whose reader pauses (a zero window) for as
+//! long, which a proxied TCP stream may legitimately do.
+//!
+//! # Large reads under TLS
 //!
 //! rustls reads ciphertext at most 4 KiB at a time (`read_tls`), so a
 //! 16 KiB record costs four `recvfrom` calls and a batch of them between
@@ -11,14 +25,38 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Idle time before the first keep-alive probe.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 4;
 
 /// Bytes asked of the socket per read.
 pub(crate) const CHUNK: usize = 32 * 1024;
 
 /// The transport under TLS between sidecars.
-pub(crate) type Transport = ReadAhead<tokio::net::TcpStream>;
+pub(crate) type Transport = ReadAhead<TcpStream>;
+
+/// A connection to or from another sidecar, set up as the module
+/// documentation says. The options are best effort: a socket that refuses
+/// one still carries traffic.
+pub(crate) fn mesh(tcp: TcpStream) -> Transport {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(&tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keep-alive options not set");
+    }
+    ReadAhead::new(tcp)
+}
 
 /// A transport whose reads are batched (see the module documentation).
 pub(crate) struct ReadAhead<T> {
@@ -148,6 +186,22 @@ mod tests {
         // at a time, and the end.
         assert!(reads.load(Ordering::Relaxed) <= 6, "{reads:?}");
         assert_eq!(r.buf.capacity(), 0, "a drained reader holds no buffer");
+    }
+
+    #[tokio::test]
+    async fn mesh_connections_probe_idle_peers() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        for t in [mesh(c), mesh(s)] {
+            // Read back from the kernel.
+            let sock = socket2::SockRef::from(&t.io);
+            assert!(t.io.nodelay().unwrap());
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        }
     }
 
     #[tokio::test]
