@@ -4,9 +4,12 @@ together (crates/ward-cli/link/sidecar-symbols.txt; see
 crates/ward-cli/build.rs for why).
 
 Runs the pair of bench/compare.py under valgrind's callgrind (start-up,
-HTTP/1.1 load through both sidecars, full mTLS handshakes at B, shutdown)
-and writes the symbols of the `ward` binary that executed, in the order
-callgrind reports them.
+HTTP/1.1 load through both sidecars, full mTLS handshakes at B, shutdown),
+then the pair of bench/mesh.py, whose sidecars join a control plane
+(join token, certificate issuance, configuration watch), and writes the
+symbols of the `ward` binary that executed: the standalone pair's first,
+in the order callgrind reports them, then what the control-plane pair
+adds.
 
     cargo build --release -p ward-cli -p ward-bench
     python3 bench/sidecar_symbols.py > crates/ward-cli/link/sidecar-symbols.txt
@@ -73,9 +76,27 @@ def main():
         time.sleep(8)
         for p in procs:
             p.kill()
+    # The control-plane pair: bench/mesh.py with a `ward` that runs its
+    # sidecars (and only them) under callgrind.
+    wrapper = os.path.join(tmp, "ward-under-callgrind")
+    with open(wrapper, "w") as f:
+        f.write(f'''#!/bin/sh
+case " $* " in
+  *" proxy "*) exec valgrind --tool=callgrind --demangle=no --callgrind-out-file={tmp}/cg-cp-%p.out {binary} "$@";;
+esac
+exec {binary} "$@"
+''')
+    os.chmod(wrapper, 0o755)
+    mesh = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mesh.py")
+    subprocess.run([sys.executable, mesh, "--rounds", "1", "--seconds", "3", "--ward", wrapper],
+                   capture_output=True, timeout=900, check=True)
+    outputs = [f"{tmp}/cg-a.out", f"{tmp}/cg-b.out"]
+    outputs += sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("cg-cp-"))
+    if len(outputs) < 4:
+        sys.exit("the control-plane pair left no callgrind output")
     seen = set()
-    for side in ("a", "b"):
-        for name in executed(f"{tmp}/cg-{side}.out", binary):
+    for path in outputs:
+        for name in executed(path, binary):
             if name not in seen:
                 seen.add(name)
                 print(name)
