@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
 use crate::authn::Outcome;
+use crate::gated::Gated;
 use crate::h1conn::Idle;
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::transport::Transport;
@@ -249,16 +250,20 @@ async fn serve_streams(
     tokio::pin!(driver);
     let mut acceptor = Some(acceptor);
     let mut stop = ctx.shared.shutdown.subscribe();
+    // This task also drives the connection, so it wakes for every read
+    // and write on it: the other branches are polled only when woken.
+    let mut tripped = Gated::new(budget.tripped());
+    let mut stopped = Gated::new(crate::stopped(&mut stop));
     loop {
-        let next = async {
+        let next = Gated::new(async {
             match &acceptor {
                 Some(a) => a.accept().await,
                 None => std::future::pending().await,
             }
-        };
+        });
         tokio::select! {
             _ = &mut driver => return,
-            _ = budget.tripped() => return,
+            _ = &mut tripped => return,
             s = next => match s {
                 Some(stream) => {
                     let task = serve_http(ctx.clone(), stream, peer.clone(), Some(Idle::new(1)), budget.clone());
@@ -268,7 +273,7 @@ async fn serve_streams(
             },
             // No new streams; those open finish their exchanges (each shuts
             // down gracefully), then the connection closes.
-            _ = crate::stopped(&mut stop), if acceptor.is_some() => acceptor = None,
+            _ = &mut stopped, if acceptor.is_some() => acceptor = None,
         }
     }
 }
@@ -301,8 +306,8 @@ async fn serve_http<IO>(
         .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(io)), svc);
     tokio::pin!(conn);
     let mut stop = ctx.shared.shutdown.subscribe();
-    let tripped = crate::gated::Gated::new(budget.tripped());
-    let stopped = crate::gated::Gated::new(crate::stopped(&mut stop));
+    let tripped = Gated::new(budget.tripped());
+    let stopped = Gated::new(crate::stopped(&mut stop));
     tokio::select! {
         _ = tripped => {}
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }

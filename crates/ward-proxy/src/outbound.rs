@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use ward_identity::SpiffeId;
 use ward_tls::MeshTls;
 
+use crate::gated::Gated;
 use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
 use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
@@ -305,8 +306,8 @@ impl Outbound {
         );
         tokio::pin!(conn);
         let mut stop = self.shared.shutdown.subscribe();
-        let tripped = crate::gated::Gated::new(budget.tripped());
-        let stopped = crate::gated::Gated::new(crate::stopped(&mut stop));
+        let tripped = Gated::new(budget.tripped());
+        let stopped = Gated::new(crate::stopped(&mut stop));
         tokio::select! {
             _ = tripped => {}
             r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "outbound connection error"); } }

@@ -24,7 +24,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -93,7 +92,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             }
             this.buf.reserve(CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
-                Poll::Ready(Ok(n)) if n > 0 => this.full = n == CHUNK,
+                Poll::Ready(Ok(n)) if n > 0 => this.full = n >= CHUNK,
                 r => {
                     // Nothing to hold: end of stream, an error, or waiting.
                     this.buf = BytesMut::new();
