@@ -99,6 +99,7 @@ struct Peer {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>) {
+    crate::transport::mesh_listener(&listener);
     let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
         ALPN_H2,
         mux::ALPN,
@@ -134,7 +135,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     let m = &ctx.shared.metrics;
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
-        acceptor.accept(crate::transport::mesh(tcp)),
+        acceptor.accept(crate::transport::mesh_accepted(tcp)),
     )
     .await
     {

@@ -78,10 +78,15 @@ pub(crate) async fn serve(
         balancer: Balancer::default(),
         requests: Counters::default(),
     });
+    // Accepted connections start with the listener's TCP_NODELAY (see
+    // `transport::INHERITED`).
+    let _ = socket2::SockRef::from(&listener).set_tcp_nodelay(true);
     crate::accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
         async move {
-            let _ = tcp.set_nodelay(true);
+            if !crate::transport::INHERITED {
+                let _ = tcp.set_nodelay(true);
+            }
             match ctx.up.protocol {
                 Protocol::Http => ctx.http_conn(tcp).await,
                 Protocol::Tcp => ctx.tcp_conn(tcp).await,

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Idle time before the first keep-alive probe.
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -41,12 +41,19 @@ pub(crate) const CHUNK: usize = 32 * 1024;
 /// The transport under TLS between sidecars.
 pub(crate) type Transport = ReadAhead<TcpStream>;
 
-/// A connection to or from another sidecar, set up as the module
-/// documentation says. The options are best effort: a socket that refuses
-/// one still carries traffic.
-pub(crate) fn mesh(tcp: TcpStream) -> Transport {
-    let _ = tcp.set_nodelay(true);
-    let sock = socket2::SockRef::from(&tcp);
+/// Whether a connection accepted from a listener starts with the
+/// listener's TCP options. Linux builds each accepted socket as a copy of
+/// the listening one (`TCP_NODELAY`, `SO_KEEPALIVE` and the keep-alive
+/// timings included, and arms the keep-alive timer), which saves five
+/// `setsockopt` calls per accepted connection; elsewhere they are set
+/// again on each connection.
+pub(crate) const INHERITED: bool = cfg!(target_os = "linux");
+
+/// Sets `TCP_NODELAY` and the keep-alive options of the module
+/// documentation. Best effort: a socket that refuses one still carries
+/// traffic.
+fn set_options(sock: socket2::SockRef<'_>) {
+    let _ = sock.set_tcp_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
@@ -54,7 +61,29 @@ pub(crate) fn mesh(tcp: TcpStream) -> Transport {
     if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "TCP keep-alive options not set");
     }
+}
+
+/// A connection to another sidecar, set up as the module documentation
+/// says.
+pub(crate) fn mesh(tcp: TcpStream) -> Transport {
+    set_options(socket2::SockRef::from(&tcp));
     ReadAhead::new(tcp)
+}
+
+/// Gives the listener for other sidecars the options of [`mesh`], for the
+/// connections it accepts to start with (see [`INHERITED`]).
+pub(crate) fn mesh_listener(l: &TcpListener) {
+    set_options(socket2::SockRef::from(l));
+}
+
+/// A connection from another sidecar, accepted from a listener set up by
+/// [`mesh_listener`].
+pub(crate) fn mesh_accepted(tcp: TcpStream) -> Transport {
+    if INHERITED {
+        ReadAhead::new(tcp)
+    } else {
+        mesh(tcp)
+    }
 }
 
 /// A transport whose reads are batched (see the module documentation).
@@ -161,10 +190,11 @@ mod tests {
 
     #[tokio::test]
     async fn mesh_connections_probe_idle_peers() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        mesh_listener(&l);
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        for t in [mesh(c), mesh(s)] {
+        for t in [mesh(c), mesh_accepted(s)] {
             // Read back from the kernel.
             let sock = socket2::SockRef::from(&t.io);
             assert!(t.io.nodelay().unwrap());
