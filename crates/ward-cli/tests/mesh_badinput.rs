@@ -173,24 +173,32 @@ async fn bad_input_on_both_listeners() {
         assert!(start.elapsed() < Duration::from_secs(40), "{}", t.name);
     }
 
-    // The framing between sidecars (`ward-mux/1`), spoken by hand.
+    // The framing between sidecars (`ward-mux/1`, as older sidecars speak
+    // it), by hand.
     let inbound = &targets[1];
     // A request on a stream is answered on that stream.
     let mut io = inbound.connect(b"ward-mux/1").await;
-    io.write_all(&mux_frame(
-        1,
-        0,
-        1,
-        b"GET /pay/7 HTTP/1.1\r\nHost: x\r\n\r\n",
-    ))
-    .await
-    .unwrap();
-    let (id, data) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut io))
+    get_on_stream_1(&mut io).await;
+    // `ward-mux/2`, which sidecars now prefer: a PING on stream 0 comes
+    // back with its payload and flag ACK, and streams work as in `/1`.
+    let mut v2 = inbound.connect(b"ward-mux/2").await;
+    v2.write_all(&mux_frame(0, 3, 0, b"alive?!!"))
         .await
         .unwrap();
-    assert_eq!(id, 1);
-    let head = String::from_utf8_lossy(&data);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut answer = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), v2.read_exact(&mut answer))
+        .await
+        .expect("a PING answered")
+        .unwrap();
+    assert_eq!(&answer[..8], &[0, 0, 0, 0, 3, 1, 0, 8]);
+    assert_eq!(&answer[8..], b"alive?!!");
+    get_on_stream_1(&mut v2).await;
+    // A PING of the wrong size breaks the framing: the connection ends.
+    v2.write_all(&mux_frame(0, 3, 0, b"short")).await.unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), v2.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the connection stayed open after a bad PING");
+
     // Streams beyond the limit (512 at the accepting side) are refused
     // with RESET; the connection and the streams already open go on.
     let mut flood = Vec::new();
@@ -235,6 +243,24 @@ fn mux_frame(id: u32, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     f.extend((payload.len() as u16).to_be_bytes());
     f.extend(payload);
     f
+}
+
+/// Opens stream 1 with a request, which must be answered 200 on it.
+async fn get_on_stream_1(io: &mut Pin<Box<dyn Io>>) {
+    io.write_all(&mux_frame(
+        1,
+        0,
+        1,
+        b"GET /pay/7 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    let (id, data) = tokio::time::timeout(Duration::from_secs(5), read_frame(io))
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+    let head = String::from_utf8_lossy(&data);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 /// The next frame header: stream id, kind, and the payload (read too).

@@ -37,6 +37,98 @@ fn issue(s: &WardServer, dir: &Path, service: &str) {
 const ALLOW: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-frontend }\nspec:\n  rules:\n  - from: [{ source: { principals: [\"ward.internal/ns/default/sa/frontend\"] } }]\n";
 const DENY: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: lockdown }\nspec:\n  action: DENY\n  rules: [{}]\n";
 
+/// A frontend sidecar with one upstream, from the files in `dir`.
+fn frontend_sidecar(dir: &Path, upstream: &str) -> Proc {
+    let f = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    Proc::spawn(
+        bin(),
+        &[
+            "--output",
+            "json",
+            "--trust-bundle",
+            &f("bundle.pem"),
+            "proxy",
+            "--cert",
+            &f("frontend.pem"),
+            "--key",
+            &f("frontend.key"),
+            "--service",
+            "frontend",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:9",
+            "--admin",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+        ],
+    )
+    .unwrap()
+}
+
+/// A peer sidecar that goes silent with a request in flight (its host
+/// vanished, or it hangs) is pinged, given up within about 20 s, and the
+/// request fails instead of waiting for TCP's retransmission limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_is_given_up() {
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    s.cli_json(&["service", "add", "frontend"]).unwrap();
+    issue(&s, dir.path(), "frontend");
+    // Speaks TLS and `ward-mux/2` as payments, reads everything, answers
+    // nothing.
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"ward-mux/2"])));
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = silent.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = tls.read(&mut buf).await {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let fe = frontend_sidecar(
+        dir.path(),
+        &format!(
+            "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
+        ),
+    );
+    let url = format!(
+        "http://{}/hangs",
+        fe.ready["proxy"]["upstreams"]["payments.default"]
+            .as_str()
+            .unwrap()
+    );
+    let start = std::time::Instant::now();
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status(), 502);
+    assert!(
+        (Duration::from_secs(15)..Duration::from_secs(45)).contains(&took),
+        "given up after {took:?}"
+    );
+    // The request went out on a stream, then one PING (stream 0, kind 3,
+    // 8 bytes).
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.windows(11).any(|w| w == b"GET /hangs "));
+    let ping = [0, 0, 0, 0, 3, 0, 0, 8];
+    assert_eq!(seen.windows(8).filter(|w| *w == ping).count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_sidecars_from_files() {
     init();
@@ -87,34 +179,7 @@ async fn standalone_sidecars_from_files() {
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
-    // A frontend sidecar with one upstream, from the same files.
-    let frontend = |upstream: &str| {
-        Proc::spawn(
-            bin(),
-            &[
-                "--output",
-                "json",
-                "--trust-bundle",
-                &f("bundle.pem"),
-                "proxy",
-                "--cert",
-                &f("frontend.pem"),
-                "--key",
-                &f("frontend.key"),
-                "--service",
-                "frontend",
-                "--inbound",
-                "127.0.0.1:0",
-                "--app",
-                "127.0.0.1:9",
-                "--admin",
-                "127.0.0.1:0",
-                "--upstream",
-                upstream,
-            ],
-        )
-        .unwrap()
-    };
+    let frontend = |upstream: &str| frontend_sidecar(d, upstream);
     let fe = frontend(&upstream);
     let up = fe.ready["proxy"]["upstreams"]["payments.default"]
         .as_str()
@@ -267,7 +332,7 @@ async fn standalone_sidecars_from_files() {
         start.elapsed()
     );
 
-    // A peer that does not offer `ward-mux/1` (as an older sidecar would
+    // A peer that does not offer `ward-mux` (as an older sidecar would
     // not): each exchange gets an HTTP/1.1 connection of its own, and all
     // arrive.
     let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");

@@ -102,7 +102,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
     crate::transport::mesh_listener(&listener);
     let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
         ALPN_H2,
-        mux::ALPN,
+        mux::ALPNS[0],
+        mux::ALPNS[1],
         b"http/1.1",
         ALPN_TCP,
     ])));
@@ -206,14 +207,17 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
         remote,
     });
-    let mode = match conn.alpn_protocol() {
+    let alpn = conn.alpn_protocol();
+    let mode = match alpn {
         Some(ALPN_TCP) => {
             tcp_to_app(ctx, tls, peer).await;
             return;
         }
-        Some(mux::ALPN) => Mode::Streams,
         Some(b"http/1.1") => Mode::Http1,
-        _ => Mode::Http2,
+        _ => match mux::Version::of(alpn) {
+            Some(v) => Mode::Streams(v),
+            None => Mode::Http2,
+        },
     };
     if ctx.shared.cfg.app_protocol == crate::Protocol::Tcp {
         // HTTP framing towards an app that speaks raw TCP would corrupt both.
@@ -222,7 +226,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     }
     let budget = Arc::new(crate::abuse::CancelBudget::default());
     match mode {
-        Mode::Streams => serve_streams(ctx, tls, peer, budget).await,
+        Mode::Streams(v) => serve_streams(ctx, tls, v, peer, budget).await,
         // An HTTP/1.1 connection keeps an app connection of its own; HTTP/2
         // requests use the pools.
         Mode::Http1 => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget).await,
@@ -232,22 +236,23 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
 
 /// What an HTTP connection from a peer carries, by its ALPN protocol.
 enum Mode {
-    /// `ward-mux/1`: HTTP/1.1 exchanges, each on a stream.
-    Streams,
+    /// `ward-mux/2` or `/1`: HTTP/1.1 exchanges, each on a stream.
+    Streams(mux::Version),
     Http1,
     Http2,
 }
 
-/// Serves the HTTP/1.1 streams of a `ward-mux/1` connection, each as a
+/// Serves the HTTP/1.1 streams of a `ward-mux` connection, each as a
 /// connection of its own (with its own app connection). The peer, its
 /// counters and the cancellation budget are the connection's.
 async fn serve_streams(
     ctx: Arc<Inbound>,
     tls: tokio_rustls::server::TlsStream<Transport>,
+    version: mux::Version,
     peer: Arc<Peer>,
     budget: Arc<crate::abuse::CancelBudget>,
 ) {
-    let (acceptor, driver) = mux::acceptor(tls);
+    let (acceptor, driver) = mux::acceptor(tls, version);
     tokio::pin!(driver);
     let mut acceptor = Some(acceptor);
     let mut stop = ctx.shared.shutdown.subscribe();

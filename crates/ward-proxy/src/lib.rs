@@ -9,7 +9,7 @@
 //!   it over mTLS to a sidecar of the target service, whose SPIFFE ID must
 //!   be exactly that service's. HTTP/2 requests are multiplexed over
 //!   pooled HTTP/2 connections between sidecars, HTTP/1.1 exchanges over
-//!   shared `ward-mux/1` connections; TCP gets a connection of its own.
+//!   shared `ward-mux/2` connections; TCP gets a connection of its own.
 //! - The control plane's watch stream brings the bundle, revocations,
 //!   endpoints and policies; the certificate is renewed at half-life. When
 //!   the control plane is down the sidecar keeps serving with what it has.

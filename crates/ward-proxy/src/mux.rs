@@ -1,5 +1,5 @@
 //! Many HTTP/1.1 exchanges on one mTLS connection between two sidecars
-//! (ALPN `ward-mux/1`).
+//! (ALPN `ward-mux/2`, and `ward-mux/1` with sidecars that predate it).
 //!
 //! With a TLS connection per exchange, every request and every response
 //! between the sidecars costs its own system calls and TLS record on both
@@ -16,8 +16,8 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0–3 | stream id (big-endian) |
-//! | 4 | kind: 0 DATA, 1 WINDOW, 2 RESET |
-//! | 5 | flags (DATA): 1 SYN opens the stream, 2 FIN ends the sender's half |
+//! | 4 | kind: 0 DATA, 1 WINDOW, 2 RESET, 3 PING (`ward-mux/2`) |
+//! | 5 | flags: DATA 1 SYN opens the stream, 2 FIN ends the sender's half; PING 1 ACK |
 //! | 6–7 | payload length (big-endian, at most 16 KiB) |
 //!
 //! - Only the side that connected opens streams, with ids that always
@@ -25,16 +25,30 @@
 //!   opened (so in the order of the ids).
 //! - Each side may have at most [`WINDOW`] bytes of a stream unread by the
 //!   other; WINDOW frames (a 4-byte increment) give credit back as the
-//!   reader consumes. A side stops reading the connection while 4 MiB over
-//!   all streams is unread.
+//!   reader consumes.
+//! - `ward-mux/1`: a side stops reading the connection while 4 MiB over
+//!   all streams is unread (TCP then holds the sender back).
+//! - `ward-mux/2` instead gives the connection a window of its own, as
+//!   HTTP/2 does: at most [`CONN_WINDOW`] bytes of DATA over all streams
+//!   unread by the other side, credited back with WINDOW frames on stream
+//!   0 as the reader consumes (or discards). So a side always reads the
+//!   connection, and control frames pass even while every stream waits
+//!   for its reader.
+//! - PING (`ward-mux/2`, stream 0, an 8-byte payload) is answered with the
+//!   same payload and flag ACK. A side with streams open that has heard
+//!   nothing from the peer for [`PING_EVERY`] sends one, and ends the
+//!   connection (failing its streams) if nothing arrives in the next
+//!   [`PING_EVERY`]: a peer whose host vanished with requests in flight is
+//!   noticed within 20–30 s, where TCP alone retransmits for minutes.
 //! - RESET abandons a stream in both directions (a stream dropped before
 //!   both halves ended, or refused).
 //! - The opener keeps at most [`MAX_STREAMS`] streams open; the acceptor
 //!   refuses streams beyond twice that (it may not yet have dropped streams
 //!   the opener has finished).
 //! - Anything else (an unknown kind, a frame too large, data beyond the
-//!   window, after FIN or on a stream never opened, an id used twice) ends
-//!   the connection, and every stream on it fails.
+//!   window, after FIN or on a stream never opened, an id used twice, a
+//!   PING that is not 8 bytes on stream 0) ends the connection, and every
+//!   stream on it fails.
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -46,8 +60,35 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The ALPN protocol of this framing.
-pub(crate) const ALPN: &[u8] = b"ward-mux/1";
+/// The ALPN protocols of this framing, the preferred first.
+pub(crate) const ALPNS: [&[u8]; 2] = [b"ward-mux/2", b"ward-mux/1"];
+
+/// The version a connection speaks, by its ALPN protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// No connection window and no PING.
+    V1,
+    V2,
+}
+
+impl Version {
+    pub(crate) fn of(alpn: Option<&[u8]>) -> Option<Version> {
+        match alpn? {
+            b"ward-mux/2" => Some(Version::V2),
+            b"ward-mux/1" => Some(Version::V1),
+            _ => None,
+        }
+    }
+}
+
+/// `ward-mux/2`: DATA bytes over all streams that one side may have unread
+/// by the other.
+pub(crate) const CONN_WINDOW: u32 = 4 * 1024 * 1024;
+/// Connection credit is given back once this much has been consumed.
+const CONN_CREDIT_AT: u32 = CONN_WINDOW / 8;
+/// `ward-mux/2`: silence from the peer, with streams open, before a PING;
+/// and the time the peer then has to be heard.
+pub(crate) const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes of one stream that one side may have unread by the other.
 pub(crate) const WINDOW: u32 = 256 * 1024;
 /// Streams the connecting side keeps open on one connection.
@@ -59,9 +100,9 @@ const MAX_PAYLOAD: usize = 16 * 1024;
 const QUEUE_HIGH: usize = 512 * 1024;
 /// Reads per turn of the connection's task before it yields.
 const READS_PER_TURN: usize = 16;
-/// Bytes received and not yet read, over all streams, beyond which the
-/// connection is not read until streams consume (TCP then holds the
-/// sender back): per-stream windows alone would allow 512 × 256 KiB.
+/// `ward-mux/1`: bytes received and not yet read, over all streams, beyond
+/// which the connection is not read until streams consume (TCP then holds
+/// the sender back): per-stream windows alone would allow 512 × 256 KiB.
 const BUFFERED_MAX: usize = 4 * 1024 * 1024;
 /// The connecting side closes a connection without streams for this long.
 pub(crate) const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(90);
@@ -69,8 +110,10 @@ pub(crate) const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(
 const DATA: u8 = 0;
 const WINDOW_UPDATE: u8 = 1;
 const RESET: u8 = 2;
+const PING: u8 = 3;
 const SYN: u8 = 1;
 const FIN: u8 = 2;
+const ACK: u8 = 1;
 
 /// The connecting side's handle: opens streams.
 #[derive(Clone)]
@@ -102,6 +145,7 @@ impl Drop for Handle {
             while let Some(id) = s.accept.pop_front() {
                 if let Some(h) = s.streams.remove(&id) {
                     s.buffered -= h.recv.len();
+                    s.give_back(h.recv.len());
                 }
                 frame(&mut s.queue, id, RESET, 0, &[]);
             }
@@ -124,6 +168,14 @@ pub(crate) struct Driver<T> {
     shutting_down: bool,
     /// Connecting side: runs while no stream is open.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `ward-mux/2`: ticks every [`PING_EVERY`] (made on the first poll).
+    tick: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Something arrived since the last tick.
+    heard: bool,
+    /// A PING was sent at the last tick.
+    pinged: bool,
+    /// PINGs sent (the payload of the next is one more).
+    pings: u64,
 }
 
 #[derive(Default)]
@@ -158,6 +210,16 @@ impl Half {
 
 struct State {
     client: bool,
+    version: Version,
+    /// `ward-mux/2`: DATA bytes this side may still send, over all streams.
+    conn_send: u32,
+    /// `ward-mux/2`: DATA bytes the peer may still send, over all streams.
+    conn_recv: u32,
+    /// `ward-mux/2`: consumed or discarded since the last credit given back.
+    released: u32,
+    /// A PING's answer is queued and not yet taken for writing (one at a
+    /// time: a peer that pings faster than it reads gets fewer answers).
+    pong_queued: bool,
     streams: HashMap<u32, Half, BuildHasherDefault<IdHasher>>,
     /// Opener: the next id to use. Acceptor: the lowest id a new stream
     /// may have.
@@ -167,7 +229,7 @@ struct State {
     /// Bytes received on all streams and not yet read.
     buffered: usize,
     driver: Option<Waker>,
-    /// Writers waiting for the queue to drain.
+    /// Writers waiting for the queue to drain or for connection credit.
     drained: Vec<Waker>,
     accept: VecDeque<u32>,
     acceptor: Option<Waker>,
@@ -234,9 +296,14 @@ fn frame(queue: &mut BytesMut, id: u32, kind: u8, flags: u8, payload: &[u8]) {
 }
 
 impl State {
-    fn new(client: bool) -> State {
+    fn new(client: bool, version: Version) -> State {
         State {
             client,
+            version,
+            conn_send: CONN_WINDOW,
+            conn_recv: CONN_WINDOW,
+            released: 0,
+            pong_queued: false,
             streams: HashMap::default(),
             next_id: 1,
             queue: BytesMut::new(),
@@ -279,10 +346,35 @@ impl State {
         }
     }
 
+    /// `ward-mux/2`: `n` bytes received were consumed or discarded; true
+    /// when that queued connection credit for the peer.
+    fn give_back(&mut self, n: usize) -> bool {
+        if self.version == Version::V1 || n == 0 {
+            return false;
+        }
+        self.released += n as u32;
+        if self.released < CONN_CREDIT_AT || self.closed.is_some() {
+            return false;
+        }
+        let credit = std::mem::take(&mut self.released);
+        frame(&mut self.queue, 0, WINDOW_UPDATE, 0, &credit.to_be_bytes());
+        self.conn_recv += credit;
+        true
+    }
+
     /// Takes one frame from the peer.
     fn receive(&mut self, id: u32, kind: u8, flags: u8, payload: &[u8]) -> Result<(), String> {
+        let v2 = self.version == Version::V2;
         match kind {
             DATA => {
+                if v2 {
+                    // Every DATA byte counts, whatever becomes of its stream.
+                    let n = payload.len() as u32;
+                    if n > self.conn_recv {
+                        return Err("data beyond the connection's window".into());
+                    }
+                    self.conn_recv -= n;
+                }
                 if flags & SYN != 0 {
                     if self.client {
                         return Err("the accepting side opened a stream".into());
@@ -293,6 +385,7 @@ impl State {
                     self.next_id = u64::from(id) + 1;
                     if !self.accepting || self.streams.len() >= 2 * MAX_STREAMS {
                         frame(&mut self.queue, id, RESET, 0, &[]);
+                        self.give_back(payload.len());
                         return Ok(());
                     }
                     self.streams.insert(id, Half::new());
@@ -303,11 +396,13 @@ impl State {
                     // A stream this side has dropped or refused: its RESET
                     // is on the way.
                     if u64::from(id) < self.next_id {
+                        self.give_back(payload.len());
                         return Ok(());
                     }
                     return Err(format!("data on stream {id}, which was never opened"));
                 };
                 if h.reset {
+                    self.give_back(payload.len());
                     return Ok(());
                 }
                 if h.recv_fin {
@@ -329,7 +424,15 @@ impl State {
                 let Ok(inc) = <[u8; 4]>::try_from(payload) else {
                     return Err("a WINDOW frame without a 4-byte increment".into());
                 };
-                if let Some(h) = self.streams.get_mut(&id) {
+                if id == 0 && v2 {
+                    match self.conn_send.checked_add(u32::from_be_bytes(inc)) {
+                        Some(w) if w <= CONN_WINDOW => self.conn_send = w,
+                        _ => return Err("the connection credited beyond its window".into()),
+                    }
+                    for w in self.drained.drain(..) {
+                        w.wake();
+                    }
+                } else if let Some(h) = self.streams.get_mut(&id) {
                     match h.send_window.checked_add(u32::from_be_bytes(inc)) {
                         Some(w) if w <= WINDOW => h.send_window = w,
                         _ => return Err(format!("stream {id} credited beyond its window")),
@@ -343,6 +446,15 @@ impl State {
                     h.wake_all();
                 }
             }
+            PING if v2 => {
+                if id != 0 || payload.len() != 8 {
+                    return Err("a PING not of 8 bytes on stream 0".into());
+                }
+                if flags & ACK == 0 && !self.pong_queued {
+                    frame(&mut self.queue, 0, PING, ACK, payload);
+                    self.pong_queued = true;
+                }
+            }
             other => return Err(format!("unknown frame kind {other}")),
         }
         Ok(())
@@ -350,8 +462,8 @@ impl State {
 }
 
 /// The opening side of a new connection.
-pub(crate) fn connector<T>(io: T) -> (Connector, Driver<T>) {
-    let state = Arc::new(Mutex::new(State::new(true)));
+pub(crate) fn connector<T>(io: T, version: Version) -> (Connector, Driver<T>) {
+    let state = Arc::new(Mutex::new(State::new(true, version)));
     (
         Connector {
             state: Arc::new(Handle(state.clone())),
@@ -361,8 +473,8 @@ pub(crate) fn connector<T>(io: T) -> (Connector, Driver<T>) {
 }
 
 /// The accepting side of a new connection.
-pub(crate) fn acceptor<T>(io: T) -> (Acceptor, Driver<T>) {
-    let state = Arc::new(Mutex::new(State::new(false)));
+pub(crate) fn acceptor<T>(io: T, version: Version) -> (Acceptor, Driver<T>) {
+    let state = Arc::new(Mutex::new(State::new(false, version)));
     (
         Acceptor {
             state: Arc::new(Handle(state.clone())),
@@ -428,6 +540,7 @@ impl Drop for Stream {
         let mut s = lock(&self.state);
         if let Some(h) = s.streams.remove(&self.id) {
             s.buffered -= h.recv.len();
+            s.give_back(h.recv.len());
             if s.buffered < BUFFERED_MAX {
                 wake(&mut s.driver);
             }
@@ -463,16 +576,12 @@ impl AsyncRead for Stream {
             let n = h.recv.len().min(buf.remaining());
             buf.put_slice(&h.recv[..n]);
             h.recv.advance(n);
-            let was_full = s.buffered >= BUFFERED_MAX;
-            s.buffered -= n;
-            if was_full && s.buffered < BUFFERED_MAX {
-                wake(&mut s.driver);
-            }
             if h.recv.is_empty() {
                 // An idle stream holds no buffer.
                 h.recv = BytesMut::new();
             }
             h.consumed += n as u32;
+            let mut queued = false;
             if h.consumed >= WINDOW / 2 && !h.recv_fin && !h.reset {
                 frame(
                     &mut s.queue,
@@ -483,6 +592,12 @@ impl AsyncRead for Stream {
                 );
                 h.recv_window += h.consumed;
                 h.consumed = 0;
+                queued = true;
+            }
+            let was_full = s.buffered >= BUFFERED_MAX;
+            s.buffered -= n;
+            queued |= s.give_back(n);
+            if queued || (was_full && s.buffered < BUFFERED_MAX) {
                 wake(&mut s.driver);
             }
             return Poll::Ready(Ok(()));
@@ -533,7 +648,16 @@ impl AsyncWrite for Stream {
             keep(&mut h.writer, cx);
             return Poll::Pending;
         }
-        let n = buf.len().min(h.send_window as usize);
+        let v2 = s.version == Version::V2;
+        if v2 && s.conn_send == 0 {
+            s.drained.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut n = buf.len().min(h.send_window as usize);
+        if v2 {
+            n = n.min(s.conn_send as usize);
+            s.conn_send -= n as u32;
+        }
         for chunk in buf[..n].chunks(MAX_PAYLOAD) {
             frame(&mut s.queue, id, DATA, 0, chunk);
         }
@@ -572,6 +696,10 @@ impl<T> Driver<T> {
             unflushed: false,
             shutting_down: false,
             idle: None,
+            tick: None,
+            heard: false,
+            pinged: false,
+            pings: 0,
         }
     }
 
@@ -607,6 +735,39 @@ fn dispatch(s: &mut State, read: &mut BytesMut) -> Result<(), String> {
     Ok(())
 }
 
+impl<T> Driver<T> {
+    /// `ward-mux/2`: at each tick, pings a peer not heard from since the
+    /// last while streams are open, and gives up on one that did not
+    /// answer the ping sent at the last tick.
+    fn check_peer(&mut self, cx: &mut Context<'_>) -> Result<(), String> {
+        let tick = self
+            .tick
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(PING_EVERY)));
+        if tick.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        if self.pinged && !self.heard {
+            return Err(format!(
+                "the peer did not answer a ping within {} s",
+                PING_EVERY.as_secs()
+            ));
+        }
+        let mut s = lock(&self.state);
+        self.pinged = !self.heard && !s.streams.is_empty() && s.closed.is_none();
+        if self.pinged {
+            self.pings += 1;
+            frame(&mut s.queue, 0, PING, 0, &self.pings.to_be_bytes());
+        }
+        drop(s);
+        self.heard = false;
+        tick.as_mut()
+            .reset(tokio::time::Instant::now() + PING_EVERY);
+        // Registers the waker for the next tick.
+        let _ = tick.as_mut().poll(cx);
+        Ok(())
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// Shuts the transport down (TLS close_notify, then FIN) and ends.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -626,6 +787,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
                 self.out.clear();
                 std::mem::swap(&mut self.out, &mut s.queue);
+                s.pong_queued = false;
                 for w in s.drained.drain(..) {
                     w.wake();
                 }
@@ -661,6 +823,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         if this.shutting_down {
             return this.poll_close(cx);
         }
+        let v1 = lock(&this.state).version == Version::V1;
         // Read what has arrived, a bounded number of times per turn.
         let mut reads = 0;
         let mut paused = false;
@@ -669,7 +832,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 cx.waker().wake_by_ref();
                 break;
             }
-            if lock(&this.state).buffered >= BUFFERED_MAX {
+            if v1 && lock(&this.state).buffered >= BUFFERED_MAX {
                 // Streams wake the driver as they consume.
                 paused = true;
                 break;
@@ -680,6 +843,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read) {
                 Poll::Ready(Ok(0)) => return this.end("the peer closed the connection".into()),
                 Poll::Ready(Ok(_)) => {
+                    this.heard = true;
                     let r = dispatch(&mut lock(&this.state), &mut this.read);
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "closing a connection that broke the framing");
@@ -690,6 +854,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 Poll::Pending => break,
             }
             reads += 1;
+        }
+        if !v1 {
+            if let Err(e) = this.check_peer(cx) {
+                tracing::warn!(error = %e, "closing a connection to a silent peer");
+                return this.end(e);
+            }
         }
         // Then write what the streams queued: what every stream woken
         // since the last turn wrote goes out in one write.
@@ -736,6 +906,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
 
     #[test]
     fn stream_ids_spread_over_the_table() {
@@ -753,9 +924,13 @@ mod tests {
     }
 
     fn pair() -> (Connector, Acceptor) {
+        pair_of(Version::V2)
+    }
+
+    fn pair_of(v: Version) -> (Connector, Acceptor) {
         let (a, b) = duplex(64 * 1024);
-        let (c, cd) = connector(a);
-        let (s, sd) = acceptor(b);
+        let (c, cd) = connector(a, v);
+        let (s, sd) = acceptor(b, v);
         tokio::spawn(cd);
         tokio::spawn(sd);
         (c, s)
@@ -789,7 +964,13 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn streams_carry_their_own_bytes_beyond_the_window() {
-        let (c, s) = pair();
+        for v in [Version::V2, Version::V1] {
+            carry(v).await;
+        }
+    }
+
+    async fn carry(v: Version) {
+        let (c, s) = pair_of(v);
         echo(s);
         let mut tasks = Vec::new();
         for i in 0..100 {
@@ -841,11 +1022,9 @@ mod tests {
         assert_eq!(&b, b"3");
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn unread_data_over_all_streams_is_bounded() {
-        let (c, s) = pair();
-        // 32 streams each send a full window; nobody reads on the other
-        // side at first.
+    /// 32 streams, each sending a full window and its end, and the other
+    /// side's ends of them (not read).
+    async fn flood(c: &Connector, s: &Acceptor) -> (Vec<JoinHandle<Stream>>, Vec<Stream>) {
         let mut writers = Vec::new();
         for i in 0..32 {
             let mut st = c.open().unwrap();
@@ -859,6 +1038,27 @@ mod tests {
         for _ in 0..32 {
             theirs.push(s.accept().await.unwrap());
         }
+        (writers, theirs)
+    }
+
+    /// Reads what [`flood`] sent, checking every byte.
+    async fn drain(writers: Vec<JoinHandle<Stream>>, theirs: Vec<Stream>) {
+        for (i, mut st) in theirs.into_iter().enumerate() {
+            let mut got = Vec::new();
+            st.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, data(i, WINDOW as usize), "stream {i}");
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn v1_stops_reading_while_too_much_is_unread() {
+        let (c, s) = pair_of(Version::V1);
+        // 32 streams each send a full window; nobody reads on the other
+        // side at first.
+        let (writers, theirs) = flood(&c, &s).await;
         // Let the transfer run until it stalls.
         let (mut last, mut still) = (0, 0);
         while still < 50 {
@@ -872,14 +1072,84 @@ mod tests {
             "{last} bytes buffered"
         );
         // Reading resumes as the streams consume: everything arrives.
-        for (i, mut st) in theirs.into_iter().enumerate() {
-            let mut got = Vec::new();
-            st.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got.len(), WINDOW as usize, "stream {i}");
+        drain(writers, theirs).await;
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn v2_bounds_unread_data_by_the_connection_window_and_keeps_talking() {
+        let (c, s) = pair();
+        // 32 streams each send a full window; nobody reads on the other
+        // side for a minute.
+        let (writers, theirs) = flood(&c, &s).await;
+        tokio::time::sleep(PING_EVERY * 6).await;
+        {
+            let st = lock(&theirs[0].state);
+            assert_eq!(st.buffered, CONN_WINDOW as usize, "exactly the window");
+            assert!(st.closed.is_none());
         }
-        for w in writers {
-            w.await.unwrap();
-        }
+        // Both sides pinged the silent other and were answered.
+        assert!(!c.is_closed());
+        // Reading resumes the transfer: everything arrives.
+        drain(writers, theirs).await;
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn v2_gives_up_on_a_peer_that_answers_nothing() {
+        let (a, mut raw) = duplex(64 * 1024);
+        let (c, cd) = connector(a, Version::V2);
+        tokio::spawn(cd);
+        // The peer's host is gone: what is sent is never answered.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = raw.read(&mut buf).await {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut st = c.open().unwrap();
+        st.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let start = tokio::time::Instant::now();
+        let mut b = [0u8; 1];
+        let e = st.read(&mut b).await.unwrap_err();
+        let after = start.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(e.to_string().contains("did not answer a ping"), "{e}");
+        assert!(
+            (PING_EVERY * 2..=PING_EVERY * 3).contains(&after),
+            "{after:?}"
+        );
+        assert!(c.is_closed());
+        // The one PING: stream 0, kind 3, no flags, 8 bytes.
+        let seen = seen.lock().unwrap();
+        let ping = [0, 0, 0, 0, PING, 0, 0, 8];
+        assert_eq!(seen.windows(8).filter(|w| *w == ping).count(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn v2_answers_pings_and_pings_only_with_streams_open() {
+        let (a, mut raw) = duplex(64 * 1024);
+        let (s, sd) = acceptor(a, Version::V2);
+        tokio::spawn(sd);
+        let mut ping = BytesMut::new();
+        frame(&mut ping, 0, PING, 0, b"8 bytes!");
+        raw.write_all(&ping).await.unwrap();
+        let mut got = [0u8; 16];
+        tokio::time::timeout(PING_EVERY, raw.read_exact(&mut got))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(&got[..8], &[0, 0, 0, 0, PING, ACK, 0, 8]);
+        assert_eq!(&got[8..], b"8 bytes!");
+        // With no stream open, silence is left to TCP keep-alive.
+        tokio::time::sleep(PING_EVERY * 5).await;
+        let waker = std::task::Waker::noop();
+        let mut one = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut one);
+        assert!(Pin::new(&mut raw)
+            .poll_read(&mut Context::from_waker(waker), &mut rb)
+            .is_pending());
+        drop(s);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -952,8 +1222,8 @@ mod tests {
     async fn what_streams_write_together_goes_out_in_one_write() {
         let (a, b) = duplex(1024 * 1024);
         let writes = Arc::new(AtomicUsize::new(0));
-        let (c, cd) = connector(Counting(a, writes.clone()));
-        let (s, sd) = acceptor(b);
+        let (c, cd) = connector(Counting(a, writes.clone()), Version::V2);
+        let (s, sd) = acceptor(b, Version::V2);
         tokio::spawn(cd);
         tokio::spawn(sd);
         let streams: Vec<Stream> = (0..50).map(|_| c.open().unwrap()).collect();
@@ -984,9 +1254,9 @@ mod tests {
     }
 
     /// A raw peer that sends `bytes` after opening stream 1 properly.
-    async fn broken_by(bytes: &[u8]) -> io::Error {
+    async fn broken_by(v: Version, bytes: &[u8]) -> io::Error {
         let (a, mut raw) = duplex(64 * 1024);
-        let (s, sd) = acceptor(a);
+        let (s, sd) = acceptor(a, v);
         tokio::spawn(sd);
         let mut open = BytesMut::new();
         frame(&mut open, 1, DATA, SYN, b"hi");
@@ -1020,6 +1290,36 @@ mod tests {
         for _ in 0..(WINDOW as usize / MAX_PAYLOAD) {
             beyond.extend(f(1, DATA, 0, &[0u8; MAX_PAYLOAD]));
         }
+        // 16 more streams, each sent a full window: 4 MiB, past the
+        // connection's window with the 2 bytes stream 1 had.
+        let mut past_connection = Vec::new();
+        for id in (3..35).step_by(2) {
+            past_connection.extend(f(id, DATA, SYN, b""));
+            for _ in 0..(WINDOW as usize / MAX_PAYLOAD) {
+                past_connection.extend(f(id, DATA, 0, &[0u8; MAX_PAYLOAD]));
+            }
+        }
+        let v2_only: Vec<(&str, Vec<u8>)> = vec![
+            ("beyond the connection window", past_connection),
+            ("short PING", f(0, PING, 0, b"1234567")),
+            ("PING on a stream", f(1, PING, 0, b"12345678")),
+            (
+                "connection over-credit",
+                f(0, WINDOW_UPDATE, 0, &1u32.to_be_bytes()),
+            ),
+        ];
+        for (name, bytes) in &v2_only {
+            let e = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                broken_by(Version::V2, bytes),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no end"));
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{name}: {e}");
+        }
+        // `ward-mux/1` knows no PING.
+        let e = broken_by(Version::V1, &f(0, PING, 0, b"12345678")).await;
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown kind", f(1, 9, 0, b"")),
             ("too large", too_big),
@@ -1033,18 +1333,25 @@ mod tests {
             ("bad WINDOW", f(1, WINDOW_UPDATE, 0, b"12")),
             ("over-credit", f(1, WINDOW_UPDATE, 0, &1u32.to_be_bytes())),
         ];
-        for (name, bytes) in cases {
-            let e = tokio::time::timeout(std::time::Duration::from_secs(5), broken_by(&bytes))
-                .await
-                .unwrap_or_else(|_| panic!("{name}: no end"));
-            assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{name}: {e}");
+        for v in [Version::V2, Version::V1] {
+            for (name, bytes) in &cases {
+                let e =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), broken_by(v, bytes))
+                        .await
+                        .unwrap_or_else(|_| panic!("{name} ({v:?}): no end"));
+                assert_eq!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted,
+                    "{name} ({v:?}): {e}"
+                );
+            }
         }
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_connection_closes_when_every_handle_is_gone() {
         let (a, mut raw) = duplex(64 * 1024);
-        let (c, cd) = connector(a);
+        let (c, cd) = connector(a, Version::V2);
         let driver = tokio::spawn(cd);
         let mut st = c.open().unwrap();
         st.write_all(b"abc").await.unwrap();
@@ -1085,7 +1392,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn streams_fail_when_the_connection_drops() {
         let (a, raw) = duplex(64 * 1024);
-        let (c, cd) = connector(a);
+        let (c, cd) = connector(a, Version::V2);
         tokio::spawn(cd);
         let mut st = c.open().unwrap();
         st.write_all(b"abc").await.unwrap();

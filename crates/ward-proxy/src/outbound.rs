@@ -116,7 +116,7 @@ struct Pools {
     /// than HTTP/2 framing or a pool with a task per connection (measured
     /// in docs/performance.md). Each is a stream on a shared connection
     /// (`links`), or a TLS connection of its own to a sidecar that does not
-    /// speak `ward-mux/1`.
+    /// speak `ward-mux`.
     h1: Idle<Body, PeerIo>,
     /// Shared connections by endpoint, for HTTP/1.1 streams.
     links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Links>>>>,
@@ -144,11 +144,10 @@ impl Pools {
                 shared: shared.clone(),
                 expected: expected.clone(),
             });
-        let h1_tls = TlsConnector::from(Arc::new(
-            shared
-                .tls
-                .client_config(expected.clone(), &[mux::ALPN, b"http/1.1"]),
-        ));
+        let h1_tls = TlsConnector::from(Arc::new(shared.tls.client_config(
+            expected.clone(),
+            &[mux::ALPNS[0], mux::ALPNS[1], b"http/1.1"],
+        )));
         Pools {
             generation,
             http,
@@ -161,7 +160,7 @@ impl Pools {
 
     /// A new HTTP/1.1 link to `ep`: a stream on a shared connection (a new
     /// connection when none has room), or a connection of its own when the
-    /// endpoint does not speak `ward-mux/1` (an older sidecar).
+    /// endpoint speaks no `ward-mux` version (an older sidecar).
     async fn open_h1(&self, shared: &Shared, expected: &SpiffeId, ep: &str) -> io::Result<PeerIo> {
         let slot = {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,10 +188,10 @@ impl Pools {
             }
         };
         links.failed = None;
-        if tls.get_ref().1.alpn_protocol() != Some(mux::ALPN) {
+        let Some(version) = mux::Version::of(tls.get_ref().1.alpn_protocol()) else {
             return Ok(PeerIo::Tls(Box::new(tls)));
-        }
-        let (conn, driver) = mux::connector(tls);
+        };
+        let (conn, driver) = mux::connector(tls, version);
         tokio::spawn(driver);
         let stream = conn
             .open()
