@@ -133,6 +133,40 @@ async fn control_plane_kill9_under_load() {
         "no request failed while the control plane was down"
     );
     assert!(ok.load(Ordering::Relaxed) > during && during > 0);
+
+    // Another restart, with the payments sidecar slow to come back
+    // (stopped): the frontend, back first, keeps its endpoint, since the
+    // restarted server marks its first lists partial.
+    let pay_pid = pay_sc.proc.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pay_pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    s.kill9();
+    let down = ward_testkit::wait_until(Duration::from_secs(10), || async {
+        admin_json(&fe, "/config").await["control_plane_connected"] == false
+    })
+    .await;
+    s.spawn(&addr).expect("restart on the same address");
+    let back = ward_testkit::wait_until(Duration::from_secs(15), || async {
+        admin_json(&fe, "/config").await["control_plane_connected"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = "spiffe://ward.internal/ns/default/sa/payments";
+    let listed = admin_json(&fe, "/config").await["endpoints"][id].clone();
+    signal("-CONT");
+    assert!(down && back, "the frontend reconnects");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "the endpoint of a sidecar not yet back: {listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

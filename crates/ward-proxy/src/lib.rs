@@ -444,6 +444,27 @@ async fn control_loop(shared: Arc<Shared>, advertise: String) {
     .await;
 }
 
+/// The endpoints to use after a watch message listed `received`: those,
+/// and while the list is partial (the control plane has just started and
+/// sidecars are still reconnecting) also those `known` before.
+fn merge_endpoints(
+    known: &HashMap<String, Vec<String>>,
+    mut received: HashMap<String, Vec<String>>,
+    partial: bool,
+) -> HashMap<String, Vec<String>> {
+    if partial {
+        for (id, addrs) in known {
+            let listed = received.entry(id.clone()).or_default();
+            for a in addrs {
+                if !listed.contains(a) {
+                    listed.push(a.clone());
+                }
+            }
+        }
+    }
+    received
+}
+
 /// What a watch message's policies are built from.
 #[derive(PartialEq)]
 pub(crate) struct PolicyInputs {
@@ -467,12 +488,17 @@ fn apply(shared: &Shared, msg: WatchResponse) {
         };
         trust_changed = shared.tls.set_trust(trust);
     }
-    shared.endpoints.store(Arc::new(
-        msg.endpoints
-            .into_iter()
-            .map(|e| (e.spiffe_id, e.addresses))
-            .collect(),
-    ));
+    let received = msg
+        .endpoints
+        .into_iter()
+        .map(|e| (e.spiffe_id, e.addresses))
+        .collect();
+    let known = shared.endpoints.load();
+    shared.endpoints.store(Arc::new(merge_endpoints(
+        &known,
+        received,
+        msg.endpoints_partial,
+    )));
     shared.revoked_tokens.set(msg.revoked_token_ids);
     let inputs = PolicyInputs {
         documents: msg.policies_json,
@@ -658,5 +684,30 @@ async fn renew_loop(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(list: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        list.iter()
+            .map(|(id, a)| (id.to_string(), a.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_endpoint_list_adds_to_what_was_known() {
+        let known = eps(&[("pay", &["a:1", "b:1"]), ("cart", &["c:1"])]);
+        // Just after a control plane restart only some sidecars are back.
+        let back = eps(&[("pay", &["b:1", "d:1"])]);
+        let merged = merge_endpoints(&known, back.clone(), true);
+        assert_eq!(
+            merged,
+            eps(&[("pay", &["b:1", "d:1", "a:1"]), ("cart", &["c:1"])])
+        );
+        // A complete list replaces.
+        assert_eq!(merge_endpoints(&merged, back.clone(), false), back);
     }
 }

@@ -251,6 +251,7 @@ fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
                 addresses,
             })
             .collect(),
+        endpoints_partial: state.mesh.endpoints_partial(),
         revoked_token_ids: state.oauth.revoked_ids(),
         issuer: state.oauth.issuer.clone(),
         jwks_json: state.oauth.jwks().to_string(),

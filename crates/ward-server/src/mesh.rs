@@ -1,16 +1,26 @@
 //! What the mesh needs beyond the CA: where each service's sidecars are,
 //! and the authorization policies. Both are pushed on the watch stream.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use ward_policy::DefaultAction;
 use ward_store::PolicyRecord;
 
+/// Endpoints are known only from live watch streams, so after a start
+/// (an upgrade, a crash) they come back as sidecars reconnect, within
+/// their backoff of at most 5 s. For this long the lists sent are marked
+/// partial, and sidecars keep the endpoints they knew as well.
+pub(crate) const ENDPOINTS_SETTLE: Duration = Duration::from_secs(15);
+
 pub(crate) struct Mesh {
     /// SPIFFE ID → address → number of open streams advertising it.
     endpoints: Mutex<BTreeMap<String, BTreeMap<String, usize>>>,
+    /// [`ENDPOINTS_SETTLE`] has passed since the start.
+    settled: AtomicBool,
     policies: ArcSwap<Vec<PolicyRecord>>,
     /// The AuthorizationPolicies compiled, as every sidecar compiles them.
     compiled: ArcSwap<ward_policy::PolicySet>,
@@ -38,6 +48,7 @@ impl Mesh {
     pub(crate) fn new(policies: Vec<PolicyRecord>, default_action: DefaultAction) -> Arc<Mesh> {
         Arc::new(Mesh {
             endpoints: Mutex::new(BTreeMap::new()),
+            settled: AtomicBool::new(false),
             compiled: ArcSwap::from_pointee(compile(&policies, default_action)),
             by_target: ArcSwap::from_pointee(index(&policies)),
             policies: ArcSwap::from_pointee(policies),
@@ -84,6 +95,21 @@ impl Mesh {
             }
         }
         self.bump();
+    }
+
+    /// Marks the endpoint lists complete after `after`, and sends them.
+    pub(crate) fn settle_after(self: &Arc<Self>, after: Duration) {
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            mesh.settled.store(true, Ordering::Relaxed);
+            mesh.bump();
+        });
+    }
+
+    /// Whether sidecars may still be reconnecting after the start.
+    pub(crate) fn endpoints_partial(&self) -> bool {
+        !self.settled.load(Ordering::Relaxed)
     }
 
     /// (SPIFFE ID, addresses) of every service with a live sidecar.
@@ -155,4 +181,24 @@ fn compile(records: &[PolicyRecord], default: DefaultAction) -> ward_policy::Pol
         })
         .collect();
     ward_policy::PolicySet::new(policies, default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoint_lists_are_partial_until_sidecars_had_time_to_return() {
+        let mesh = Mesh::new(Vec::new(), DefaultAction::Deny);
+        let mut changes = mesh.subscribe();
+        changes.borrow_and_update();
+        mesh.settle_after(ENDPOINTS_SETTLE);
+        assert!(mesh.endpoints_partial());
+        tokio::time::sleep(ENDPOINTS_SETTLE - Duration::from_secs(1)).await;
+        assert!(mesh.endpoints_partial());
+        assert!(!changes.has_changed().unwrap());
+        // Watchers are sent the complete list.
+        changes.changed().await.unwrap();
+        assert!(!mesh.endpoints_partial());
+    }
 }

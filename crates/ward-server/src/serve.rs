@@ -127,6 +127,7 @@ impl Server {
             watchers: Watchers::default(),
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
         });
+        state.mesh.settle_after(crate::mesh::ENDPOINTS_SETTLE);
         let mut names = config.dns_names.clone();
         if !local_addr.ip().is_unspecified() {
             names.push(local_addr.ip().to_string());
