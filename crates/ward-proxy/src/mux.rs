@@ -45,6 +45,8 @@
 //! - The opener keeps at most [`MAX_STREAMS`] streams open; the acceptor
 //!   refuses streams beyond twice that (it may not yet have dropped streams
 //!   the opener has finished).
+//! - A peer that makes this side queue more than 1 MiB of answers
+//!   (refusals) without reading them loses the connection.
 //! - Anything else (an unknown kind, a frame too large, data beyond the
 //!   window, after FIN or on a stream never opened, an id used twice, a
 //!   PING that is not 8 bytes on stream 0) ends the connection, and every
@@ -98,6 +100,11 @@ const HEADER: usize = 8;
 const MAX_PAYLOAD: usize = 16 * 1024;
 /// Frames queued for the connection beyond which writers wait for it.
 const QUEUE_HIGH: usize = 512 * 1024;
+/// Frames queued beyond which a peer that makes this side answer (a
+/// refused stream's RESET) without reading the answers loses the
+/// connection. Streams' writes stop at [`QUEUE_HIGH`], a PING has one
+/// answer queued at most, so only such a peer gets here.
+const CONTROL_QUEUE_MAX: usize = 2 * QUEUE_HIGH;
 /// Reads per turn of the connection's task before it yields.
 const READS_PER_TURN: usize = 16;
 /// `ward-mux/1`: bytes received and not yet read, over all streams, beyond
@@ -384,6 +391,10 @@ impl State {
                     }
                     self.next_id = u64::from(id) + 1;
                     if !self.accepting || self.streams.len() >= 2 * MAX_STREAMS {
+                        if self.queue.len() >= CONTROL_QUEUE_MAX {
+                            // Refusals it does not read would pile up here.
+                            return Err("the peer opens streams faster than it reads".into());
+                        }
                         frame(&mut self.queue, id, RESET, 0, &[]);
                         self.give_back(payload.len());
                         return Ok(());
@@ -1346,6 +1357,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_reads_no_refusals_is_cut_off() {
+        let (a, mut raw) = duplex(64 * 1024);
+        let (s, sd) = acceptor(a, Version::V2);
+        let driver = tokio::spawn(sd);
+        // 1,024 streams open (the most the acceptor keeps), then a flood
+        // of streams it must refuse; the peer never reads.
+        let mut flood = BytesMut::new();
+        for id in (1..).step_by(2).take(2 * MAX_STREAMS + 200_000) {
+            frame(&mut flood, id, DATA, SYN, &[]);
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), raw.write_all(&flood))
+            .await
+            .expect("the flood is not held up forever");
+        tokio::time::timeout(std::time::Duration::from_secs(5), driver)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let queued = lock(&s.state.0).queue.len();
+        assert!(
+            queued <= CONTROL_QUEUE_MAX + HEADER,
+            "{queued} bytes queued"
+        );
+        assert!(s.accept().await.is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]
