@@ -140,9 +140,15 @@ def certs(tmp, procs):
     return out
 
 
-def ward_pair(tmp, procs, app, workers):
+def allow_a(tmp):
+    """A policy file for proxy B: requests from A allowed (default deny)."""
     pol = f"{tmp}/allow-a.yaml"
     open(pol, "w").write('apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-a }\nspec:\n  rules:\n  - from: [{ source: { principals: ["ward.internal/ns/default/sa/a"] } }]\n')
+    return pol
+
+
+def ward_pair(tmp, procs, app, workers):
+    pol = allow_a(tmp)
     bp = free_port()
     common = ["--output", "json", "--trust-bundle", f"{tmp}/ca1-bundle.pem", "proxy", "--worker-threads", str(workers), "--admin", "127.0.0.1:0"]
     b = start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bp}", "--app", app, "--policy-file", pol])
@@ -438,7 +444,7 @@ def grpc_tcp(tmp, procs, a):
     grpc_app = json.loads(sample.stdout.readline())["http"]
     echo = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
     tcp_app = json.loads(echo.stdout.readline())["tcp"]
-    pol = f"{tmp}/allow-a.yaml"
+    pol = allow_a(tmp)
     common = ["--output", "json", "--trust-bundle", f"{tmp}/ca1-bundle.pem", "proxy", "--worker-threads", str(a.workers), "--admin", "127.0.0.1:0", "--policy-file", pol]
     bg, bt = free_port(), free_port()
     start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bg}", "--app", grpc_app]).stdout.readline()
@@ -449,14 +455,22 @@ def grpc_tcp(tmp, procs, a):
                   "--upstream", f"b=127.0.0.1:{ug},endpoint=127.0.0.1:{bg},{bid}",
                   "--upstream", f"b.tcp=127.0.0.1:{ut},protocol=tcp,endpoint=127.0.0.1:{bt},{bid}"]).stdout.readline()
     time.sleep(1)
-    s = str(a.seconds)
-    out = {"grpc_unary_per_sec": {}, "tcp_mb_per_sec": {}}
-    for name, target in (("direct", grpc_app), ("ward", f"127.0.0.1:{ug}")):
-        out["grpc_unary_per_sec"][name] = json.loads(sh(BENCH, "grpc-load", "--target", target, "--seconds", s))["grpc_unary_per_sec"]
-    for name, target in (("direct", tcp_app), ("ward", f"127.0.0.1:{ut}")):
-        out["tcp_mb_per_sec"][name] = json.loads(sh(BENCH, "tcp-load", "--target", target, "--seconds", s))["tcp_mb_per_sec"]
-    out["grpc_ratio"] = round(out["grpc_unary_per_sec"]["ward"] / out["grpc_unary_per_sec"]["direct"], 3)
-    out["tcp_ratio"] = round(out["tcp_mb_per_sec"]["ward"] / out["tcp_mb_per_sec"]["direct"], 3)
+    # Interleaved rounds like the other metrics, half as long each; the
+    # ratio is the median of each round's ward / direct.
+    s = str(max(2, a.seconds // 2))
+    loads = (("grpc_unary_per_sec", "grpc-load", grpc_app, f"127.0.0.1:{ug}"),
+             ("tcp_mb_per_sec", "tcp-load", tcp_app, f"127.0.0.1:{ut}"))
+    samples = {key: {"direct": [], "ward": [], "ratio": []} for key, *_ in loads}
+    for r in range(a.rounds):
+        for key, cmd, direct, through in loads:
+            got = samples[key]
+            for name, target in (("direct", direct), ("ward", through)):
+                got[name].append(json.loads(sh(BENCH, cmd, "--target", target, "--seconds", s))[key])
+            got["ratio"].append(got["ward"][-1] / got["direct"][-1])
+            print(f"round {r + 1} {key}: direct {got['direct'][-1]}, ward {got['ward'][-1]}", file=sys.stderr)
+    out = {key: {name: med(v) for name, v in got.items() if name != "ratio"} for key, got in samples.items()}
+    out["grpc_ratio"] = round(statistics.median(samples["grpc_unary_per_sec"]["ratio"]), 3)
+    out["tcp_ratio"] = round(statistics.median(samples["tcp_mb_per_sec"]["ratio"]), 3)
     return out
 
 
@@ -497,8 +511,10 @@ def write(r, out_dir):
                      f"{f(rss['a'] / 1024, 1) + ' / ' + f(rss['b'] / 1024, 1) if rss else '–'} | "
                      f"{f(e.get('handshakes', {}).get('cpu_s_per_1000'), 3)} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} |")
     g = r["grpc_tcp"]
-    lines += ["", f"gRPC unary: direct {f(g['grpc_unary_per_sec']['direct'])}/s, ward pair {f(g['grpc_unary_per_sec']['ward'])}/s ({g['grpc_ratio']}×); "
-              f"TCP: direct {g['tcp_mb_per_sec']['direct']} MB/s, ward pair {g['tcp_mb_per_sec']['ward']} MB/s ({g['tcp_ratio']}×)", "",
+    gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
+    lines += ["", f"gRPC unary (median of {r['rounds']} rounds): direct {f(gu['direct']['median'])}/s, ward pair {f(gu['ward']['median'])}/s "
+              f"(ward / direct per round, median: {g['grpc_ratio']}×); "
+              f"TCP: direct {tm['direct']['median']:.1f} MB/s, ward pair {tm['ward']['median']:.1f} MB/s ({g['tcp_ratio']}×)", "",
               "Ratios: " + ", ".join(f"{k} {v}" for k, v in r.get("ratios", {}).items())]
     md = "\n".join(lines) + "\n"
     open(base + ".md", "w").write(md)
