@@ -129,6 +129,97 @@ async fn a_peer_that_goes_silent_is_given_up() {
     assert_eq!(seen.windows(8).filter(|w| *w == ping).count(), 1);
 }
 
+/// A peer that offers only `ward-mux/1` (a sidecar from before
+/// `ward-mux/2`) is spoken to in `/1`: exchanges share one connection, and
+/// no frame kind `/1` lacks (PING) is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_sidecar_is_spoken_to_in_ward_mux_1() {
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    s.cli_json(&["service", "add", "frontend"]).unwrap();
+    issue(&s, dir.path(), "frontend");
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"ward-mux/1"])));
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = old.local_addr().unwrap();
+    // (connections, ALPNs, frame kinds seen)
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Vec::new(), Vec::new())));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = old.accept().await {
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                {
+                    let mut l = log.lock().unwrap();
+                    l.0 += 1;
+                    l.1.push(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                }
+                // Answers each request head on its stream, by hand.
+                let mut heads: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+                loop {
+                    let mut h = [0u8; 8];
+                    if tls.read_exact(&mut h).await.is_err() {
+                        return;
+                    }
+                    let id = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                    let mut payload = vec![0u8; u16::from_be_bytes([h[6], h[7]]) as usize];
+                    if tls.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    log.lock().unwrap().2.push(h[4]);
+                    if h[4] != 0 {
+                        continue;
+                    }
+                    let buf = heads.entry(id).or_default();
+                    buf.extend_from_slice(&payload);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nv1";
+                        let mut f = id.to_be_bytes().to_vec();
+                        f.extend([0, 0]);
+                        f.extend((answer.len() as u16).to_be_bytes());
+                        f.extend(answer);
+                        if tls.write_all(&f).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let fe = frontend_sidecar(
+        dir.path(),
+        &format!(
+            "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
+        ),
+    );
+    let url = format!(
+        "http://{}/old",
+        fe.ready["proxy"]["upstreams"]["payments.default"]
+            .as_str()
+            .unwrap()
+    );
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let r = reqwest::get(&url).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tries {
+        assert_eq!(t.await.unwrap(), (200, "v1".to_string()));
+    }
+    let (conns, alpns, kinds) = seen.lock().unwrap().clone();
+    assert_eq!(conns, 1, "the exchanges share one connection");
+    assert_eq!(alpns, vec![Some(b"ward-mux/1".to_vec())]);
+    assert!(kinds.iter().all(|k| *k <= 2), "frame kinds {kinds:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_sidecars_from_files() {
     init();
