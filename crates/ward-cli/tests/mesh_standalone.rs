@@ -37,6 +37,32 @@ fn issue(s: &WardServer, dir: &Path, service: &str) {
 const ALLOW: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: from-frontend }\nspec:\n  rules:\n  - from: [{ source: { principals: [\"ward.internal/ns/default/sa/frontend\"] } }]\n";
 const DENY: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: lockdown }\nspec:\n  action: DENY\n  rules: [{}]\n";
 
+/// `path` on a frontend sidecar's port for payments.
+fn payments_url(fe: &Proc, path: &str) -> String {
+    let port = fe.ready["proxy"]["upstreams"]["payments.default"]
+        .as_str()
+        .unwrap();
+    format!("http://{port}{path}")
+}
+
+/// 8 GETs of `url` at once, each with a client of its own: (status, body).
+async fn concurrent_gets(url: &str) -> Vec<(u16, String)> {
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let r = reqwest::get(&url).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tries {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 /// A frontend sidecar with one upstream, from the files in `dir`.
 fn frontend_sidecar(dir: &Path, upstream: &str) -> Proc {
     let f = |name: &str| dir.join(name).to_str().unwrap().to_string();
@@ -67,22 +93,36 @@ fn frontend_sidecar(dir: &Path, upstream: &str) -> Proc {
     .unwrap()
 }
 
-/// A peer sidecar that goes silent with a request in flight (its host
-/// vanished, or it hangs) is pinged, given up within about 20 s, and the
-/// request fails instead of waiting for TCP's retransmission limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_goes_silent_is_given_up() {
+/// A CA, the frontend's files in a directory, and a listener for a
+/// hand-written payments peer with its TLS (offering only `alpn`).
+async fn frontend_files_and_peer(
+    alpn: &[u8],
+) -> (
+    WardServer,
+    tempfile::TempDir,
+    tokio_rustls::TlsAcceptor,
+    tokio::net::TcpListener,
+) {
     init();
     let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     s.cli_json(&["service", "add", "frontend"]).unwrap();
     issue(&s, dir.path(), "frontend");
-    // Speaks TLS and `ward-mux/2` as payments, reads everything, answers
-    // nothing.
     let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");
     let acceptor =
-        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"ward-mux/2"])));
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[alpn])));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (s, dir, acceptor, listener)
+}
+
+/// A peer sidecar that goes silent with a request in flight (its host
+/// vanished, or it hangs) is pinged, given up within about 20 s, and the
+/// request fails instead of waiting for TCP's retransmission limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_is_given_up() {
+    // Speaks TLS and `ward-mux/2` as payments, reads everything, answers
+    // nothing.
+    let (_s, dir, acceptor, silent) = frontend_files_and_peer(b"ward-mux/2").await;
     let addr = silent.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -100,12 +140,7 @@ async fn a_peer_that_goes_silent_is_given_up() {
             "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
         ),
     );
-    let url = format!(
-        "http://{}/hangs",
-        fe.ready["proxy"]["upstreams"]["payments.default"]
-            .as_str()
-            .unwrap()
-    );
+    let url = payments_url(&fe, "/hangs");
     let start = std::time::Instant::now();
     let r = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
@@ -134,15 +169,7 @@ async fn a_peer_that_goes_silent_is_given_up() {
 /// no frame kind `/1` lacks (PING) is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_sidecar_is_spoken_to_in_ward_mux_1() {
-    init();
-    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    s.cli_json(&["service", "add", "frontend"]).unwrap();
-    issue(&s, dir.path(), "frontend");
-    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/payments");
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(mesh.server_config(&[b"ward-mux/1"])));
-    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_s, dir, acceptor, old) = frontend_files_and_peer(b"ward-mux/1").await;
     let addr = old.local_addr().unwrap();
     // (connections, ALPNs, frame kinds seen)
     let seen = std::sync::Arc::new(std::sync::Mutex::new((0, Vec::new(), Vec::new())));
@@ -196,23 +223,8 @@ async fn an_older_sidecar_is_spoken_to_in_ward_mux_1() {
             "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
         ),
     );
-    let url = format!(
-        "http://{}/old",
-        fe.ready["proxy"]["upstreams"]["payments.default"]
-            .as_str()
-            .unwrap()
-    );
-    let tries: Vec<_> = (0..8)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let r = reqwest::get(&url).await.unwrap();
-                (r.status().as_u16(), r.text().await.unwrap())
-            })
-        })
-        .collect();
-    for t in tries {
-        assert_eq!(t.await.unwrap(), (200, "v1".to_string()));
+    for answer in concurrent_gets(&payments_url(&fe, "/old")).await {
+        assert_eq!(answer, (200, "v1".to_string()));
     }
     let (conns, alpns, kinds) = seen.lock().unwrap().clone();
     assert_eq!(conns, 1, "the exchanges share one connection");
@@ -463,25 +475,8 @@ async fn standalone_sidecars_from_files() {
     let fe4 = frontend(&format!(
         "payments=127.0.0.1:0,endpoint={old_addr},id=spiffe://ward.internal/ns/default/sa/payments"
     ));
-    let url = format!(
-        "http://{}/old",
-        fe4.ready["proxy"]["upstreams"]["payments.default"]
-            .as_str()
-            .unwrap()
-    );
-    let tries: Vec<_> = (0..8)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                // A client of its own: concurrent exchanges.
-                let r = reqwest::get(&url).await.unwrap();
-                (r.status(), r.text().await.unwrap())
-            })
-        })
-        .collect();
-    for t in tries {
-        let (status, body) = t.await.unwrap();
-        assert_eq!((status.as_u16(), body.as_str()), (200, "old"));
+    for answer in concurrent_gets(&payments_url(&fe4, "/old")).await {
+        assert_eq!(answer, (200, "old".to_string()));
     }
     let alpns = alpns.lock().unwrap().clone();
     assert!(!alpns.is_empty());
