@@ -215,3 +215,65 @@ async fn sigterm_drains_in_flight_requests() {
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() >= Duration::from_millis(900));
 }
+
+/// A rolling restart: one of two payments sidecars stops (SIGTERM) under
+/// load while requests are in flight on it, and no request fails.
+///
+/// Fails today: while the stopping sidecar drains, the frontend keeps
+/// opening streams on its `ward-mux` connection to it, and they are
+/// refused (docs/sidecar.md, "Draining"). It needs a GOAWAY frame, so the
+/// frontend stops opening streams there and dials (then skips) the
+/// endpoint instead.
+#[ignore = "known: streams opened on a draining peer's connection are refused"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_one_of_two_endpoints_under_load_loses_no_request() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let (a, b) = (app("payments-a"), app("payments-b"));
+    let _sa = sidecar(&s, "payments", &a.http, &[]);
+    let mut sb = sidecar(&s, "payments", &b.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    let id = "spiffe://ward.internal/ns/default/sa/payments";
+    let two = ward_testkit::wait_until(Duration::from_secs(10), || async {
+        admin_json(&fe, "/config").await["endpoints"][id]
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    assert!(two, "both payments endpoints known");
+    let Load {
+        stop,
+        ok,
+        failed,
+        task,
+        ..
+    } = load(format!("http://{}/roll", fe.upstream("payments.default")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Slow requests on both endpoints keep the stopping one draining
+    // while the load goes on.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("http://{}/sleep/1500", fe.upstream("payments.default"));
+            tokio::spawn(async move { reqwest::get(&url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sb.proc.sigterm();
+    for r in slow {
+        assert_eq!(r.await.unwrap().unwrap(), 200, "a slow request");
+    }
+    let status = sb
+        .proc
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests lost");
+    assert!(ok.load(Ordering::Relaxed) > 100);
+}
