@@ -217,14 +217,10 @@ async fn sigterm_drains_in_flight_requests() {
 }
 
 /// A rolling restart: one of two payments sidecars stops (SIGTERM) under
-/// load while requests are in flight on it, and no request fails.
-///
-/// Fails today: while the stopping sidecar drains, the frontend keeps
-/// opening streams on its `ward-mux` connection to it, and they are
-/// refused (docs/sidecar.md, "Draining"). It needs a GOAWAY frame, so the
-/// frontend stops opening streams there and dials (then skips) the
-/// endpoint instead.
-#[ignore = "known: streams opened on a draining peer's connection are refused"]
+/// load while requests are in flight on it, and no request fails: its
+/// GOAWAY stops the frontend opening streams on its connection (new
+/// exchanges dial, find the listener closed and go to the other endpoint),
+/// and exchanges sent before the frontend heard are still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_one_of_two_endpoints_under_load_loses_no_request() {
     let s = common::server(&["--default-policy", "allow"]);

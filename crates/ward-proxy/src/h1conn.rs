@@ -13,6 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,9 +45,23 @@ impl<B> ReqBody for B where
 }
 
 /// What a connection must run over.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+pub(crate) trait Io:
+    AsyncRead + AsyncWrite + Retire + Send + Sync + Unpin + 'static
+{
+}
 
-impl<T> Io for T where T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T> Io for T where T: AsyncRead + AsyncWrite + Retire + Send + Sync + Unpin + 'static {}
+
+/// A transport that can be retired while idle: a stream on a shared
+/// connection whose far end said it is stopping (`ward-mux/2` GOAWAY).
+pub(crate) trait Retire {
+    /// A flag that, once set, means no new exchange may start here.
+    fn retired(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
+}
+
+impl Retire for tokio::net::TcpStream {}
 
 /// Why a request was not answered.
 #[derive(Debug)]
@@ -92,16 +107,26 @@ struct Conn<B: ReqBody, T: Io> {
     driver: Pin<Box<Connection<TokioIo<T>, B>>>,
     /// The driver has finished: the connection is closed.
     closed: bool,
+    /// See [`Retire`].
+    retired: Option<Arc<AtomicBool>>,
 }
 
 impl<B: ReqBody, T: Io> Conn<B, T> {
     async fn handshake(io: T) -> Result<Conn<B, T>, BoxError> {
+        let retired = io.retired();
         let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         Ok(Conn {
             sender,
             driver: Box::pin(driver),
             closed: false,
+            retired,
         })
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Acquire))
     }
 
     /// Lets the connection make progress (read the rest of a response,
@@ -142,8 +167,14 @@ impl<B: ReqBody, T: Io> Idle<B, T> {
         let now = Instant::now();
         let expired = kept.partition_point(|k| now.duration_since(k.since) >= IDLE_FOR);
         kept.drain(..expired);
-        let i = kept.iter().rposition(|k| k.key == key)?;
-        Some(kept.remove(i).conn)
+        loop {
+            let i = kept.iter().rposition(|k| k.key == key)?;
+            let conn = kept.remove(i).conn;
+            // A retired one is dropped (closing it) and the next tried.
+            if !conn.is_retired() {
+                return Some(conn);
+            }
+        }
     }
 
     fn put(&self, key: String, conn: Conn<B, T>) {

@@ -229,8 +229,8 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         Mode::Streams(v) => serve_streams(ctx, tls, v, peer, budget).await,
         // An HTTP/1.1 connection keeps an app connection of its own; HTTP/2
         // requests use the pools.
-        Mode::Http1 => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget).await,
-        Mode::Http2 => serve_http(ctx, tls, peer, None, budget).await,
+        Mode::Http1 => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget, OnStop::Now).await,
+        Mode::Http2 => serve_http(ctx, tls, peer, None, budget, OnStop::Now).await,
     }
 }
 
@@ -260,6 +260,15 @@ async fn serve_streams(
     // and write on it: the other branches are polled only when woken.
     let mut tripped = Gated::new(budget.tripped());
     let mut stopped = Gated::new(crate::stopped(&mut stop));
+    // `ward-mux/2`, stopping: GOAWAY was sent; streams the peer opened
+    // before it heard are still served, and once DRAIN_GRACE has passed
+    // with no stream left the connection closes.
+    let mut draining = false;
+    let mut check: Option<tokio::time::Interval> = None;
+    let on_stop = match version {
+        mux::Version::V2 => OnStop::AfterRequest,
+        mux::Version::V1 => OnStop::Now,
+    };
     loop {
         let next = Gated::new(async {
             match &acceptor {
@@ -272,16 +281,47 @@ async fn serve_streams(
             _ = &mut tripped => return,
             s = next => match s {
                 Some(stream) => {
-                    let task = serve_http(ctx.clone(), stream, peer.clone(), Some(Idle::new(1)), budget.clone());
+                    let task = serve_http(ctx.clone(), stream, peer.clone(), Some(Idle::new(1)), budget.clone(), on_stop);
                     tokio::spawn(task);
                 }
                 None => acceptor = None,
             },
-            // No new streams; those open finish their exchanges (each shuts
-            // down gracefully), then the connection closes.
-            _ = &mut stopped, if acceptor.is_some() => acceptor = None,
+            // `ward-mux/1`: no new streams; those open finish their
+            // exchanges (each shuts down gracefully), then the connection
+            // closes. `/2`: GOAWAY, as above.
+            _ = &mut stopped, if !draining && acceptor.is_some() => {
+                draining = acceptor.as_ref().is_some_and(|a| a.go_away());
+                if draining {
+                    let first = tokio::time::Instant::now() + DRAIN_GRACE;
+                    check = Some(tokio::time::interval_at(first, Duration::from_millis(50)));
+                } else {
+                    acceptor = None;
+                }
+            }
+            _ = async { check.as_mut().expect("set when draining").tick().await }, if check.is_some() && acceptor.is_some() => {
+                if acceptor.as_ref().is_some_and(|a| a.streams_open() == 0) {
+                    acceptor = None;
+                }
+            }
         }
     }
+}
+
+/// How long a stopping sidecar keeps serving new exchanges on a
+/// `ward-mux/2` connection after its GOAWAY: the peer may have sent some
+/// before it heard.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// What a connection (or stream) from a peer does when the sidecar stops.
+#[derive(Clone, Copy)]
+enum OnStop {
+    /// Finishes the exchange in progress, if any, and closes.
+    Now,
+    /// `ward-mux/2` streams: the peer was told (GOAWAY) and starts no new
+    /// exchange once it has heard, so an idle stream is kept until its
+    /// next exchange (sent before the peer heard) or [`DRAIN_GRACE`], then
+    /// closes after that exchange.
+    AfterRequest,
 }
 
 /// Serves HTTP from a peer on `io` (a connection or a stream) until it
@@ -292,17 +332,32 @@ async fn serve_http<IO>(
     peer: Arc<Peer>,
     app: Option<AppConn>,
     budget: Arc<crate::abuse::CancelBudget>,
+    on_stop: OnStop,
 ) where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // Exchanges in progress, and a signal when one starts (read only on
+    // the way out, with OnStop::AfterRequest).
+    let activity = Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        tokio::sync::Notify::new(),
+    ));
     let svc = {
-        let (ctx, budget) = (ctx.clone(), budget.clone());
+        let (ctx, budget, activity) = (ctx.clone(), budget.clone(), activity.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (ctx, peer, app) = (ctx.clone(), peer.clone(), app.clone());
             let guard = crate::abuse::RequestGuard::new(&budget);
+            let activity = activity.clone();
+            activity
+                .0
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            activity.1.notify_waiters();
             async move {
                 let resp = ctx.request(req, &peer, app.as_ref()).await;
                 guard.done();
+                activity
+                    .0
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -318,6 +373,20 @@ async fn serve_http<IO>(
         _ = tripped => {}
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
         _ = stopped => {
+            let idle = activity.0.load(std::sync::atomic::Ordering::Relaxed) == 0;
+            if matches!(on_stop, OnStop::AfterRequest) && idle {
+                // An exchange the peer sent before it heard GOAWAY is
+                // still served; one that starts late is served too (the
+                // shutdown below then waits for it).
+                tokio::select! {
+                    _ = activity.1.notified() => {}
+                    _ = tokio::time::sleep(DRAIN_GRACE) => {}
+                    r = conn.as_mut() => {
+                        if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); }
+                        return;
+                    }
+                }
+            }
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

@@ -16,7 +16,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0–3 | stream id (big-endian) |
-//! | 4 | kind: 0 DATA, 1 WINDOW, 2 RESET, 3 PING (`ward-mux/2`) |
+//! | 4 | kind: 0 DATA, 1 WINDOW, 2 RESET, 3 PING and 4 GOAWAY (`ward-mux/2`) |
 //! | 5 | flags: DATA 1 SYN opens the stream, 2 FIN ends the sender's half; PING 1 ACK |
 //! | 6–7 | payload length (big-endian, at most 16 KiB) |
 //!
@@ -45,17 +45,24 @@
 //! - The opener keeps at most [`MAX_STREAMS`] streams open; the acceptor
 //!   refuses streams beyond twice that (it may not yet have dropped streams
 //!   the opener has finished).
+//! - GOAWAY (`ward-mux/2`, stream 0, empty, from the accepting side only)
+//!   says the acceptor is stopping: the opener opens no more streams on
+//!   the connection (its new exchanges dial instead) and closes it once its
+//!   streams are done. The acceptor still serves streams that were opened
+//!   before the GOAWAY arrived, so no exchange is refused by the race.
 //! - A peer that makes this side queue more than 1 MiB of answers
 //!   (refusals) without reading them loses the connection.
 //! - Anything else (an unknown kind, a frame too large, data beyond the
 //!   window, after FIN or on a stream never opened, an id used twice, a
-//!   PING that is not 8 bytes on stream 0) ends the connection, and every
+//!   PING that is not 8 bytes on stream 0, a GOAWAY from the opener or
+//!   with a payload) ends the connection, and every
 //!   stream on it fails.
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -118,6 +125,7 @@ const DATA: u8 = 0;
 const WINDOW_UPDATE: u8 = 1;
 const RESET: u8 = 2;
 const PING: u8 = 3;
+const GOAWAY: u8 = 4;
 const SYN: u8 = 1;
 const FIN: u8 = 2;
 const ACK: u8 = 1;
@@ -227,6 +235,13 @@ struct State {
     /// A PING's answer is queued and not yet taken for writing (one at a
     /// time: a peer that pings faster than it reads gets fewer answers).
     pong_queued: bool,
+    /// `ward-mux/2`: the acceptor is stopping (it sent, or the opener
+    /// received, GOAWAY).
+    going_away: bool,
+    /// Set once no new exchange may start on the opener's streams (GOAWAY
+    /// received, or the connection ended): read without the lock by the
+    /// pool that keeps idle streams.
+    retired: Arc<AtomicBool>,
     streams: HashMap<u32, Half, BuildHasherDefault<IdHasher>>,
     /// Opener: the next id to use. Acceptor: the lowest id a new stream
     /// may have.
@@ -311,6 +326,8 @@ impl State {
             conn_recv: CONN_WINDOW,
             released: 0,
             pong_queued: false,
+            going_away: false,
+            retired: Arc::new(AtomicBool::new(false)),
             streams: HashMap::default(),
             next_id: 1,
             queue: BytesMut::new(),
@@ -344,6 +361,7 @@ impl State {
         if self.closed.is_none() {
             self.closed = Some(why);
         }
+        self.retired.store(true, Ordering::Release);
         for h in self.streams.values_mut() {
             h.wake_all();
         }
@@ -457,6 +475,13 @@ impl State {
                     h.wake_all();
                 }
             }
+            GOAWAY if v2 => {
+                if !self.client || !payload.is_empty() || id != 0 {
+                    return Err("a GOAWAY not from the accepting side, or not empty".into());
+                }
+                self.going_away = true;
+                self.retired.store(true, Ordering::Release);
+            }
             PING if v2 => {
                 if id != 0 || payload.len() != 8 {
                     return Err("a PING not of 8 bytes on stream 0".into());
@@ -502,7 +527,11 @@ impl Connector {
     pub(crate) fn open(&self) -> Option<Stream> {
         let state = &self.state.0;
         let mut s = lock(state);
-        if s.closed.is_some() || s.streams.len() >= MAX_STREAMS || s.next_id > u64::from(u32::MAX) {
+        if s.closed.is_some()
+            || s.going_away
+            || s.streams.len() >= MAX_STREAMS
+            || s.next_id > u64::from(u32::MAX)
+        {
             return None;
         }
         let id = s.next_id as u32;
@@ -517,13 +546,35 @@ impl Connector {
         })
     }
 
-    /// The connection has ended.
+    /// The connection has ended, or takes no new streams (GOAWAY).
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.state.0).closed.is_some()
+        let s = lock(&self.state.0);
+        s.closed.is_some() || s.going_away
     }
 }
 
 impl Acceptor {
+    /// `ward-mux/2`: tells the opener this side is stopping (GOAWAY), and
+    /// returns true; the caller goes on accepting the streams opened
+    /// before the opener hears it. `ward-mux/1` has no GOAWAY: false.
+    /// Streams open on the connection (accepted or waiting to be).
+    pub(crate) fn streams_open(&self) -> usize {
+        lock(&self.state.0).streams.len()
+    }
+
+    pub(crate) fn go_away(&self) -> bool {
+        let mut s = lock(&self.state.0);
+        if s.version == Version::V1 {
+            return false;
+        }
+        if !s.going_away && s.closed.is_none() {
+            s.going_away = true;
+            frame(&mut s.queue, 0, GOAWAY, 0, &[]);
+            wake(&mut s.driver);
+        }
+        true
+    }
+
     /// The next stream the peer opened; None once the connection has ended.
     pub(crate) async fn accept(&self) -> Option<Stream> {
         let state = &self.state.0;
@@ -543,6 +594,14 @@ impl Acceptor {
             Poll::Pending
         })
         .await
+    }
+}
+
+impl Stream {
+    /// A flag set once no new exchange may start on this stream's
+    /// connection (see [`State::retired`]).
+    pub(crate) fn retired(&self) -> Arc<AtomicBool> {
+        lock(&self.state).retired.clone()
     }
 }
 
@@ -898,7 +957,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             // No stream can be opened from here on.
             s.closed = Some("idle".into());
         }
-        if s.handles == 0 || idle_out {
+        // An opener told GOAWAY closes once its streams are done.
+        let gone = s.client && s.going_away && s.streams.is_empty();
+        if s.handles == 0 || idle_out || gone {
             drop(s);
             this.shutting_down = true;
             return this.poll_close(cx);
@@ -1164,6 +1225,49 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn v2_goaway_stops_new_streams_and_the_opener_closes_when_done() {
+        let (c, s) = pair();
+        let mut st = c.open().unwrap();
+        st.write_all(b"before").await.unwrap();
+        let mut theirs = s.accept().await.unwrap();
+        let retired = st.retired();
+        assert!(!retired.load(Ordering::Acquire));
+        assert!(s.go_away());
+        while !c.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        assert!(c.open().is_none(), "no new stream after GOAWAY");
+        assert!(retired.load(Ordering::Acquire));
+        // The stream already open goes on both ways.
+        let mut buf = [0u8; 6];
+        theirs.read_exact(&mut buf).await.unwrap();
+        theirs.write_all(b"answer").await.unwrap();
+        theirs.shutdown().await.unwrap();
+        st.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"answer");
+        st.shutdown().await.unwrap();
+        assert_eq!(theirs.read(&mut buf).await.unwrap(), 0);
+        // Its last stream done, the opener closes the connection though
+        // its handle is kept.
+        drop((st, theirs));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), s.accept()).await;
+        assert!(end.expect("the connection ends").is_none());
+        drop(c);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn v1_has_no_goaway() {
+        let (c, s) = pair_of(Version::V1);
+        assert!(!s.go_away());
+        echo(s);
+        let mut st = c.open().unwrap();
+        st.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        st.read_exact(&mut b).await.unwrap();
+        assert!(!c.is_closed());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_stream_is_reset_on_the_other_side() {
         let (c, s) = pair();
         let mut st = c.open().unwrap();
@@ -1314,6 +1418,7 @@ mod tests {
             ("beyond the connection window", past_connection),
             ("short PING", f(0, PING, 0, b"1234567")),
             ("PING on a stream", f(1, PING, 0, b"12345678")),
+            ("GOAWAY from the opener", f(0, GOAWAY, 0, b"")),
             (
                 "connection over-credit",
                 f(0, WINDOW_UPDATE, 0, &1u32.to_be_bytes()),

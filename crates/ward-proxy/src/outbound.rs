@@ -214,6 +214,15 @@ pub(crate) enum PeerIo {
     Tls(Box<TlsStream<Transport>>),
 }
 
+impl crate::h1conn::Retire for PeerIo {
+    fn retired(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        match self {
+            PeerIo::Mux(s) => Some(s.retired()),
+            PeerIo::Tls(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for PeerIo {
     fn poll_read(
         self: Pin<&mut Self>,
