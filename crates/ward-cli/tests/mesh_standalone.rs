@@ -162,6 +162,20 @@ async fn a_peer_that_goes_silent_is_given_up() {
     assert!(seen.windows(11).any(|w| w == b"GET /hangs "));
     let ping = [0, 0, 0, 0, 3, 0, 0, 8];
     assert_eq!(seen.windows(8).filter(|w| *w == ping).count(), 1);
+    // Counted for operators.
+    let admin = fe.ready["proxy"]["admin"].as_str().unwrap();
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "ward_proxy_peer_connections_closed_total{direction=\"outbound\",reason=\"silent_peer\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 /// A peer that offers only `ward-mux/1` (a sidecar from before

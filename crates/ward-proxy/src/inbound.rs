@@ -25,7 +25,7 @@ use ward_policy::{HttpAttributes, Request as PolicyRequest};
 use crate::authn::Outcome;
 use crate::gated::Gated;
 use crate::h1conn::Idle;
-use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::metrics::{ConnEndLabels, Counters, DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::transport::Transport;
 use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
 
@@ -277,7 +277,11 @@ async fn serve_streams(
             }
         });
         tokio::select! {
-            _ = &mut driver => return,
+            end = &mut driver => {
+                let labels = ConnEndLabels { direction: "inbound", reason: end.label() };
+                ctx.shared.metrics.peer_connections_closed.get_or_create(&labels).inc();
+                return;
+            }
             _ = &mut tripped => return,
             s = next => match s {
                 Some(stream) => {

@@ -30,6 +30,12 @@ pub(crate) struct TlsVersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ConnEndLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DecisionLabels {
     pub decision: &'static str,
     pub policy: String,
@@ -81,6 +87,7 @@ pub(crate) struct Metrics {
     pub cert_expiry: Gauge,
     pub tls_versions: Family<TlsVersionLabels, Counter>,
     pub resumptions: Family<DirectionLabels, Counter>,
+    pub peer_connections_closed: Family<ConnEndLabels, Counter>,
 }
 
 impl Metrics {
@@ -93,6 +100,12 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let tls_versions = Family::<TlsVersionLabels, Counter>::default();
         let resumptions = Family::<DirectionLabels, Counter>::default();
+        let peer_connections_closed = Family::<ConnEndLabels, Counter>::default();
+        registry.register(
+            "ward_proxy_peer_connections_closed",
+            "Shared connections between sidecars (ward-mux) that ended, by direction and reason",
+            peer_connections_closed.clone(),
+        );
         registry.register(
             "ward_proxy_tls_resumptions",
             "Completed handshakes that resumed an earlier session, by direction",
@@ -137,6 +150,7 @@ impl Metrics {
             cert_expiry,
             tls_versions,
             resumptions,
+            peer_connections_closed,
         }
     }
 

@@ -169,6 +169,31 @@ impl Drop for Handle {
     }
 }
 
+/// How a connection's task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Closed by either side in order (no stream left, the peer closed).
+    Closed,
+    /// The peer answered no PING (`ward-mux/2`).
+    Silent,
+    /// The peer broke the framing, or piled up answers it did not read.
+    Framing,
+    /// The transport failed (reset, TLS error).
+    Error,
+}
+
+impl End {
+    /// The `reason` label of `ward_proxy_peer_connections_closed_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Silent => "silent_peer",
+            End::Framing => "framing",
+            End::Error => "error",
+        }
+    }
+}
+
 /// The task that reads and writes the connection. It must be polled (run
 /// or spawned) for any stream to make progress, and ends when the
 /// connection fails or every handle is gone.
@@ -773,10 +798,10 @@ impl<T> Driver<T> {
         }
     }
 
-    fn end(&mut self, why: String) -> Poll<()> {
+    fn end(&mut self, how: End, why: String) -> Poll<End> {
         tracing::debug!(reason = %why, "connection between sidecars ended");
         lock(&self.state).fail(why);
-        Poll::Ready(())
+        Poll::Ready(how)
     }
 }
 
@@ -840,10 +865,10 @@ impl<T> Driver<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// Shuts the transport down (TLS close_notify, then FIN) and ends.
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         match Pin::new(&mut self.io).poll_shutdown(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => self.end("closed: no stream or handle left".into()),
+            Poll::Ready(_) => self.end(End::Closed, "closed: no stream or handle left".into()),
         }
     }
 
@@ -886,9 +911,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
-    type Output = ();
+    type Output = End;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let this = &mut *self;
         if this.shutting_down {
             return this.poll_close(cx);
@@ -911,16 +936,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 this.read.reserve(32 * 1024);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read) {
-                Poll::Ready(Ok(0)) => return this.end("the peer closed the connection".into()),
+                Poll::Ready(Ok(0)) => {
+                    return this.end(End::Closed, "the peer closed the connection".into())
+                }
                 Poll::Ready(Ok(_)) => {
                     this.heard = true;
                     let r = dispatch(&mut lock(&this.state), &mut this.read);
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "closing a connection that broke the framing");
-                        return this.end(e);
+                        return this.end(End::Framing, e);
                     }
                 }
-                Poll::Ready(Err(e)) => return this.end(e.to_string()),
+                Poll::Ready(Err(e)) => return this.end(End::Error, e.to_string()),
                 Poll::Pending => break,
             }
             reads += 1;
@@ -928,13 +955,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         if !v1 {
             if let Err(e) = this.check_peer(cx) {
                 tracing::warn!(error = %e, "closing a connection to a silent peer");
-                return this.end(e);
+                return this.end(End::Silent, e);
             }
         }
         // Then write what the streams queued: what every stream woken
         // since the last turn wrote goes out in one write.
         match this.write_out(cx) {
-            Poll::Ready(Err(e)) => return this.end(e),
+            Poll::Ready(Err(e)) => return this.end(End::Error, e),
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(())) => {}
         }
@@ -1169,7 +1196,7 @@ mod tests {
     async fn v2_gives_up_on_a_peer_that_answers_nothing() {
         let (a, mut raw) = duplex(64 * 1024);
         let (c, cd) = connector(a, Version::V2);
-        tokio::spawn(cd);
+        let driver = tokio::spawn(cd);
         // The peer's host is gone: what is sent is never answered.
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
@@ -1192,6 +1219,7 @@ mod tests {
             "{after:?}"
         );
         assert!(c.is_closed());
+        assert_eq!(driver.await.unwrap(), End::Silent);
         // The one PING: stream 0, kind 3, no flags, 8 bytes.
         let seen = seen.lock().unwrap();
         let ping = [0, 0, 0, 0, PING, 0, 0, 8];
@@ -1372,7 +1400,7 @@ mod tests {
     async fn broken_by(v: Version, bytes: &[u8]) -> io::Error {
         let (a, mut raw) = duplex(64 * 1024);
         let (s, sd) = acceptor(a, v);
-        tokio::spawn(sd);
+        let driver = tokio::spawn(sd);
         let mut open = BytesMut::new();
         frame(&mut open, 1, DATA, SYN, b"hi");
         raw.write_all(&open).await.unwrap();
@@ -1389,6 +1417,7 @@ mod tests {
         let mut sink = Vec::new();
         let e = st.read_to_end(&mut sink).await.unwrap_err();
         assert!(s.accept().await.is_none());
+        assert_eq!(driver.await.unwrap(), End::Framing);
         e
     }
 
@@ -1478,10 +1507,11 @@ mod tests {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), raw.write_all(&flood))
             .await
             .expect("the flood is not held up forever");
-        tokio::time::timeout(std::time::Duration::from_secs(5), driver)
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), driver)
             .await
             .expect("the connection ends")
             .unwrap();
+        assert_eq!(end, End::Framing);
         let queued = lock(&s.state.0).queue.len();
         assert!(
             queued <= CONTROL_QUEUE_MAX + HEADER,
@@ -1500,7 +1530,7 @@ mod tests {
         st.shutdown().await.unwrap();
         drop(st);
         drop(c);
-        driver.await.unwrap();
+        assert_eq!(driver.await.unwrap(), End::Closed);
         let mut got = Vec::new();
         raw.read_to_end(&mut got).await.unwrap();
         // SYN, "abc", FIN, then RESET (the peer never ended its half).

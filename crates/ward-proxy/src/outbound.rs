@@ -192,7 +192,15 @@ impl Pools {
             return Ok(PeerIo::Tls(Box::new(tls)));
         };
         let (conn, driver) = mux::connector(tls, version);
-        tokio::spawn(driver);
+        let closed = shared.metrics.peer_connections_closed.clone();
+        tokio::spawn(async move {
+            let reason = driver.await.label();
+            let labels = crate::metrics::ConnEndLabels {
+                direction: "outbound",
+                reason,
+            };
+            closed.get_or_create(&labels).inc();
+        });
         let stream = conn
             .open()
             .ok_or_else(|| io::Error::other("a new connection refused a stream"))?;
