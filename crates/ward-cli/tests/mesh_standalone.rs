@@ -163,19 +163,13 @@ async fn a_peer_that_goes_silent_is_given_up() {
     let ping = [0, 0, 0, 0, 3, 0, 0, 8];
     assert_eq!(seen.windows(8).filter(|w| *w == ping).count(), 1);
     // Counted for operators.
-    let admin = fe.ready["proxy"]["admin"].as_str().unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(
-            "ward_proxy_peer_connections_closed_total{direction=\"outbound\",reason=\"silent_peer\"} 1"
-        ),
-        "{metrics}"
-    );
+    let (closed, text) = metric_sum_at(
+        fe.ready["proxy"]["admin"].as_str().unwrap(),
+        "ward_proxy_peer_connections_closed",
+        &["direction=\"outbound\"", "reason=\"silent_peer\""],
+    )
+    .await;
+    assert_eq!(closed, 1.0, "{text}");
 }
 
 /// A peer that offers only `ward-mux/1` (a sidecar from before

@@ -119,7 +119,12 @@ pub async fn admin_json(sc: &Sidecar, path: &str) -> Value {
 /// labels include every one of `labels` (`key="value"`), and the whole
 /// exposition for messages.
 pub async fn metric_sum(sc: &Sidecar, name: &str, labels: &[&str]) -> (f64, String) {
-    let text = reqwest::get(format!("http://{}/metrics", sc.admin))
+    metric_sum_at(&sc.admin, name, labels).await
+}
+
+/// [`metric_sum`] of the sidecar whose admin listener is `admin`.
+pub async fn metric_sum_at(admin: &str, name: &str, labels: &[&str]) -> (f64, String) {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
         .text()
