@@ -83,14 +83,7 @@ async fn load_balancing_skips_a_dead_endpoint() {
         "127.0.0.1:9",
         &["--upstream", "payments=127.0.0.1:0"],
     );
-    let id = "spiffe://ward.internal/ns/default/sa/payments";
-    let two = ward_testkit::wait_until(Duration::from_secs(10), || async {
-        admin_json(&fe, "/config").await["endpoints"][id]
-            .as_array()
-            .is_some_and(|a| a.len() == 2)
-    })
-    .await;
-    assert!(two, "both payments endpoints known");
+    wait_for_endpoints(&fe, "payments", 2).await;
     let url = format!("http://{}/lb", fe.upstream("payments.default"));
     let mut seen = std::collections::HashMap::new();
     for _ in 0..20 {

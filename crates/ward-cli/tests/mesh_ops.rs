@@ -137,16 +137,7 @@ async fn control_plane_kill9_under_load() {
     // Another restart, with the payments sidecar slow to come back
     // (stopped): the frontend, back first, keeps its endpoint, since the
     // restarted server marks its first lists partial.
-    let pay_pid = pay_sc.proc.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pay_pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
+    assert!(pay_sc.proc.signal("-STOP"));
     s.kill9();
     let down = ward_testkit::wait_until(Duration::from_secs(10), || async {
         admin_json(&fe, "/config").await["control_plane_connected"] == false
@@ -160,7 +151,7 @@ async fn control_plane_kill9_under_load() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let id = "spiffe://ward.internal/ns/default/sa/payments";
     let listed = admin_json(&fe, "/config").await["endpoints"][id].clone();
-    signal("-CONT");
+    assert!(pay_sc.proc.signal("-CONT"));
     assert!(down && back, "the frontend reconnects");
     assert_eq!(
         listed.as_array().map(Vec::len),
@@ -233,14 +224,7 @@ async fn stopping_one_of_two_endpoints_under_load_loses_no_request() {
         "127.0.0.1:9",
         &["--upstream", "payments=127.0.0.1:0"],
     );
-    let id = "spiffe://ward.internal/ns/default/sa/payments";
-    let two = ward_testkit::wait_until(Duration::from_secs(10), || async {
-        admin_json(&fe, "/config").await["endpoints"][id]
-            .as_array()
-            .is_some_and(|e| e.len() == 2)
-    })
-    .await;
-    assert!(two, "both payments endpoints known");
+    wait_for_endpoints(&fe, "payments", 2).await;
     let Load {
         stop,
         ok,

@@ -1,6 +1,7 @@
 //! The inbound listener: mTLS in, policy, plaintext to the app.
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,6 +317,31 @@ async fn serve_streams(
 /// before it heard.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// The exchanges of one stream, for [`OnStop::AfterRequest`].
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+    /// Notified when an exchange starts once `stopping` is set.
+    start: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn started(&self) {
+        self.in_flight.fetch_add(1, SeqCst);
+        if self.stopping.load(SeqCst) {
+            self.start.notify_one();
+        }
+    }
+
+    /// Marks the sidecar stopping; true if no exchange is in progress (one
+    /// that starts from here on notifies `start`).
+    fn idle_once_stopping(&self) -> bool {
+        self.stopping.store(true, SeqCst);
+        self.in_flight.load(SeqCst) == 0
+    }
+}
+
 /// What a connection (or stream) from a peer does when the sidecar stops.
 #[derive(Clone, Copy)]
 enum OnStop {
@@ -340,28 +366,22 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    // Exchanges in progress, and a signal when one starts (read only on
-    // the way out, with OnStop::AfterRequest).
-    let activity = Arc::new((
-        std::sync::atomic::AtomicUsize::new(0),
-        tokio::sync::Notify::new(),
-    ));
+    let activity = matches!(on_stop, OnStop::AfterRequest).then(|| Arc::new(Activity::default()));
     let svc = {
         let (ctx, budget, activity) = (ctx.clone(), budget.clone(), activity.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (ctx, peer, app) = (ctx.clone(), peer.clone(), app.clone());
             let guard = crate::abuse::RequestGuard::new(&budget);
             let activity = activity.clone();
-            activity
-                .0
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            activity.1.notify_waiters();
+            if let Some(a) = &activity {
+                a.started();
+            }
             async move {
                 let resp = ctx.request(req, &peer, app.as_ref()).await;
                 guard.done();
-                activity
-                    .0
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(a) = &activity {
+                    a.in_flight.fetch_sub(1, SeqCst);
+                }
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -377,13 +397,12 @@ async fn serve_http<IO>(
         _ = tripped => {}
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
         _ = stopped => {
-            let idle = activity.0.load(std::sync::atomic::Ordering::Relaxed) == 0;
-            if matches!(on_stop, OnStop::AfterRequest) && idle {
-                // An exchange the peer sent before it heard GOAWAY is
-                // still served; one that starts late is served too (the
-                // shutdown below then waits for it).
+            // OnStop::AfterRequest, idle: an exchange the peer sent before
+            // it heard GOAWAY is still served (the shutdown below then
+            // waits for it).
+            if let Some(a) = activity.as_ref().filter(|a| a.idle_once_stopping()) {
                 tokio::select! {
-                    _ = activity.1.notified() => {}
+                    _ = a.start.notified() => {}
                     _ = tokio::time::sleep(DRAIN_GRACE) => {}
                     r = conn.as_mut() => {
                         if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); }

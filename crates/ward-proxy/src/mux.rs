@@ -200,6 +200,8 @@ impl End {
 pub(crate) struct Driver<T> {
     io: T,
     state: Arc<Mutex<State>>,
+    /// The state's, kept here to be read without the lock.
+    version: Version,
     read: BytesMut,
     /// Frames being written (taken from the queue), and whether some were
     /// written since the last flush.
@@ -529,7 +531,7 @@ pub(crate) fn connector<T>(io: T, version: Version) -> (Connector, Driver<T>) {
         Connector {
             state: Arc::new(Handle(state.clone())),
         },
-        Driver::new(io, state),
+        Driver::new(io, state, version),
     )
 }
 
@@ -540,7 +542,7 @@ pub(crate) fn acceptor<T>(io: T, version: Version) -> (Acceptor, Driver<T>) {
         Acceptor {
             state: Arc::new(Handle(state.clone())),
         },
-        Driver::new(io, state),
+        Driver::new(io, state, version),
     )
 }
 
@@ -782,9 +784,10 @@ impl AsyncWrite for Stream {
 }
 
 impl<T> Driver<T> {
-    fn new(io: T, state: Arc<Mutex<State>>) -> Driver<T> {
+    fn new(io: T, state: Arc<Mutex<State>>, version: Version) -> Driver<T> {
         Driver {
             io,
+            version,
             state,
             read: BytesMut::new(),
             out: BytesMut::new(),
@@ -918,7 +921,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         if this.shutting_down {
             return this.poll_close(cx);
         }
-        let v1 = lock(&this.state).version == Version::V1;
+        let v1 = this.version == Version::V1;
         // Read what has arrived, a bounded number of times per turn.
         let mut reads = 0;
         let mut paused = false;

@@ -380,10 +380,16 @@ impl Proc {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
+        self.signal("-TERM");
+    }
+
+    /// Sends a signal (`kill`'s argument, e.g. `-STOP`); true if sent.
+    pub fn signal(&self, sig: &str) -> bool {
+        Command::new("kill")
+            .arg(sig)
             .arg(self.child.id().to_string())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Waits for exit, at most `timeout`.

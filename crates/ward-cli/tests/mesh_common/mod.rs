@@ -141,15 +141,18 @@ pub async fn metric_sum_at(admin: &str, name: &str, labels: &[&str]) -> (f64, St
 
 /// Waits until `sc` knows an endpoint for `service` and is ready.
 pub async fn wait_for_endpoint(sc: &Sidecar, service: &str) {
+    wait_for_endpoints(sc, service, 1).await;
+}
+
+/// Waits until `sc` knows at least `n` endpoints for `service`.
+pub async fn wait_for_endpoints(sc: &Sidecar, service: &str, n: usize) {
     let id = format!("spiffe://ward.internal/ns/default/sa/{service}");
     let ok = wait_until(Duration::from_secs(10), || async {
         let c = admin_json(sc, "/config").await;
-        c["endpoints"][&id]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
+        c["endpoints"][&id].as_array().is_some_and(|a| a.len() >= n)
     })
     .await;
-    assert!(ok, "{} never learnt an endpoint of {service}", sc.id);
+    assert!(ok, "{} never learnt {n} endpoint(s) of {service}", sc.id);
 }
 
 pub fn apply(s: &WardServer, yaml: &str) {
