@@ -93,6 +93,43 @@ async fn inbound_refuses_clients_without_a_valid_certificate() {
         .unwrap();
     let (ok, out) = s_client(&sc.inbound, Some((&oc, &ok_)), &s.bundle_path());
     assert!(!ok, "{out}");
+    let handshakes = |result: &'static str| {
+        let admin = sc.admin.clone();
+        async move {
+            let label = format!("result=\"{result}\"");
+            metric_sum_at(
+                &admin,
+                "ward_proxy_tls_handshakes",
+                &["direction=\"inbound\"", &label],
+            )
+            .await
+        }
+    };
+    let (refused, m) = handshakes("error").await;
+    assert!(refused >= 2.0, "{m}");
+    // Clients that finish their side of the handshake and leave at once
+    // (`s_time -new`; a TLS health check does the same) left, and were
+    // not refused.
+    let out = Command::new("openssl")
+        .args([
+            "s_time",
+            "-connect",
+            &sc.inbound,
+            "-new",
+            "-time",
+            "1",
+            "-cert",
+        ])
+        .arg(&c)
+        .arg("-key")
+        .arg(&k)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(" connections in "), "{out}");
+    let (left, m) = handshakes("closed").await;
+    assert!(left >= 1.0, "{out}\n{m}");
+    assert_eq!(handshakes("error").await.0, refused, "{m}");
 
     // Plaintext HTTP to the inbound port gets nothing from the app.
     let mut tcp = tokio::net::TcpStream::connect(&sc.inbound).await.unwrap();

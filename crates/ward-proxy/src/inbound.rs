@@ -133,6 +133,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
     .await
 }
 
+/// Whether a failed inbound handshake ended because the client closed or
+/// reset the connection, not because TLS refused it. A client that sent
+/// an alert (it rejected the sidecar's certificate) or broke the protocol
+/// is refused; one that left is not: a TLS health check or `openssl
+/// s_time` closes as soon as its own side of the handshake is done, and
+/// the session ticket the sidecar then writes finds the socket closed.
+fn client_left(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
+    )
+}
+
 async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {
     let m = &ctx.shared.metrics;
     let tls = match tokio::time::timeout(
@@ -143,13 +157,18 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            let left = client_left(&e);
             m.handshakes
                 .get_or_create(&HandshakeLabels {
                     direction: "inbound",
-                    result: "error",
+                    result: if left { "closed" } else { "error" },
                 })
                 .inc();
-            tracing::info!(%remote, error = %e, "inbound handshake refused");
+            if left {
+                tracing::debug!(%remote, error = %e, "inbound client left during the handshake");
+            } else {
+                tracing::info!(%remote, error = %e, "inbound handshake refused");
+            }
             return;
         }
         Err(_) => {
