@@ -48,6 +48,18 @@ def executed(path, binary):
     return names
 
 
+def complete(path):
+    """Whether callgrind has finished writing `path` (it ends with the
+    `totals:` line)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 200))
+            return b"\ntotals: " in f.read()
+    except OSError:
+        return False
+
+
 def main():
     binary = os.path.realpath(c.WARD)
     tmp = tempfile.mkdtemp()
@@ -73,9 +85,12 @@ def main():
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
-        time.sleep(8)
+        deadline = time.time() + 120
         for p in procs:
-            p.kill()
+            try:
+                p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
     # The control-plane pair: bench/mesh.py with a `ward` that runs its
     # sidecars (and only them) under callgrind.
     wrapper = os.path.join(tmp, "ward-under-callgrind")
@@ -94,6 +109,13 @@ exec {binary} "$@"
     outputs += sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("cg-cp-"))
     if len(outputs) < 4:
         sys.exit("the control-plane pair left no callgrind output")
+    # valgrind writes its output as the process exits, which on a busy
+    # machine can be after the harness has moved on: read only whole files.
+    deadline = time.time() + 300
+    while not all(complete(p) for p in outputs):
+        if time.time() > deadline:
+            sys.exit("a callgrind output was not completed: " + ", ".join(p for p in outputs if not complete(p)))
+        time.sleep(1)
     seen = set()
     for path in outputs:
         for name in executed(path, binary):
