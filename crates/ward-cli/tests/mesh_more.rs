@@ -77,13 +77,7 @@ async fn load_balancing_skips_a_dead_endpoint() {
         ],
     )
     .unwrap();
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoints(&fe, "payments", 2).await;
+    let fe = frontend_for_payments(&s, 2).await;
     let url = format!("http://{}/lb", fe.upstream("payments.default"));
     let mut seen = std::collections::HashMap::new();
     for _ in 0..20 {

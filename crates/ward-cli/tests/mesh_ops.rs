@@ -165,13 +165,7 @@ async fn sigterm_drains_in_flight_requests() {
     let s = common::server(&["--default-policy", "allow"]);
     let pay = app("payments");
     let mut pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let fe = frontend_for_payments(&s, 1).await;
     let url = format!("http://{}/sleep/1500", fe.upstream("payments.default"));
     let client = reqwest::Client::new();
     let mut inflight = Vec::new();
@@ -218,13 +212,7 @@ async fn stopping_one_of_two_endpoints_under_load_loses_no_request() {
     let (a, b) = (app("payments-a"), app("payments-b"));
     let _sa = sidecar(&s, "payments", &a.http, &[]);
     let mut sb = sidecar(&s, "payments", &b.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:9",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoints(&fe, "payments", 2).await;
+    let fe = frontend_for_payments(&s, 2).await;
     let Load {
         stop,
         ok,

@@ -85,13 +85,7 @@ async fn payments_and_frontend() -> (WardServer, App, Sidecar, Sidecar) {
     let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
     let pay = app("payments");
     let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
-    let fe = sidecar(
-        &s,
-        "frontend",
-        "127.0.0.1:1",
-        &["--upstream", "payments=127.0.0.1:0"],
-    );
-    wait_for_endpoint(&fe, "payments").await;
+    let fe = frontend_for_payments(&s, 1).await;
     (s, pay, pay_sc, fe)
 }
 

@@ -170,14 +170,21 @@ pub const ALLOW_FRONTEND: &str = "apiVersion: ward/v1\nkind: AuthorizationPolicy
 pub async fn payments_and_frontend(s: &WardServer) -> (App, Sidecar, Sidecar) {
     let pay = app("payments");
     let pay_sc = sidecar(s, "payments", &pay.http, &[]);
+    let fe = frontend_for_payments(s, 1).await;
+    (pay, pay_sc, fe)
+}
+
+/// A `frontend` sidecar (no app of its own) with an upstream port for
+/// `payments`, once it knows `endpoints` endpoints of it.
+pub async fn frontend_for_payments(s: &WardServer, endpoints: usize) -> Sidecar {
     let fe = sidecar(
         s,
         "frontend",
         "127.0.0.1:9",
         &["--upstream", "payments=127.0.0.1:0"],
     );
-    wait_for_endpoint(&fe, "payments").await;
-    (pay, pay_sc, fe)
+    wait_for_endpoints(&fe, "payments", endpoints).await;
+    fe
 }
 
 /// ward's TLS for a certificate the server issues to `spiffe_id`, trusting
