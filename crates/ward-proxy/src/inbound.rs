@@ -26,7 +26,7 @@ use ward_policy::{HttpAttributes, Request as PolicyRequest};
 use crate::authn::Outcome;
 use crate::gated::Gated;
 use crate::h1conn::Idle;
-use crate::metrics::{ConnEndLabels, Counters, DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
 use crate::transport::Transport;
 use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
 
@@ -158,12 +158,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let left = client_left(&e);
-            m.handshakes
-                .get_or_create(&HandshakeLabels {
-                    direction: "inbound",
-                    result: if left { "closed" } else { "error" },
-                })
-                .inc();
+            m.count_handshake("inbound", if left { "closed" } else { "error" });
             if left {
                 tracing::debug!(%remote, error = %e, "inbound client left during the handshake");
             } else {
@@ -172,21 +167,11 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             return;
         }
         Err(_) => {
-            m.handshakes
-                .get_or_create(&HandshakeLabels {
-                    direction: "inbound",
-                    result: "timeout",
-                })
-                .inc();
+            m.count_handshake("inbound", "timeout");
             return;
         }
     };
-    m.handshakes
-        .get_or_create(&HandshakeLabels {
-            direction: "inbound",
-            result: "ok",
-        })
-        .inc();
+    m.count_handshake("inbound", "ok");
     let (_, conn) = tls.get_ref();
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -298,8 +283,7 @@ async fn serve_streams(
         });
         tokio::select! {
             end = &mut driver => {
-                let labels = ConnEndLabels { direction: "inbound", reason: end.label() };
-                ctx.shared.metrics.peer_connections_closed.get_or_create(&labels).inc();
+                ctx.shared.metrics.peer_connections_closed.count("inbound", end.label());
                 return;
             }
             _ = &mut tripped => return,
@@ -353,6 +337,10 @@ impl Activity {
         }
     }
 
+    fn finished(&self) {
+        self.in_flight.fetch_sub(1, SeqCst);
+    }
+
     /// Marks the sidecar stopping; true if no exchange is in progress (one
     /// that starts from here on notifies `start`).
     fn idle_once_stopping(&self) -> bool {
@@ -399,7 +387,7 @@ async fn serve_http<IO>(
                 let resp = ctx.request(req, &peer, app.as_ref()).await;
                 guard.done();
                 if let Some(a) = &activity {
-                    a.in_flight.fetch_sub(1, SeqCst);
+                    a.finished();
                 }
                 Ok::<_, Infallible>(resp)
             }

@@ -35,6 +35,20 @@ pub(crate) struct ConnEndLabels {
     pub reason: &'static str,
 }
 
+/// `ward_proxy_peer_connections_closed_total`: shared connections between
+/// sidecars that ended, and why. A handle, kept by the tasks that drive
+/// them.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionEnds(Family<ConnEndLabels, Counter>);
+
+impl ConnectionEnds {
+    pub(crate) fn count(&self, direction: &'static str, reason: &'static str) {
+        self.0
+            .get_or_create(&ConnEndLabels { direction, reason })
+            .inc();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DecisionLabels {
     pub decision: &'static str,
@@ -87,7 +101,7 @@ pub(crate) struct Metrics {
     pub cert_expiry: Gauge,
     pub tls_versions: Family<TlsVersionLabels, Counter>,
     pub resumptions: Family<DirectionLabels, Counter>,
-    pub peer_connections_closed: Family<ConnEndLabels, Counter>,
+    pub peer_connections_closed: ConnectionEnds,
 }
 
 impl Metrics {
@@ -100,11 +114,11 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let tls_versions = Family::<TlsVersionLabels, Counter>::default();
         let resumptions = Family::<DirectionLabels, Counter>::default();
-        let peer_connections_closed = Family::<ConnEndLabels, Counter>::default();
+        let peer_connections_closed = ConnectionEnds::default();
         registry.register(
             "ward_proxy_peer_connections_closed",
             "Shared connections between sidecars (ward-mux) that ended, by direction and reason",
-            peer_connections_closed.clone(),
+            peer_connections_closed.0.clone(),
         );
         registry.register(
             "ward_proxy_tls_resumptions",
@@ -155,6 +169,13 @@ impl Metrics {
     }
 
     /// Counts `conn`'s handshake if it resumed a session.
+    /// A TLS handshake's outcome (`ward_proxy_tls_handshakes_total`).
+    pub(crate) fn count_handshake(&self, direction: &'static str, result: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { direction, result })
+            .inc();
+    }
+
     pub(crate) fn count_resumption(&self, direction: &'static str, conn: &rustls::CommonState) {
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.resumptions

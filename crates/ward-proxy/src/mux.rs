@@ -158,10 +158,7 @@ impl Drop for Handle {
             s.accepting = false;
             // Streams opened but not yet accepted are refused.
             while let Some(id) = s.accept.pop_front() {
-                if let Some(h) = s.streams.remove(&id) {
-                    s.buffered -= h.recv.len();
-                    s.give_back(h.recv.len());
-                }
+                s.forget(id);
                 frame(&mut s.queue, id, RESET, 0, &[]);
             }
         }
@@ -398,6 +395,15 @@ impl State {
         }
     }
 
+    /// Removes a stream from the table; what it had received and not
+    /// read is discarded (and, `ward-mux/2`, credited back).
+    fn forget(&mut self, id: u32) -> Option<Half> {
+        let h = self.streams.remove(&id)?;
+        self.buffered -= h.recv.len();
+        self.give_back(h.recv.len());
+        Some(h)
+    }
+
     /// `ward-mux/2`: `n` bytes received were consumed or discarded; true
     /// when that queued connection credit for the peer.
     fn give_back(&mut self, n: usize) -> bool {
@@ -581,14 +587,14 @@ impl Connector {
 }
 
 impl Acceptor {
-    /// `ward-mux/2`: tells the opener this side is stopping (GOAWAY), and
-    /// returns true; the caller goes on accepting the streams opened
-    /// before the opener hears it. `ward-mux/1` has no GOAWAY: false.
     /// Streams open on the connection (accepted or waiting to be).
     pub(crate) fn streams_open(&self) -> usize {
         lock(&self.state.0).streams.len()
     }
 
+    /// `ward-mux/2`: tells the opener this side is stopping (GOAWAY), and
+    /// returns true; the caller goes on accepting the streams opened
+    /// before the opener hears it. `ward-mux/1` has no GOAWAY: false.
     pub(crate) fn go_away(&self) -> bool {
         let mut s = lock(&self.state.0);
         if s.version == Version::V1 {
@@ -635,9 +641,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let mut s = lock(&self.state);
-        if let Some(h) = s.streams.remove(&self.id) {
-            s.buffered -= h.recv.len();
-            s.give_back(h.recv.len());
+        if let Some(h) = s.forget(self.id) {
             if s.buffered < BUFFERED_MAX {
                 wake(&mut s.driver);
             }

@@ -32,7 +32,7 @@ use ward_tls::MeshTls;
 use crate::gated::Gated;
 use crate::h1conn::{Idle, SendError};
 use crate::inbound::{local, Body, ORIG_PROTO};
-use crate::metrics::{Counters, HandshakeLabels, RequestLabels};
+use crate::metrics::{Counters, RequestLabels};
 use crate::transport::Transport;
 use crate::{mux, Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
 
@@ -78,15 +78,11 @@ pub(crate) async fn serve(
         balancer: Balancer::default(),
         requests: Counters::default(),
     });
-    // Accepted connections start with the listener's TCP_NODELAY (see
-    // `transport::INHERITED`).
-    let _ = socket2::SockRef::from(&listener).set_tcp_nodelay(true);
+    crate::transport::app_listener(&listener);
     crate::accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
         async move {
-            if !crate::transport::INHERITED {
-                let _ = tcp.set_nodelay(true);
-            }
+            crate::transport::app_accepted(&tcp);
             match ctx.up.protocol {
                 Protocol::Http => ctx.http_conn(tcp).await,
                 Protocol::Tcp => ctx.tcp_conn(tcp).await,
@@ -192,14 +188,10 @@ impl Pools {
             return Ok(PeerIo::Tls(Box::new(tls)));
         };
         let (conn, driver) = mux::connector(tls, version);
-        let closed = shared.metrics.peer_connections_closed.clone();
+        let ends = shared.metrics.peer_connections_closed.clone();
         tokio::spawn(async move {
-            let reason = driver.await.label();
-            let labels = crate::metrics::ConnEndLabels {
-                direction: "outbound",
-                reason,
-            };
-            closed.get_or_create(&labels).inc();
+            let end = driver.await;
+            ends.count("outbound", end.label());
         });
         let stream = conn
             .open()
@@ -685,14 +677,7 @@ async fn dial(
 ) -> io::Result<TlsStream<Transport>> {
     let r = connect_tls(tls, &shared.tls, expected, ep).await;
     let result = if r.is_ok() { "ok" } else { "error" };
-    shared
-        .metrics
-        .handshakes
-        .get_or_create(&HandshakeLabels {
-            direction: "outbound",
-            result,
-        })
-        .inc();
+    shared.metrics.count_handshake("outbound", result);
     if let Ok(stream) = &r {
         shared
             .metrics

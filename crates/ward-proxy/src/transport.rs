@@ -76,6 +76,20 @@ pub(crate) fn mesh_listener(l: &TcpListener) {
     set_options(socket2::SockRef::from(l));
 }
 
+/// Gives the listener for apps `TCP_NODELAY`, for the connections it
+/// accepts to start with (see [`INHERITED`]).
+pub(crate) fn app_listener(l: &TcpListener) {
+    let _ = socket2::SockRef::from(l).set_tcp_nodelay(true);
+}
+
+/// A connection from an app, accepted from a listener set up by
+/// [`app_listener`].
+pub(crate) fn app_accepted(tcp: &TcpStream) {
+    if !INHERITED {
+        let _ = tcp.set_nodelay(true);
+    }
+}
+
 /// A connection from another sidecar, accepted from a listener set up by
 /// [`mesh_listener`].
 pub(crate) fn mesh_accepted(tcp: TcpStream) -> Transport {
