@@ -107,6 +107,23 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+impl AuditEvent {
+    /// An entry stamped now: `actor` did `action` on `target`; `detail`
+    /// is stored as JSON text.
+    pub fn now(actor: &str, action: &str, target: &str, detail: serde_json::Value) -> AuditEvent {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        AuditEvent {
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// An audit-log entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditRecord {

@@ -132,7 +132,49 @@ async fn issue_one(tx: &mut Transaction<'_, Sqlite>, job: &IssueJob) -> Result<(
     insert_audit(tx, &job.audit).await
 }
 
+/// A write transaction that records its audit entries when it commits,
+/// so that a change and its audit entries are stored together or not at
+/// all. Dropped without [`Audited::commit`], it rolls back.
+struct Audited<'a> {
+    tx: Transaction<'static, Sqlite>,
+    audit: &'a [AuditEvent],
+}
+
+impl Audited<'_> {
+    /// The connection to run statements on.
+    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Runs `sql` once for each key, bound as its only parameter.
+    async fn each<K>(&mut self, sql: &'static str, keys: &[K]) -> Result<()>
+    where
+        K: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Sync,
+    {
+        for k in keys {
+            sqlx::query(sql).bind(k).execute(self.conn()).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        for e in self.audit {
+            insert_audit(&mut self.tx, e).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 impl SqliteStore {
+    /// Begins a transaction that will record `audit` when it commits.
+    async fn begin_audited<'a>(&self, audit: &'a [AuditEvent]) -> Result<Audited<'a>> {
+        Ok(Audited {
+            tx: self.pool.begin().await?,
+            audit,
+        })
+    }
+
     /// Runs one UPDATE or DELETE and, when it changed a row, records
     /// `audit` in the same transaction. Returns whether a row changed.
     async fn write_audited<'q>(
@@ -140,11 +182,10 @@ impl SqliteStore {
         q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         audit: &AuditEvent,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
+        if q.execute(tx.conn()).await?.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -200,7 +241,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_service(&self, s: &Service, audit: &AuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         let r = sqlx::query(
             "INSERT INTO services (namespace, name, spiffe_id, created_at, protocol) VALUES (?, ?, ?, ?, ?)",
         )
@@ -209,7 +250,7 @@ impl Store for SqliteStore {
         .bind(&s.spiffe_id)
         .bind(s.created_at)
         .bind(&s.protocol)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await;
         match r {
             Err(e) if is_unique_violation(&e) => {
@@ -220,9 +261,7 @@ impl Store for SqliteStore {
             }
             r => r?,
         };
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<Service>> {
@@ -254,7 +293,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_join_token(&self, t: &JoinToken, audit: &AuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         sqlx::query(
             "INSERT INTO join_tokens (hash, namespace, service, spiffe_id, expires_at, uses_left, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -266,11 +305,9 @@ impl Store for SqliteStore {
         .bind(t.expires_at)
         .bind(t.uses_left)
         .bind(t.created_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn find_join_token(&self, hash: &[u8]) -> Result<Option<JoinToken>> {
@@ -362,7 +399,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_ca(&self, ca: &CaRecord, audit: &AuditEvent) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO ca_keys (kind, state, serial, cert_der, key_sealed, not_before, not_after, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -375,9 +412,8 @@ impl Store for SqliteStore {
         .bind(ca.not_before)
         .bind(ca.not_after)
         .bind(ca.created_at)
-        .fetch_one(&mut *tx)
+        .fetch_one(tx.conn())
         .await?;
-        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -396,23 +432,16 @@ impl Store for SqliteStore {
         delete: &[i64],
         audit: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         for (id, state) in states {
             sqlx::query("UPDATE ca_keys SET state = ? WHERE id = ?")
                 .bind(state)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
-        for id in delete {
-            sqlx::query("DELETE FROM ca_keys WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.each("DELETE FROM ca_keys WHERE id = ?", delete).await?;
+        tx.commit().await
     }
 
     async fn apply_policies(
@@ -421,7 +450,7 @@ impl Store for SqliteStore {
         at: i64,
         audit: &[AuditEvent],
     ) -> Result<Vec<PolicyRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(audit).await?;
         let mut out = Vec::with_capacity(policies.len());
         for (namespace, name, json) in policies {
             let current: Option<(String, i64)> = sqlx::query_as(
@@ -429,7 +458,7 @@ impl Store for SqliteStore {
             )
             .bind(namespace)
             .bind(name)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn())
             .await?;
             let version = match current {
                 Some((old, v)) if old == *json => v,
@@ -446,7 +475,7 @@ impl Store for SqliteStore {
             .bind(json)
             .bind(version)
             .bind(at)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
             out.push(PolicyRecord {
                 namespace: namespace.clone(),
@@ -455,9 +484,6 @@ impl Store for SqliteStore {
                 version,
                 updated_at: at,
             });
-        }
-        for e in audit {
-            insert_audit(&mut tx, e).await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -477,7 +503,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_client(&self, c: &OAuthClient, audit: &AuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         let r = sqlx::query(
             "INSERT INTO oauth_clients (client_id, service_id, auth_method, secret_hash, jwks, scopes, audiences, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -490,7 +516,7 @@ impl Store for SqliteStore {
         .bind(&c.scopes)
         .bind(&c.audiences)
         .bind(c.created_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await;
         match r {
             Err(e) if is_unique_violation(&e) => {
@@ -498,9 +524,7 @@ impl Store for SqliteStore {
             }
             r => r?,
         };
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn get_client(&self, client_id: &str) -> Result<Option<OAuthClient>> {
@@ -540,7 +564,7 @@ impl Store for SqliteStore {
         delete: &[String],
         audit: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         for k in insert {
             sqlx::query(
                 "INSERT INTO signing_keys (kid, alg, state, public_jwk, key_sealed, created_at, retire_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -552,7 +576,7 @@ impl Store for SqliteStore {
             .bind(&k.key_sealed)
             .bind(k.created_at)
             .bind(k.retire_until)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         for (kid, state, until) in states {
@@ -560,30 +584,22 @@ impl Store for SqliteStore {
                 .bind(state)
                 .bind(until)
                 .bind(kid)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
-        for kid in delete {
-            sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
-                .bind(kid)
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.each("DELETE FROM signing_keys WHERE kid = ?", delete)
+            .await?;
+        tx.commit().await
     }
 
     async fn revoke_token(&self, jti: &str, expires_at: i64, audit: &AuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING")
             .bind(jti)
             .bind(expires_at)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<String>> {
@@ -628,10 +644,10 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        insert_audit(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        self.begin_audited(std::slice::from_ref(event))
+            .await?
+            .commit()
+            .await
     }
 
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>> {
