@@ -1,9 +1,11 @@
-//! Operating the mesh: certificate rotation under load, the control plane
-//! killed under load, SIGTERM with requests in flight.
+//! Restarts and rotation: certificate rotation under load, the control
+//! plane killed under load, SIGTERM with requests in flight, one of two
+//! endpoints stopped under load, a sidecar restarted from its state dir.
 mod common;
 mod mesh_common;
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -244,4 +246,87 @@ async fn stopping_one_of_two_endpoints_under_load_loses_no_request() {
     task.await.unwrap();
     assert_eq!(failed.load(Ordering::Relaxed), 0, "requests lost");
     assert!(ok.load(Ordering::Relaxed) > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_state_dir_without_a_token() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let pay = app("payments");
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().join("state");
+    let first = sidecar(
+        &s,
+        "payments",
+        &pay.http,
+        &["--state-dir", st.to_str().unwrap()],
+    );
+    let serial = admin_json(&first, "/certs").await["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(st.join("svid.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    drop(first);
+    let dd = s.data_dir.to_str().unwrap().to_string();
+    let again = ward_testkit::Proc::spawn(
+        bin(),
+        &[
+            "--output",
+            "json",
+            "--data-dir",
+            &dd,
+            "proxy",
+            "--service",
+            "payments",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            &pay.http,
+            "--admin",
+            "127.0.0.1:0",
+            "--state-dir",
+            st.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let admin = again.ready["proxy"]["admin"].as_str().unwrap().to_string();
+    let certs: serde_json::Value = reqwest::get(format!("http://{admin}/certs"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        certs["serial"],
+        serial.as_str(),
+        "same certificate, no new token needed"
+    );
+    // Without a state dir and without a token, the sidecar says what to do.
+    let out = Command::new(bin())
+        .args([
+            "--data-dir",
+            &dd,
+            "proxy",
+            "--service",
+            "payments",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            &pay.http,
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ward join-token create --service payments")
+    );
 }
