@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{cmd_admin, cmd_cert, cmd_oauth, cmd_proxy, cmd_server};
-
 /// ward: zero-trust service-to-service security in one binary.
 ///
 /// A built-in CA issues short-lived SPIFFE certificates to every service;
@@ -474,24 +472,4 @@ pub(crate) fn init_tracing(g: &Global, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let g = cli.global;
-    match cli.command {
-        Command::Server(a) => cmd_server::run(&g, a).await,
-        Command::Proxy(a) => cmd_proxy::run(&g, a).await,
-        Command::Demo { check } => crate::demo::run(&g, check).await,
-        Command::SampleApp(a) => cmd_proxy::sample_app(&g, a).await,
-        Command::Service(c) => cmd_admin::service(&g, c).await,
-        Command::JoinToken(c) => cmd_admin::join_token(&g, c).await,
-        Command::Cert(c) => cmd_cert::run(&g, c).await,
-        Command::Ca(c) => cmd_admin::ca(&g, c).await,
-        Command::Policy(c) => cmd_admin::policy(&g, c).await,
-        Command::Client(c) => cmd_oauth::client(&g, c).await,
-        Command::Token(c) => cmd_oauth::token(&g, c).await,
-        Command::SigningKey(c) => cmd_oauth::signing_key(&g, c).await,
-        Command::Status => cmd_admin::status(&g).await,
-        Command::Audit(a) => cmd_admin::audit(&g, a).await,
-    }
 }

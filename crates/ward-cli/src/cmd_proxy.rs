@@ -6,8 +6,8 @@ use crate::cli::{Global, Output, ProxyArgs, SampleAppArgs};
 use crate::client::{server_url, trust};
 
 pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
-    let standalone = match (&a.cert, &a.key) {
-        (Some(cert), Some(key)) => Some(ward_proxy::Standalone {
+    let mode = match (&a.cert, &a.key) {
+        (Some(cert), Some(key)) => ward_proxy::Mode::Standalone(ward_proxy::Standalone {
             cert: cert.clone(),
             key: key.clone(),
             bundle: g.trust_bundle.clone().ok_or_else(|| {
@@ -16,35 +16,31 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             policy_file: a.policy_file.clone(),
             default_action: a.default_policy.parse().map_err(anyhow::Error::msg)?,
         }),
-        _ => None,
-    };
-    let (server, trust) = match &standalone {
-        Some(_) => (
-            String::new(),
-            ward_tls::ControlPlaneTrust::Bundle(Vec::new()),
-        ),
-        None => {
+        _ => {
             let url = server_url(g)?;
             let server = url
                 .trim_start_matches("https://")
                 .trim_end_matches('/')
                 .to_string();
-            (server, trust(g)?)
+            let join_token = match (&a.join_token, &a.join_token_file) {
+                (Some(t), _) => Some(t.trim().to_string()),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            ward_proxy::Mode::ControlPlane {
+                server,
+                trust: trust(g)?,
+                join_token,
+            }
         }
     };
-    let join_token = match (&a.join_token, &a.join_token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
     let cfg = ward_proxy::ProxyConfig {
-        server,
-        trust,
+        mode,
         service: a.service,
         namespace: a.namespace,
         inbound: a.inbound,
@@ -55,9 +51,8 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
         admin: Some(a.admin),
         state_dir: a.state_dir,
         drain_timeout: a.drain_timeout,
-        standalone,
     };
-    let proxy = ward_proxy::Proxy::build(cfg, join_token).await?;
+    let proxy = ward_proxy::Proxy::build(cfg).await?;
     let bound = proxy.bound()?;
     match g.output {
         Output::Json => println!("{}", json!({ "event": "proxy_ready", "proxy": bound })),

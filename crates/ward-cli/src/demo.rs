@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 use ward_api::demo::echo_client::EchoClient;
 use ward_api::demo::EchoRequest;
-use ward_proxy::{Bound, Protocol, Proxy, ProxyConfig, Upstream};
+use ward_proxy::{Bound, Mode, Protocol, Proxy, ProxyConfig, Upstream};
 use ward_tls::ControlPlaneTrust;
 
 use crate::cli::{Global, Output};
@@ -73,8 +73,11 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
             _ => vec![],
         };
         let cfg = ProxyConfig {
-            server: server_addr.to_string(),
-            trust: ControlPlaneTrust::fingerprint(&fp).map_err(|e| anyhow!(e))?,
+            mode: Mode::ControlPlane {
+                server: server_addr.to_string(),
+                trust: ControlPlaneTrust::fingerprint(&fp).map_err(|e| anyhow!(e))?,
+                join_token: Some(token),
+            },
             service: name.to_string(),
             namespace: "default".into(),
             inbound: "127.0.0.1:0".parse()?,
@@ -85,9 +88,8 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
             admin: Some("127.0.0.1:0".parse()?),
             state_dir: None,
             drain_timeout: Duration::from_secs(5),
-            standalone: None,
         };
-        let proxy = Proxy::build(cfg, Some(token))
+        let proxy = Proxy::build(cfg)
             .await
             .with_context(|| format!("starting the {name} sidecar"))?;
         let bound = proxy.bound()?;

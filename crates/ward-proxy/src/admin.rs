@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::Shared;
+use crate::state::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let app = Router::new()

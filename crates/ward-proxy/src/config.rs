@@ -100,15 +100,12 @@ impl std::str::FromStr for Upstream {
     }
 }
 
-/// Everything `ward proxy` is told. No secrets: the join token is used
-/// once and not kept here.
+/// Everything `ward proxy` is told. No secrets: [`Mode::ControlPlane`]'s
+/// join token is taken out when the sidecar is built and never serialized.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyConfig {
-    /// Control plane `host:port`.
-    pub server: String,
-    /// How the control plane is trusted.
-    #[serde(skip)]
-    pub trust: ControlPlaneTrust,
+    /// Where identity, trust and configuration come from.
+    pub mode: Mode,
     /// This workload's service.
     pub service: String,
     /// Its namespace.
@@ -130,8 +127,37 @@ pub struct ProxyConfig {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(serialize_with = "secs")]
     pub drain_timeout: Duration,
-    /// Run without a control plane, from files.
-    pub standalone: Option<Standalone>,
+}
+
+/// Where a sidecar's identity, trust and configuration come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A ward control plane: the certificate is signed from a CSR and
+    /// renewed at half-life; the watch stream brings the bundle,
+    /// revocations, endpoints and policies.
+    ControlPlane {
+        /// Control plane `host:port`.
+        server: String,
+        /// How the control plane is trusted.
+        #[serde(skip)]
+        trust: ControlPlaneTrust,
+        /// Buys the first certificate when the state dir holds none.
+        #[serde(skip)]
+        join_token: Option<String>,
+    },
+    /// No control plane: certificates, bundle and policies from files.
+    Standalone(Standalone),
+}
+
+impl Mode {
+    /// The control plane's address and trust, unless standalone.
+    pub fn control_plane(&self) -> Option<(&str, &ControlPlaneTrust)> {
+        match self {
+            Mode::ControlPlane { server, trust, .. } => Some((server, trust)),
+            Mode::Standalone(_) => None,
+        }
+    }
 }
 
 /// Certificates from files kept fresh by something else (SPIRE,

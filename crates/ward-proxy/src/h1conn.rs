@@ -26,7 +26,7 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::inbound::Body;
+use crate::http::Body;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

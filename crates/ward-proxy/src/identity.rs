@@ -12,7 +12,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use ward_api::v1::identity_client::IdentityClient;
 use ward_api::v1::SignCertificateRequest;
-use ward_identity::SpiffeId;
+use ward_identity::{SpiffeId, TrustDomain};
 use ward_tls::ControlPlaneTrust;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -194,6 +194,33 @@ pub(crate) async fn request_svid(
         .map(CertificateDer::from)
         .collect();
     Svid::from_parts(chain, key.serialize_der(), bundle)
+}
+
+/// The server's trust domain, from the root it presents (which the
+/// client already verified by fingerprint or bundle).
+pub(crate) async fn discover_trust_domain(
+    server: &str,
+    trust: &ControlPlaneTrust,
+) -> anyhow::Result<TrustDomain> {
+    let tls = ward_tls::client_config(trust.clone(), None, &[b"h2"])?;
+    let tls = std::sync::Arc::new(tls);
+    let tcp = tokio::net::TcpStream::connect(server)
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let name = rustls_pki_types::ServerName::try_from("ward-server")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .context("TLS to the ward server")?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or_else(|| anyhow!("no server certificate"))?;
+    let peer = ward_tls::peer_identity(Some(&[leaf]))
+        .ok_or_else(|| anyhow!("the server certificate is not an X509-SVID"))?;
+    Ok(peer.id.trust_domain())
 }
 
 /// The current SVID, shared by the renewal loop and the control client.

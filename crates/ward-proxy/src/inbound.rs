@@ -1,76 +1,34 @@
 //! The inbound listener: mTLS in, policy, plaintext to the app.
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest::{digest, SHA256};
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
-use crate::authn::Outcome;
+use crate::abuse::CancelBudget;
+use crate::authn::{Authn, Outcome};
+use crate::config::Protocol;
 use crate::gated::Gated;
 use crate::h1conn::Idle;
+use crate::http::{
+    boxed, is_grpc, Access, Body, OnStop, Reject, DRAIN_GRACE, ORIG_PROTO, PEER_ID, XFCC,
+};
 use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
-use crate::transport::Transport;
-use crate::{mux, Shared, ALPN_H2, ALPN_TCP};
-
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
-
-pub(crate) const PEER_ID: HeaderName = HeaderName::from_static("x-ward-peer-id");
-pub(crate) const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-/// Set by the outbound sidecar when the app's request was HTTP/2, so the
-/// inbound side speaks HTTP/2 to its app too (gRPC needs it).
-pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("x-ward-orig-proto");
-
-/// The HTTP server settings of both listeners: 10 s to send request
-/// headers, 64 KiB of headers, 1,024 concurrent HTTP/2 streams, and at
-/// most 100 streams reset before they are served (rapid reset).
-pub(crate) fn http_server() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .max_header_list_size(64 * 1024)
-        .max_pending_accept_reset_streams(Some(100))
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
-}
-
-pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e: Infallible| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
-    r
-}
+use crate::state::{accept_loop, stopped, Shared};
+use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
+use crate::{mux, upgrade};
 
 struct Inbound {
     shared: Arc<Shared>,
@@ -100,7 +58,7 @@ struct Peer {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>) {
-    crate::transport::mesh_listener(&listener);
+    transport::mesh_listener(&listener);
     let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
         ALPN_H2,
         mux::ALPNS[0],
@@ -127,7 +85,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
             .build(http),
         shared: shared.clone(),
     });
-    crate::accept_loop(&shared, listener, conns, "inbound", move |tcp, remote| {
+    accept_loop(&shared, listener, conns, "inbound", move |tcp, remote| {
         handle(ctx.clone(), acceptor.clone(), tcp, remote)
     })
     .await
@@ -151,7 +109,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     let m = &ctx.shared.metrics;
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
-        acceptor.accept(crate::transport::mesh_accepted(tcp)),
+        acceptor.accept(transport::mesh_accepted(tcp)),
     )
     .await
     {
@@ -224,12 +182,12 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             None => Mode::Http2,
         },
     };
-    if ctx.shared.cfg.app_protocol == crate::Protocol::Tcp {
+    if ctx.shared.cfg.app_protocol == Protocol::Tcp {
         // HTTP framing towards an app that speaks raw TCP would corrupt both.
         tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
         return;
     }
-    let budget = Arc::new(crate::abuse::CancelBudget::default());
+    let budget = Arc::new(CancelBudget::default());
     match mode {
         Mode::Streams(v) => serve_streams(ctx, tls, v, peer, budget).await,
         // An HTTP/1.1 connection keeps an app connection of its own; HTTP/2
@@ -255,7 +213,7 @@ async fn serve_streams(
     tls: tokio_rustls::server::TlsStream<Transport>,
     version: mux::Version,
     peer: Arc<Peer>,
-    budget: Arc<crate::abuse::CancelBudget>,
+    budget: Arc<CancelBudget>,
 ) {
     let (acceptor, driver) = mux::acceptor(tls, version);
     tokio::pin!(driver);
@@ -264,7 +222,7 @@ async fn serve_streams(
     // This task also drives the connection, so it wakes for every read
     // and write on it: the other branches are polled only when woken.
     let mut tripped = Gated::new(budget.tripped());
-    let mut stopped = Gated::new(crate::stopped(&mut stop));
+    let mut stopped = Gated::new(stopped(&mut stop));
     // `ward-mux/2`, stopping: GOAWAY was sent; streams the peer opened
     // before it heard are still served, and once DRAIN_GRACE has passed
     // with no stream left the connection closes.
@@ -315,52 +273,6 @@ async fn serve_streams(
     }
 }
 
-/// How long a stopping sidecar keeps serving new exchanges on a
-/// `ward-mux/2` connection after its GOAWAY: the peer may have sent some
-/// before it heard.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
-
-/// The exchanges of one stream, for [`OnStop::AfterRequest`].
-#[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
-    stopping: AtomicBool,
-    /// Notified when an exchange starts once `stopping` is set.
-    start: tokio::sync::Notify,
-}
-
-impl Activity {
-    fn started(&self) {
-        self.in_flight.fetch_add(1, SeqCst);
-        if self.stopping.load(SeqCst) {
-            self.start.notify_one();
-        }
-    }
-
-    fn finished(&self) {
-        self.in_flight.fetch_sub(1, SeqCst);
-    }
-
-    /// Marks the sidecar stopping; true if no exchange is in progress (one
-    /// that starts from here on notifies `start`).
-    fn idle_once_stopping(&self) -> bool {
-        self.stopping.store(true, SeqCst);
-        self.in_flight.load(SeqCst) == 0
-    }
-}
-
-/// What a connection (or stream) from a peer does when the sidecar stops.
-#[derive(Clone, Copy)]
-enum OnStop {
-    /// Finishes the exchange in progress, if any, and closes.
-    Now,
-    /// `ward-mux/2` streams: the peer was told (GOAWAY) and starts no new
-    /// exchange once it has heard, so an idle stream is kept until its
-    /// next exchange (sent before the peer heard) or [`DRAIN_GRACE`], then
-    /// closes after that exchange.
-    AfterRequest,
-}
-
 /// Serves HTTP from a peer on `io` (a connection or a stream) until it
 /// ends, the budget trips or the sidecar stops.
 async fn serve_http<IO>(
@@ -368,59 +280,17 @@ async fn serve_http<IO>(
     io: IO,
     peer: Arc<Peer>,
     app: Option<AppConn>,
-    budget: Arc<crate::abuse::CancelBudget>,
+    budget: Arc<CancelBudget>,
     on_stop: OnStop,
 ) where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let activity = matches!(on_stop, OnStop::AfterRequest).then(|| Arc::new(Activity::default()));
-    let svc = {
-        let (ctx, budget, activity) = (ctx.clone(), budget.clone(), activity.clone());
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (ctx, peer, app) = (ctx.clone(), peer.clone(), app.clone());
-            let guard = crate::abuse::RequestGuard::new(&budget);
-            let activity = activity.clone();
-            if let Some(a) = &activity {
-                a.started();
-            }
-            async move {
-                let resp = ctx.request(req, &peer, app.as_ref()).await;
-                guard.done();
-                if let Some(a) = &activity {
-                    a.finished();
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
-    let builder = http_server();
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(crate::strict_h1::StrictH1::new(io)), svc);
-    tokio::pin!(conn);
-    let mut stop = ctx.shared.shutdown.subscribe();
-    let tripped = Gated::new(budget.tripped());
-    let stopped = Gated::new(crate::stopped(&mut stop));
-    tokio::select! {
-        _ = tripped => {}
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); } }
-        _ = stopped => {
-            // OnStop::AfterRequest, idle: an exchange the peer sent before
-            // it heard GOAWAY is still served (the shutdown below then
-            // waits for it).
-            if let Some(a) = activity.as_ref().filter(|a| a.idle_once_stopping()) {
-                tokio::select! {
-                    _ = a.start.notified() => {}
-                    _ = tokio::time::sleep(DRAIN_GRACE) => {}
-                    r = conn.as_mut() => {
-                        if let Err(e) = r { tracing::debug!(error = %e, "inbound connection error"); }
-                        return;
-                    }
-                }
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let stop = ctx.shared.shutdown.subscribe();
+    crate::http::serve(io, stop, budget, on_stop, "inbound", move |req| {
+        let (ctx, peer, app) = (ctx.clone(), peer.clone(), app.clone());
+        async move { ctx.request(req, &peer, app.as_ref()).await }
+    })
+    .await
 }
 
 impl Inbound {
@@ -431,7 +301,7 @@ impl Inbound {
         app: Option<&AppConn>,
     ) -> Response<Body> {
         let shared = &self.shared;
-        let access = crate::Access::capture(&req);
+        let access = Access::capture(&req);
         let authn = shared.authn.load_full();
         let outcome = authn
             .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)
@@ -484,15 +354,15 @@ impl Inbound {
             self.count_decision(peer, "match", &m.policy, m.dry_run);
         }
         let resp = if revoked {
-            local(StatusCode::FORBIDDEN, "peer certificate revoked\n")
+            Reject::PeerRevoked.response()
         } else if !allowed {
-            local(StatusCode::FORBIDDEN, "RBAC: access denied\n")
+            Reject::Denied.response()
         } else {
             self.forward(req, peer, app, &authn, &outcome).await
         };
         let status = resp.status().as_u16();
         self.count_request(peer, status, label);
-        access_log(peer, &access, status, label, decided, None);
+        access.inbound(&peer.id, status, label, decided, None);
         resp
     }
 
@@ -503,7 +373,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         peer: &Peer,
         app: Option<&AppConn>,
-        authn: &crate::authn::Authn,
+        authn: &Authn,
         outcome: &Outcome,
     ) -> Response<Body> {
         let shared = &self.shared;
@@ -511,10 +381,7 @@ impl Inbound {
             .headers_mut()
             .remove(ORIG_PROTO)
             .is_some_and(|v| v == "h2")
-            || req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            || is_grpc(req.headers());
         let host = if !h2 && !req.headers().contains_key(HOST) {
             host_of(&req).and_then(|h| HeaderValue::from_str(h).ok())
         } else {
@@ -533,28 +400,25 @@ impl Inbound {
         if target.path_and_query.is_none() {
             target.path_and_query = Some(PathAndQuery::from_static("/"));
         }
-        if crate::upgrade::is_upgrade(&req) {
+        if upgrade::is_upgrade(&req) {
             // Upgrades (WebSocket) get a connection of their own, and the
             // request line keeps the origin form.
             target.scheme = None;
             target.authority = None;
             match Uri::from_parts(target) {
                 Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
+                Err(_) => return Reject::BadTarget.response(),
             }
             return match TcpStream::connect(shared.cfg.app).await {
-                Ok(app) => crate::upgrade::forward(req, app).await,
-                Err(_) => local(
-                    StatusCode::BAD_GATEWAY,
-                    "the application is not reachable\n",
-                ),
+                Ok(app) => upgrade::forward(req, app).await,
+                Err(_) => Reject::AppUnreachable.response(),
             };
         }
         target.scheme = Some(Scheme::HTTP);
         target.authority = Some(self.app_authority.clone());
         match Uri::from_parts(target) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target\n"),
+            Err(_) => return Reject::BadTarget.response(),
         }
         *req.version_mut() = if h2 {
             Version::HTTP_2
@@ -595,10 +459,7 @@ impl Inbound {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    "the application is not reachable\n",
-                )
+                Reject::AppUnreachable.response()
             }
         }
     }
@@ -608,10 +469,6 @@ async fn connect_app(app: SocketAddr) -> std::io::Result<TcpStream> {
     let tcp = TcpStream::connect(app).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
-}
-
-fn boxed(r: Response<Incoming>) -> Response<Body> {
-    r.map(|b| b.boxed())
 }
 
 /// The request's host: the URI's authority (HTTP/2, absolute form) or the
@@ -625,9 +482,9 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 impl Inbound {
     /// 401 for a bearer token that is present and invalid (RFC 6750 §3.1).
-    fn unauthenticated(&self, peer: &Peer, access: &crate::Access, why: &str) -> Response<Body> {
+    fn unauthenticated(&self, peer: &Peer, access: &Access, why: &str) -> Response<Body> {
         self.count_decision(peer, "deny", "request-authentication", false);
-        let mut resp = local(StatusCode::UNAUTHORIZED, "invalid bearer token\n");
+        let mut resp = Reject::InvalidToken.response();
         let challenge = format!(
             "Bearer realm=\"ward\", error=\"invalid_token\", error_description=\"{}\"",
             why.replace('"', "'")
@@ -636,14 +493,7 @@ impl Inbound {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
         self.count_request(peer, 401, "deny");
-        access_log(
-            peer,
-            access,
-            401,
-            "deny",
-            "request-authentication",
-            Some(why),
-        );
+        access.inbound(&peer.id, 401, "deny", "request-authentication", Some(why));
         resp
     }
 
@@ -679,32 +529,6 @@ impl Inbound {
                 let c = self.shared.metrics.requests.get_or_create(&labels).clone();
                 ((status, decision), c)
             },
-        );
-    }
-}
-
-/// The access-log line of an inbound request (when the log is on).
-fn access_log(
-    peer: &Peer,
-    access: &crate::Access,
-    status: u16,
-    decision: &str,
-    policy: &str,
-    reason: Option<&str>,
-) {
-    if let Some((start, method, path)) = &access.0 {
-        tracing::info!(
-            target: "ward::access",
-            direction = "inbound",
-            peer = %peer.id,
-            method = %method,
-            path = %path,
-            status,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-            decision,
-            policy,
-            reason,
-            "request"
         );
     }
 }

@@ -4,7 +4,6 @@
 //! connections too, each on a stream of its own (`mux`); TCP gets its own
 //! connection.
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -29,12 +28,14 @@ use tokio_rustls::TlsConnector;
 use ward_identity::SpiffeId;
 use ward_tls::MeshTls;
 
-use crate::gated::Gated;
-use crate::h1conn::{Idle, SendError};
-use crate::inbound::{local, Body, ORIG_PROTO};
+use crate::abuse::CancelBudget;
+use crate::config::{Protocol, Upstream};
+use crate::h1conn::{Idle, Retire, SendError};
+use crate::http::{boxed, empty, is_grpc, Access, Body, OnStop, Reject, ORIG_PROTO};
 use crate::metrics::{Counters, RequestLabels};
-use crate::transport::Transport;
-use crate::{mux, Protocol, Shared, Upstream, ALPN_H2, ALPN_TCP};
+use crate::state::{accept_loop, Shared};
+use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
+use crate::{mux, upgrade};
 
 /// Endpoints that refused a connection are skipped for this long.
 const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -78,11 +79,11 @@ pub(crate) async fn serve(
         balancer: Balancer::default(),
         requests: Counters::default(),
     });
-    crate::transport::app_listener(&listener);
-    crate::accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
+    transport::app_listener(&listener);
+    accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
         async move {
-            crate::transport::app_accepted(&tcp);
+            transport::app_accepted(&tcp);
             match ctx.up.protocol {
                 Protocol::Http => ctx.http_conn(tcp).await,
                 Protocol::Tcp => ctx.tcp_conn(tcp).await,
@@ -214,7 +215,7 @@ pub(crate) enum PeerIo {
     Tls(Box<TlsStream<Transport>>),
 }
 
-impl crate::h1conn::Retire for PeerIo {
+impl Retire for PeerIo {
     fn retired(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
         match self {
             PeerIo::Mux(s) => Some(s.retired()),
@@ -298,37 +299,14 @@ async fn sniff_http(tcp: &TcpStream) -> bool {
 
 impl Outbound {
     async fn http_conn(self: Arc<Self>, tcp: TcpStream) {
+        let stop = self.shared.shutdown.subscribe();
+        let budget = Arc::new(CancelBudget::default());
         let ctx = self.clone();
-        let budget = Arc::new(crate::abuse::CancelBudget::default());
-        let svc = {
-            let budget = budget.clone();
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                let ctx = ctx.clone();
-                let guard = crate::abuse::RequestGuard::new(&budget);
-                async move {
-                    let resp = ctx.request(req).await;
-                    guard.done();
-                    Ok::<_, Infallible>(resp)
-                }
-            })
-        };
-        let builder = crate::inbound::http_server();
-        let conn = builder.serve_connection_with_upgrades(
-            TokioIo::new(crate::strict_h1::StrictH1::new(tcp)),
-            svc,
-        );
-        tokio::pin!(conn);
-        let mut stop = self.shared.shutdown.subscribe();
-        let tripped = Gated::new(budget.tripped());
-        let stopped = Gated::new(crate::stopped(&mut stop));
-        tokio::select! {
-            _ = tripped => {}
-            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "outbound connection error"); } }
-            _ = stopped => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        crate::http::serve(tcp, stop, budget, OnStop::Now, "outbound", move |req| {
+            let ctx = ctx.clone();
+            async move { ctx.request(req).await }
+        })
+        .await
     }
 
     /// The pools for the current certificate. After a renewal new pools
@@ -362,10 +340,10 @@ impl Outbound {
     }
 
     async fn request(&self, req: Request<Incoming>) -> Response<Body> {
-        let access = crate::Access::capture(&req);
+        let access = Access::capture(&req);
         let map = self.shared.endpoints.load_full();
         let endpoints = self.endpoints(&map);
-        let (resp, ep) = if crate::upgrade::is_upgrade(&req) {
+        let (resp, ep) = if upgrade::is_upgrade(&req) {
             self.forward_upgrade(req, endpoints).await
         } else {
             self.forward_http(req, endpoints).await
@@ -388,19 +366,7 @@ impl Outbound {
                 (status, c)
             },
         );
-        if let Some((start, method, path)) = &access.0 {
-            tracing::info!(
-                target: "ward::access",
-                direction = "outbound",
-                peer = %self.expected,
-                endpoint = %ep,
-                method = %method,
-                path = %path,
-                status,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-                "request"
-            );
-        }
+        access.outbound(&self.expected, &ep, status);
         resp
     }
 
@@ -411,25 +377,16 @@ impl Outbound {
         endpoints: &[String],
     ) -> (Response<Body>, String) {
         let Some((ep, _guard)) = self.balancer.pick(endpoints) else {
-            return (
-                local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy endpoint for this service\n",
-                ),
-                String::new(),
-            );
+            return (Reject::NoEndpoint.response(), String::new());
         };
         // An HTTP/1.1 link of its own (a stream on a shared connection).
         let pools = self.pools();
         let resp = match pools.open_h1(&self.shared, &self.expected, &ep).await {
-            Ok(io) => crate::upgrade::forward(req, io).await,
+            Ok(io) => upgrade::forward(req, io).await,
             Err(e) => {
                 tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
                 self.balancer.mark_down(&ep);
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream service could not be reached securely\n",
-                )
+                Reject::UpstreamUnreachable.response()
             }
         };
         (resp, ep)
@@ -446,11 +403,7 @@ impl Outbound {
     ) -> (Response<Body>, String) {
         // HTTP/2 from the app (gRPC included) goes over HTTP/2 between the
         // sidecars and reaches the app as HTTP/2; HTTP/1.1 stays HTTP/1.1.
-        let h2 = req.version() == Version::HTTP_2
-            || req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let h2 = req.version() == Version::HTTP_2 || is_grpc(req.headers());
         if !h2 {
             return self.forward_h1(req, endpoints).await;
         }
@@ -483,7 +436,7 @@ impl Outbound {
             target.authority = Authority::try_from(ep.as_str()).ok();
             target.path_and_query = Some(pq.clone());
             let Ok(uri) = http::Uri::from_parts(target) else {
-                return (local(StatusCode::BAD_REQUEST, "bad request target\n"), ep);
+                return (Reject::BadTarget.response(), ep);
             };
             let mut r = Request::new(body.take().unwrap_or_else(empty));
             *r.method_mut() = parts.method.clone();
@@ -497,7 +450,7 @@ impl Outbound {
                 parts.headers.clone()
             };
             match client.request(r).await {
-                Ok(resp) => return (resp.map(|b| b.boxed()), ep),
+                Ok(resp) => return (boxed(resp), ep),
                 Err(e) => {
                     tracing::warn!(endpoint = %ep, service = %self.expected, error = %error_chain(&e), "upstream request failed");
                     if !e.is_connect() {
@@ -565,21 +518,9 @@ impl Outbound {
     fn unreachable(&self, endpoints: &[String], tried: &[String]) -> (Response<Body>, String) {
         if endpoints.is_empty() {
             tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
-            return (
-                local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy endpoint for this service\n",
-                ),
-                String::new(),
-            );
+            return (Reject::NoEndpoint.response(), String::new());
         }
-        (
-            local(
-                StatusCode::BAD_GATEWAY,
-                "the upstream service could not be reached securely\n",
-            ),
-            tried.join(","),
-        )
+        (Reject::UpstreamUnreachable.response(), tried.join(","))
     }
 
     async fn tcp_conn(self: Arc<Self>, mut tcp: TcpStream) {
@@ -602,12 +543,6 @@ impl Outbound {
             }
         }
     }
-}
-
-fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|e: Infallible| match e {})
-        .boxed()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -633,7 +568,7 @@ async fn connect_tls(
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(ep))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let tcp = crate::transport::mesh(tcp);
+    let tcp = transport::mesh(tcp);
     let stream = tokio::time::timeout(Duration::from_secs(10), tls.connect(session_name(ep), tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;

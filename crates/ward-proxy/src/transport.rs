@@ -30,6 +30,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// ALPN protocol between sidecars for HTTP/2 (and gRPC).
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol between sidecars for raw TCP.
+pub(crate) const ALPN_TCP: &[u8] = b"ward-tcp/1";
+
 /// Idle time before the first keep-alive probe.
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);

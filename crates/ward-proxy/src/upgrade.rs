@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::inbound::{local, Body};
+use crate::http::{Body, Reject};
 
 /// Whether `req` asks to switch protocols.
 pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -25,7 +25,7 @@ where
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "upgrade: HTTP/1.1 handshake failed");
-            return local(StatusCode::BAD_GATEWAY, "upgrade failed\n");
+            return Reject::UpgradeFailed.response();
         }
     };
     tokio::spawn(async move {
@@ -37,7 +37,7 @@ where
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "upgrade: request failed");
-            return local(StatusCode::BAD_GATEWAY, "upgrade failed\n");
+            return Reject::UpgradeFailed.response();
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -14,8 +14,7 @@ use ward_identity::{SpiffeId, TrustDomain};
 use ward_store::{AuditEvent, CaRecord, CertRecord, Store, StoreError};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::datadir::DataDirFiles;
-use crate::error::StartError;
+use crate::datadir::{DataDirFiles, FileError};
 
 /// What every consumer of the trust configuration sees, as one value.
 #[derive(Debug)]
@@ -39,13 +38,30 @@ pub(crate) struct ActiveCa {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
-/// Why an issuance failed.
+/// Why the CA manager could not load, rotate, publish or issue.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum IssueError {
+#[non_exhaustive]
+pub enum CaManagerError {
+    /// Signing, key generation or sealing failed.
     #[error(transparent)]
     Ca(#[from] ward_ca::CaError),
-    #[error(transparent)]
+    /// The database failed, or refused the write (a join token used up).
+    #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// A CA the server needs is not in the database.
+    #[error(
+        "the database holds no {0}: restore the data dir from a backup, or start with a new one"
+    )]
+    Missing(&'static str),
+    /// A stored CA certificate cannot be parsed.
+    #[error("stored CA certificate: {0}")]
+    BadCertificate(String),
+    /// The data dir's root is not the `--upstream-ca-cert` given.
+    #[error("this data dir was initialized with another root CA than --upstream-ca-cert; use a new data dir to change the root")]
+    RootMismatch,
+    /// The bundle file in the data dir could not be written.
+    #[error("writing the bundle file: {0}")]
+    BundleFile(#[from] FileError),
 }
 
 /// Keys and schedule, without the published state.
@@ -72,9 +88,14 @@ fn at(secs: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-fn ca_record(kind: &str, state: &str, m: &CaMaterial, kek: &Kek) -> Result<CaRecord, StartError> {
+fn ca_record(
+    kind: &str,
+    state: &str,
+    m: &CaMaterial,
+    kek: &Kek,
+) -> Result<CaRecord, CaManagerError> {
     let (_, parsed) = X509Certificate::from_der(&m.cert_der)
-        .map_err(|e| StartError::Config(format!("CA certificate: {e}")))?;
+        .map_err(|e| CaManagerError::BadCertificate(e.to_string()))?;
     let serial = hex::encode(parsed.raw_serial());
     let key_sealed = kek.seal(format!("ca:{serial}").as_bytes(), &m.key_pkcs8)?;
     Ok(CaRecord {
@@ -101,23 +122,29 @@ impl CaManager {
         root_ttl: Duration,
         upstream: Option<CaMaterial>,
         files: DataDirFiles,
-    ) -> Result<Arc<CaManager>, StartError> {
+    ) -> Result<Arc<CaManager>, CaManagerError> {
         let cas = store.list_cas().await?;
         let root = cas.iter().find(|c| c.kind == "root");
         match (root, &upstream) {
             (None, _) => {
                 let (material, origin) = match upstream {
                     Some(m) => (m, "upstream"),
-                    None => (CaMaterial::generate_root(&td, root_ttl, ward_ca::now())?, "generated"),
+                    None => (
+                        CaMaterial::generate_root(&td, root_ttl, ward_ca::now())?,
+                        "generated",
+                    ),
                 };
                 let rec = ca_record("root", "active", &material, &kek)?;
-                let ev = audit("server", "ca.root.create", &rec.serial, serde_json::json!({ "origin": origin }));
+                let ev = AuditEvent::now(
+                    "server",
+                    "ca.root.create",
+                    &rec.serial,
+                    serde_json::json!({ "origin": origin }),
+                );
                 store.insert_ca(&rec, &ev).await?;
             }
             (Some(r), Some(up)) if r.cert_der != up.cert_der => {
-                return Err(StartError::Config(
-                    "this data dir was initialized with another root CA than --upstream-ca-cert; use a new data dir to change the root".into(),
-                ))
+                return Err(CaManagerError::RootMismatch)
             }
             _ => {}
         }
@@ -166,7 +193,7 @@ impl CaManager {
 
     /// Runs the rotation schedule (or a forced rotation) until nothing is
     /// due, then republishes. Returns whether the CA set changed.
-    pub(crate) async fn reconcile(&self, forced: bool) -> Result<bool, StartError> {
+    pub(crate) async fn reconcile(&self, forced: bool) -> Result<bool, CaManagerError> {
         let _guard = self.rotate_lock.lock().await;
         let changed = self.core.run_schedule(forced).await?;
         if changed {
@@ -176,7 +203,7 @@ impl CaManager {
     }
 
     /// Rebuilds the active CA and the trust snapshot from the store.
-    pub(crate) async fn publish(&self) -> Result<(), StartError> {
+    pub(crate) async fn publish(&self) -> Result<(), CaManagerError> {
         let (active, cas) = self.core.load_active().await?;
         let root_der = active.chain[1].clone();
         self.active.store(Arc::new(active));
@@ -239,7 +266,7 @@ impl CaManager {
         ttl: Duration,
         consume: Option<&[u8]>,
         ev: AuditEvent,
-    ) -> Result<(IssuedCert, Vec<CertificateDer<'static>>), IssueError> {
+    ) -> Result<(IssuedCert, Vec<CertificateDer<'static>>), CaManagerError> {
         let active = self.active();
         let now = ward_ca::now();
         let cert = active
@@ -266,8 +293,8 @@ impl CaManager {
     }
 
     /// Revokes a certificate and pushes the new revocation list.
-    pub(crate) async fn revoke(&self, serial: &str, actor: &str) -> Result<bool, StartError> {
-        let ev = audit(actor, "cert.revoke", serial, serde_json::json!({}));
+    pub(crate) async fn revoke(&self, serial: &str, actor: &str) -> Result<bool, CaManagerError> {
+        let ev = AuditEvent::now(actor, "cert.revoke", serial, serde_json::json!({}));
         let done = self
             .core
             .store
@@ -282,7 +309,7 @@ impl CaManager {
 
 impl CaCore {
     /// Applies due rotation steps; returns whether anything changed.
-    async fn run_schedule(&self, forced: bool) -> Result<bool, StartError> {
+    async fn run_schedule(&self, forced: bool) -> Result<bool, CaManagerError> {
         let mut changed = false;
         let mut force_pending = forced;
         for _ in 0..8 {
@@ -325,13 +352,13 @@ impl CaCore {
         cas: &[CaRecord],
         infos: &[SigningCaInfo],
         action: Action,
-    ) -> Result<(), StartError> {
+    ) -> Result<(), CaManagerError> {
         match action {
             Action::Prepare => {
                 let root = cas
                     .iter()
                     .find(|c| c.kind == "root")
-                    .ok_or_else(|| StartError::Config("no root CA".into()))?;
+                    .ok_or(CaManagerError::Missing("root CA"))?;
                 let root_material = self.unseal(root)?;
                 let generation = cas
                     .iter()
@@ -347,7 +374,7 @@ impl CaCore {
                     ward_ca::now(),
                 )?;
                 let rec = ca_record("signing", State::Prepared.as_str(), &m, &self.kek)?;
-                let ev = audit(
+                let ev = AuditEvent::now(
                     "server",
                     "ca.signing.prepare",
                     &rec.serial,
@@ -365,7 +392,7 @@ impl CaCore {
                     .find(|c| c.id == id)
                     .map(|c| c.serial.clone())
                     .unwrap_or_default();
-                let ev = audit(
+                let ev = AuditEvent::now(
                     "server",
                     "ca.signing.activate",
                     &serial,
@@ -380,14 +407,15 @@ impl CaCore {
                     .find(|c| c.id == id)
                     .map(|c| c.serial.clone())
                     .unwrap_or_default();
-                let ev = audit("server", "ca.signing.drop", &serial, serde_json::json!({}));
+                let ev =
+                    AuditEvent::now("server", "ca.signing.drop", &serial, serde_json::json!({}));
                 self.store.update_cas(&[], &[id], &ev).await?;
             }
         }
         Ok(())
     }
 
-    fn unseal(&self, rec: &CaRecord) -> Result<CaMaterial, StartError> {
+    fn unseal(&self, rec: &CaRecord) -> Result<CaMaterial, CaManagerError> {
         let key = self
             .kek
             .open(format!("ca:{}", rec.serial).as_bytes(), &rec.key_sealed)?;
@@ -398,37 +426,21 @@ impl CaCore {
     }
 
     /// The active signing CA and every stored CA.
-    async fn load_active(&self) -> Result<(ActiveCa, Vec<CaRecord>), StartError> {
+    async fn load_active(&self) -> Result<(ActiveCa, Vec<CaRecord>), CaManagerError> {
         let cas = self.store.list_cas().await?;
         let root = cas
             .iter()
             .find(|c| c.kind == "root")
-            .ok_or_else(|| StartError::Config("no root CA".into()))?;
+            .ok_or(CaManagerError::Missing("root CA"))?;
         let active = cas
             .iter()
             .find(|c| c.kind == "signing" && c.state == State::Active.as_str())
-            .ok_or_else(|| StartError::Config("no active signing CA".into()))?;
+            .ok_or(CaManagerError::Missing("active signing CA"))?;
         let authority = SigningAuthority::new(&self.unseal(active)?)?;
         let chain = vec![
             CertificateDer::from(active.cert_der.clone()),
             CertificateDer::from(root.cert_der.clone()),
         ];
         Ok((ActiveCa { authority, chain }, cas))
-    }
-}
-
-/// An audit event stamped now.
-pub(crate) fn audit(
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> AuditEvent {
-    AuditEvent {
-        at: unix(ward_ca::now()),
-        actor: actor.into(),
-        action: action.into(),
-        target: target.into(),
-        detail: detail.to_string(),
     }
 }

@@ -10,7 +10,37 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::error::StartError;
+/// Why a file of the data dir could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// Reading, writing or creating it failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A secret file others may read.
+    #[error("{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    Exposed {
+        /// Which file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl FileError {
+    /// An I/O failure on `path`.
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> FileError {
+        FileError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
 
 /// Paths of the files in a data dir.
 #[derive(Debug, Clone)]
@@ -57,10 +87,10 @@ impl DataDirFiles {
     }
 
     /// Creates the directory (0700) if needed.
-    pub(crate) fn ensure_dir(&self) -> Result<(), StartError> {
-        fs::create_dir_all(&self.dir).map_err(|e| StartError::io(&self.dir, e))?;
+    pub(crate) fn ensure_dir(&self) -> Result<(), FileError> {
+        fs::create_dir_all(&self.dir).map_err(|e| FileError::io(&self.dir, e))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| StartError::io(&self.dir, e))
+            .map_err(|e| FileError::io(&self.dir, e))
     }
 
     /// Reads the secret file at `path`, or creates it with `make` (mode
@@ -70,20 +100,18 @@ impl DataDirFiles {
         &self,
         path: &Path,
         make: impl FnOnce() -> Vec<u8>,
-    ) -> Result<(Vec<u8>, bool), StartError> {
+    ) -> Result<(Vec<u8>, bool), FileError> {
         match fs::read(path) {
             Ok(b) => {
                 let mode = fs::metadata(path)
-                    .map_err(|e| StartError::io(path, e))?
+                    .map_err(|e| FileError::io(path, e))?
                     .permissions()
                     .mode();
                 if mode & 0o077 != 0 {
-                    return Err(StartError::Config(format!(
-                        "{} is readable by others (mode {:o}); run `chmod 600 {}`",
-                        path.display(),
-                        mode & 0o777,
-                        path.display()
-                    )));
+                    return Err(FileError::Exposed {
+                        path: path.display().to_string(),
+                        mode: mode & 0o777,
+                    });
                 }
                 Ok((b, false))
             }
@@ -92,29 +120,29 @@ impl DataDirFiles {
                 write_new(path, &bytes, 0o600)?;
                 Ok((bytes, true))
             }
-            Err(e) => Err(StartError::io(path, e)),
+            Err(e) => Err(FileError::io(path, e)),
         }
     }
 
     /// Replaces a public file atomically.
-    pub(crate) fn write_public(&self, path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    pub(crate) fn write_public(&self, path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         write_new(&tmp, bytes, 0o644)?;
-        fs::rename(&tmp, path).map_err(|e| StartError::io(path, e))
+        fs::rename(&tmp, path).map_err(|e| FileError::io(path, e))
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StartError> {
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| StartError::io(path, e))?;
+        .map_err(|e| FileError::io(path, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| StartError::io(path, e))
+        .map_err(|e| FileError::io(path, e))
 }
 
 /// A new random secret token, `prefix` + 43 base64url characters (256 bits).

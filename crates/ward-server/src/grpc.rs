@@ -12,8 +12,10 @@ use ward_api::v1::{
     WatchResponse,
 };
 use ward_identity::SpiffeId;
+use ward_store::AuditEvent;
 
-use crate::ca::{audit, IssueError, TrustSnapshot};
+use crate::ca::{CaManagerError, TrustSnapshot};
+use crate::registry::{self, RegistryError};
 use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
 
 pub(crate) struct IdentityService {
@@ -119,18 +121,14 @@ impl Identity for IdentityService {
             ));
         }
         if let Some((ns, name)) = allowed.service_account() {
-            if self
-                .state
-                .store
-                .get_service(ns, name)
-                .await
-                .map_err(internal)?
-                .is_none()
-            {
-                return Err(self.refuse(
-                    "unregistered",
-                    Status::permission_denied(crate::admin::not_registered(ns, name)),
-                ));
+            match registry::registered(&*self.state.store, ns, name).await {
+                Ok(_) => {}
+                Err(e @ RegistryError::NotRegistered { .. }) => {
+                    return Err(
+                        self.refuse("unregistered", Status::permission_denied(e.to_string()))
+                    )
+                }
+                Err(RegistryError::Store(e)) => return Err(internal(e)),
             }
         }
         let method = if consume.is_some() {
@@ -138,7 +136,7 @@ impl Identity for IdentityService {
         } else {
             "renewal"
         };
-        let ev = audit(
+        let ev = AuditEvent::now(
             &actor,
             "cert.issue",
             "",
@@ -151,7 +149,7 @@ impl Identity for IdentityService {
             .await
         {
             Ok(v) => v,
-            Err(IssueError::Store(ward_store::StoreError::TokenUnavailable)) => {
+            Err(CaManagerError::Store(ward_store::StoreError::TokenUnavailable)) => {
                 return Err(self.refuse("used_token", Status::unauthenticated(
                     "join token already used or expired: create a new one with `ward join-token create`",
                 )))

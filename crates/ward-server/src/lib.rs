@@ -19,9 +19,11 @@ mod grpc;
 mod mesh;
 mod metrics;
 mod oauth;
+mod registry;
 mod serve;
 mod state;
 
+pub use ca::CaManagerError;
 pub use config::Config;
-pub use datadir::{DataDirFiles, ServerInfo};
+pub use datadir::{DataDirFiles, FileError, ServerInfo};
 pub use serve::Server;

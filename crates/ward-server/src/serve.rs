@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::PublicKeyData;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -21,15 +20,15 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use ward_api::v1::identity_server::IdentityServer;
 use ward_identity::{SpiffeId, TrustDomain, DEFAULT_TRUST_DOMAIN};
-use ward_store::{SqliteStore, Store};
+use ward_store::{AuditEvent, SqliteStore, Store};
 
-use crate::ca::{audit, CaManager};
+use crate::ca::CaManager;
 use crate::config::Config;
 use crate::datadir::{random_token, DataDirFiles, ServerInfo};
 use crate::error::StartError;
 use crate::grpc::IdentityService;
 use crate::metrics::Metrics;
-use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
+use crate::state::{sha256, token_hash, AppState, ConnInfo, PeerAuth, Watchers};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -205,7 +204,7 @@ impl Server {
             ))
             .service(router);
 
-        let shutdown = shutdown_signal();
+        let shutdown = ward_http::shutdown_signal();
         tokio::pin!(shutdown);
         loop {
             let (tcp, remote) = tokio::select! {
@@ -239,9 +238,7 @@ impl Server {
                 let certs = tls.get_ref().1.peer_certificates();
                 let peer = peer_auth(&state, certs);
                 let cert_sha256 = match (&peer, certs.and_then(|c| c.first())) {
-                    (PeerAuth::Verified(_), Some(leaf)) => {
-                        Some(crate::oauth::cert_thumbprint(leaf))
-                    }
+                    (PeerAuth::Verified(_), Some(leaf)) => Some(sha256(leaf)),
                     _ => None,
                 };
                 let conn = ConnInfo {
@@ -254,18 +251,7 @@ impl Server {
                     req.extensions_mut().insert(conn.clone());
                     req
                 });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .max_buf_size(64 * 1024);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .max_concurrent_streams(1000)
-                    .max_header_list_size(64 * 1024);
+                let builder = ward_http::server();
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(tls),
@@ -279,17 +265,6 @@ impl Server {
         }
         tracing::info!("shutting down");
         Ok(())
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
@@ -434,7 +409,7 @@ impl ServerIdentity {
     }
 
     async fn renew(&self, state: &AppState) -> Result<(), StartError> {
-        let ev = audit(
+        let ev = AuditEvent::now(
             "server",
             "cert.issue",
             "",

@@ -96,7 +96,13 @@ impl Watchers {
 
 /// SHA-256 of a secret token, as stored.
 pub(crate) fn token_hash(token: &str) -> [u8; 32] {
-    let d = digest(&SHA256, token.as_bytes());
+    sha256(token.as_bytes())
+}
+
+/// SHA-256 of `data`: a token as stored, a certificate's thumbprint
+/// (`cnf.x5t#S256`).
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = digest(&SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

@@ -1,0 +1,113 @@
+//! What every listener and loop of a sidecar shares, and the accept loop
+//! they all run.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use ward_identity::{SpiffeId, TrustDomain};
+use ward_policy::PolicySet;
+use ward_tls::MeshTls;
+
+use crate::authn::{Authn, KeyCaches};
+use crate::config::ProxyConfig;
+use crate::identity::Current;
+use crate::metrics::Metrics;
+
+/// State shared by every listener.
+pub(crate) struct Shared {
+    pub cfg: Arc<ProxyConfig>,
+    pub id: SpiffeId,
+    pub td: TrustDomain,
+    pub tls: Arc<MeshTls>,
+    pub svid: Current,
+    pub policies: ArcSwap<PolicySet>,
+    /// Bumped whenever policies or trust change: open TCP connections are
+    /// judged again.
+    pub policy_version: watch::Sender<u64>,
+    /// Trusted token issuers for this service.
+    pub authn: ArcSwap<Authn>,
+    pub key_caches: Mutex<KeyCaches>,
+    /// The policy inputs of the last watch message (documents, default,
+    /// issuer, JWKS): the next message recompiles only if they differ.
+    pub applied: Mutex<Option<PolicyInputs>>,
+    /// Revoked access-token ids, from the watch stream.
+    pub revoked_tokens: ward_jwt::tower::RevocationList,
+    /// SPIFFE ID → sidecar addresses.
+    pub endpoints: ArcSwap<HashMap<String, Vec<String>>>,
+    pub configured: AtomicBool,
+    pub connected: AtomicBool,
+    pub metrics: Metrics,
+    pub shutdown: watch::Sender<bool>,
+    pub inbound_port: u16,
+    /// Bumped on every certificate renewal: outbound pools opened with an
+    /// older certificate are retired, so peers see the new one.
+    pub generation: AtomicU64,
+}
+
+/// What a watch message's policies are built from.
+#[derive(PartialEq)]
+pub(crate) struct PolicyInputs {
+    pub documents: Vec<String>,
+    pub default_action: String,
+    pub issuer: String,
+    pub jwks_json: String,
+}
+
+impl Shared {
+    pub(crate) fn ready(&self) -> bool {
+        let svid = self.svid.get();
+        self.configured.load(Ordering::Relaxed)
+            && svid.not_after > ward_ca::now().unix_timestamp()
+            && !self.tls.trust().bundle.is_empty()
+    }
+}
+
+/// Permits of the connection counter; every connection holds one.
+pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Accepts connections on `listener` until shutdown, each holding a permit
+/// of `conns` (so draining can wait for them) while `handle` serves it on
+/// a task of its own. Accept errors (out of descriptors) back off briefly.
+pub(crate) async fn accept_loop<F, Fut>(
+    shared: &Shared,
+    listener: TcpListener,
+    conns: Arc<Semaphore>,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, direction, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let Ok(permit) = conns.clone().acquire_owned().await else {
+            return;
+        };
+        let conn = handle(tcp, remote);
+        tokio::spawn(async move {
+            let _permit = permit;
+            conn.await;
+        });
+    }
+}
+
+/// Resolves once shutdown has been requested.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,280 @@
+//! Policies: validation (every document, all or nothing), storage, and
+//! what-if evaluation.
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use ward_identity::DEFAULT_NAMESPACE;
+use ward_store::AuditEvent;
+use ward_store::Service;
+
+use super::{found, now, removed, Actor, ApiError, ApiResult};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApplyPolicies {
+    policies: Vec<Value>,
+    /// Where each policy came from ("file.yaml, document 2"), for errors.
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+fn policy_json(p: &ward_store::PolicyRecord) -> Value {
+    json!({
+        "namespace": p.namespace, "name": p.name, "version": p.version, "updated_at": p.updated_at,
+        "policy": serde_json::from_str::<Value>(&p.spec_json).unwrap_or(Value::Null),
+    })
+}
+
+/// Validates every policy first; stores all of them in one transaction or
+/// none (a file with one bad policy changes nothing).
+pub(super) async fn apply(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Json(body): Json<ApplyPolicies>,
+) -> ApiResult<Json<Value>> {
+    if body.policies.is_empty() {
+        return Err(ApiError::bad_request("no policies to apply"));
+    }
+    let services = s.store.list_services().await?;
+    let existing = s.mesh.policies();
+    let mut parsed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, v) in body.policies.iter().enumerate() {
+        let source = body
+            .sources
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("policy {}", i + 1));
+        let bad = |m: String| ApiError::bad_request(format!("{source}: {m}"));
+        let doc = ward_policy::parse_document(&v.to_string()).map_err(|e| bad(e.to_string()))?;
+        let key = doc.key();
+        if !seen.insert(key.clone()) {
+            return Err(bad(format!("policy {key} appears twice")));
+        }
+        check_enforceable(&doc, &services, &s.oauth.issuer, existing.as_slice()).map_err(bad)?;
+        let meta = doc.metadata();
+        parsed.push((meta.namespace.clone(), meta.name.clone(), doc.to_json()));
+    }
+    let at = now();
+    let events: Vec<_> = parsed
+        .iter()
+        .map(|(ns, name, json)| {
+            AuditEvent::now(
+                &actor.0,
+                "policy.apply",
+                &format!("{ns}/{name}"),
+                json!({ "policy": serde_json::from_str::<Value>(json).unwrap_or_default() }),
+            )
+        })
+        .collect();
+    let stored = s.store.apply_policies(&parsed, at, &events).await?;
+    s.mesh.set_policies(s.store.list_policies().await?);
+    Ok(Json(
+        json!({ "applied": stored.iter().map(policy_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// What only the server can check about a valid document: that every
+/// service it applies to can enforce it, that its key source exists, and
+/// that its name is not taken by a document of the other kind.
+fn check_enforceable(
+    doc: &ward_policy::Document,
+    services: &[Service],
+    issuer: &str,
+    existing: &[ward_store::PolicyRecord],
+) -> Result<(), String> {
+    let meta = doc.metadata();
+    if let Some(other) = existing
+        .iter()
+        .find(|p| p.namespace == meta.namespace && p.name == meta.name)
+    {
+        let theirs = ward_policy::parse_document(&other.spec_json)
+            .map(|d| d.kind())
+            .unwrap_or_default();
+        if theirs != doc.kind() {
+            return Err(format!(
+                "a {theirs} named {}/{} exists; names are unique across kinds",
+                meta.namespace, meta.name
+            ));
+        }
+    }
+    match doc {
+        ward_policy::Document::Authorization(p) => {
+            if !p.uses_http_fields() {
+                return Ok(());
+            }
+            let tcp = services.iter().find(|svc| {
+                svc.protocol == "tcp"
+                    && svc.namespace == meta.namespace
+                    && doc.selector().is_none_or(|sel| sel.service == svc.name)
+            });
+            if let Some(svc) = tcp {
+                return Err(format!(
+                    "spec.rules: HTTP fields (methods, paths, hosts, requestPrincipals, \
+                     request.* conditions) cannot be enforced on {}/{}, a TCP service; \
+                     use source, ports and source/destination conditions only{}",
+                    svc.namespace,
+                    svc.name,
+                    if doc.selector().is_none() {
+                        ", or select HTTP services"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(())
+        }
+        ward_policy::Document::Authentication(a) => {
+            for (i, r) in a.spec.jwt_rules.iter().enumerate() {
+                if r.jwks.is_none() && r.jwks_uri.is_none() && r.issuer != issuer {
+                    return Err(format!(
+                        "spec.jwtRules[{i}]: give jwks or jwksUri for issuer {:?} \
+                         (only this server's own issuer {issuer:?} needs neither)",
+                        r.issuer
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckRequest {
+    /// The caller's SPIFFE ID (or `ns/<ns>/sa/<name>` shorthand in the
+    /// server's trust domain); absent: a caller without a certificate.
+    #[serde(default)]
+    from: Option<String>,
+    /// The target service, `name` or `namespace/name`.
+    to: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    source_ip: Option<std::net::IpAddr>,
+    /// Absent: a TCP connection.
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    /// Claims of a validated bearer token.
+    #[serde(default)]
+    claims: Option<serde_json::Map<String, Value>>,
+}
+
+/// What-if evaluation with the policies in force: the decision, the
+/// deciding policy and rule, and every dry-run or AUDIT policy that
+/// matched. The sidecar runs the same evaluator on the same policies.
+pub(super) async fn check(
+    State(s): State<Arc<AppState>>,
+    Json(c): Json<CheckRequest>,
+) -> ApiResult<Json<Value>> {
+    let (ns, svc) = c.to.split_once('/').unwrap_or((DEFAULT_NAMESPACE, &c.to));
+    let from = c.from.as_deref().map(|f| {
+        if f.starts_with("spiffe://") {
+            f.to_string()
+        } else {
+            format!(
+                "spiffe://{}/{}",
+                s.ca.trust_domain(),
+                f.trim_start_matches('/')
+            )
+        }
+    });
+    let http_like = c.method.is_some() || c.path.is_some() || c.claims.is_some();
+    let request_principal = c.claims.as_ref().map(|cl| {
+        format!(
+            "{}/{}",
+            cl.get("iss").and_then(Value::as_str).unwrap_or_default(),
+            cl.get("sub").and_then(Value::as_str).unwrap_or_default()
+        )
+    });
+    let headers: Vec<(String, String)> = c
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let method = c
+        .method
+        .clone()
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
+    let path = c.path.clone().unwrap_or_else(|| "/".into());
+    let host = c.host.clone().unwrap_or_else(|| svc.to_string());
+    let req = ward_policy::Request {
+        namespace: ns,
+        service: svc,
+        destination_port: c.port.unwrap_or(15006),
+        source_principal: from.as_deref(),
+        source_ip: c.source_ip,
+        http: http_like.then(|| ward_policy::HttpAttributes {
+            method: &method,
+            path: &path,
+            host: &host,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            request_principal: request_principal.as_deref(),
+            claims: c.claims.as_ref(),
+        }),
+    };
+    let d = s.mesh.policy_set().evaluate(&req);
+    Ok(Json(json!({
+        "decision": if d.allowed() { "allow" } else { "deny" },
+        "policy": d.policy(),
+        "rule": d.rule,
+        "reason": format!("{:?}", d.reason),
+        "reported": d.reported.iter().map(|m| json!({
+            "policy": m.policy, "rule": m.rule,
+            "action": m.action, "dry_run": m.dry_run,
+        })).collect::<Vec<_>>(),
+        "request": {
+            "from": from, "to": format!("{ns}/{svc}"), "port": req.destination_port,
+            "protocol": if http_like { "http" } else { "tcp" },
+        },
+    })))
+}
+
+pub(super) async fn list(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {
+    Ok(Json(
+        s.store
+            .list_policies()
+            .await?
+            .iter()
+            .map(policy_json)
+            .collect(),
+    ))
+}
+
+pub(super) async fn get(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let all = s.store.list_policies().await?;
+    let policy = all.iter().find(|p| p.namespace == ns && p.name == name);
+    found(policy.map(policy_json), || format!("policy {ns}/{name}"))
+}
+
+pub(super) async fn delete(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let target = format!("{ns}/{name}");
+    let ev = AuditEvent::now(&actor.0, "policy.delete", &target, json!({}));
+    let done = s.store.delete_policy(&ns, &name, &ev).await?;
+    if done {
+        s.mesh.set_policies(s.store.list_policies().await?);
+    }
+    removed(done, || format!("policy {target}"))
+}
