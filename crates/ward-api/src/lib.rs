@@ -11,6 +11,17 @@ pub mod v1 {
     tonic::include_proto!("ward.v1");
 }
 
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), as
+/// the SPIFFE standard defines it, so go-spiffe, py-spiffe and the `spiffe`
+/// crate talk to ward unchanged.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
+/// Protobuf's well-known types (the Workload API's claims are a `Struct`).
+pub use prost_types;
+
 /// The sample `ward.demo.v1` service run by `ward demo` and the tests.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod demo {

@@ -47,4 +47,4 @@ mod verify;
 pub use cache::{Fetch, JwksCache, STALE_REFRESH_BUDGET};
 pub use claims::Claims;
 pub use jwk::{Algorithm, Jwk, JwkSet, SigningKey};
-pub use verify::{verify, verify_jws, Jws, JwtError, Validation, MAX_LEEWAY_SECS};
+pub use verify::{verify, verify_jws, verify_jwt_svid, Jws, JwtError, Validation, MAX_LEEWAY_SECS};

@@ -236,6 +236,37 @@ pub(crate) fn verify_signed(
     })
 }
 
+/// Verifies a JWT-SVID (SPIFFE JWT-SVID standard) for `audience`: the
+/// signature by one of `keys` (the trust domain's JWT authorities), `typ`
+/// absent, `JWT` or `JOSE`, `aud` containing `audience`, `sub` and `exp`
+/// present, and `exp`, `nbf`, `iat` within 30 s of leeway. The caller
+/// checks that `sub` is a SPIFFE ID of the trust domain it trusts.
+pub fn verify_jwt_svid(token: &str, keys: &JwkSet, audience: &str) -> Result<Claims, JwtError> {
+    let signed = verify_signed(token, keys, JWT_SVID_MAX_SIZE)?;
+    if let Some(typ) = &signed.typ {
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        if typ != "jwt" && typ != "jose" {
+            return Err(JwtError::WrongType);
+        }
+    }
+    let v = Validation {
+        issuer: None,
+        audience: Some(audience.to_string()),
+        typ: None,
+        required: vec!["sub", "aud", "exp"],
+        leeway_secs: 30,
+        max_size: JWT_SVID_MAX_SIZE,
+        peer_cert_sha256: None,
+        now: None,
+        check_binding: false,
+    };
+    check_claims(&signed.claims, &v)?;
+    Ok(signed.claims)
+}
+
+/// Largest JWT-SVID accepted, in bytes.
+const JWT_SVID_MAX_SIZE: usize = 8 * 1024;
+
 /// Everything [`verify`] checks besides the signature.
 pub(crate) fn check(s: &Signed, v: &Validation) -> Result<(), JwtError> {
     if let Some(want) = &v.typ {

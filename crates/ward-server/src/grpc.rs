@@ -8,8 +8,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use ward_api::v1::identity_server::Identity;
 use ward_api::v1::{
-    ServiceEndpoints, SignCertificateRequest, SignCertificateResponse, TrustBundle, WatchRequest,
-    WatchResponse,
+    MintJwtSvidRequest, MintJwtSvidResponse, ServiceEndpoints, SignCertificateRequest,
+    SignCertificateResponse, TrustBundle, WatchRequest, WatchResponse,
 };
 use ward_identity::SpiffeId;
 use ward_store::AuditEvent;
@@ -95,6 +95,30 @@ impl IdentityService {
     }
 }
 
+impl IdentityService {
+    /// The SPIFFE ID of a caller whose ward certificate verified and is not
+    /// revoked; `what` names the call for the error.
+    fn verified_caller<T>(&self, req: &Request<T>, what: &str) -> Result<SpiffeId, Status> {
+        match &*peer_of(req) {
+            PeerAuth::Verified(p) => {
+                if self.state.ca.snapshot().revoked.contains(&p.serial) {
+                    return Err(Status::permission_denied(format!(
+                        "client certificate {} is revoked",
+                        p.serial
+                    )));
+                }
+                Ok(p.id.clone())
+            }
+            PeerAuth::Rejected(why) => Err(Status::unauthenticated(format!(
+                "client certificate refused: {why}"
+            ))),
+            PeerAuth::Anonymous => Err(Status::unauthenticated(format!(
+                "{what} needs a ward client certificate (mTLS)"
+            ))),
+        }
+    }
+}
+
 fn internal<E: std::fmt::Display>(e: E) -> Status {
     tracing::error!(error = %e, "internal error");
     Status::internal("internal error; see the server log")
@@ -167,34 +191,43 @@ impl Identity for IdentityService {
         }))
     }
 
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let id = self.verified_caller(&req, "a JWT-SVID")?;
+        let req = req.into_inner();
+        let minted = self
+            .state
+            .jwt_svids
+            .mint(&id, &req.audience, req.ttl_secs)
+            .map_err(Status::invalid_argument)?;
+        let ev = AuditEvent::now(
+            id.as_str(),
+            "jwt-svid.issue",
+            id.as_str(),
+            serde_json::json!({ "aud": req.audience, "exp": minted.expires_at }),
+        );
+        self.state
+            .store
+            .audit_batched(&ev)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(MintJwtSvidResponse {
+            token: minted.token,
+            spiffe_id: id.to_string(),
+            expires_at: minted.expires_at,
+            issued_at: minted.issued_at,
+        }))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = peer_of(&req);
-        let id = match &*peer {
-            PeerAuth::Verified(p) => {
-                if self.state.ca.snapshot().revoked.contains(&p.serial) {
-                    return Err(Status::permission_denied(format!(
-                        "client certificate {} is revoked",
-                        p.serial
-                    )));
-                }
-                p.id.to_string()
-            }
-            PeerAuth::Rejected(why) => {
-                return Err(Status::unauthenticated(format!(
-                    "client certificate refused: {why}"
-                )))
-            }
-            PeerAuth::Anonymous => {
-                return Err(Status::unauthenticated(
-                    "the watch stream needs a ward client certificate (mTLS)",
-                ))
-            }
-        };
+        let id = self.verified_caller(&req, "the watch stream")?.to_string();
         let advertise = req.into_inner().advertise;
         let endpoint = if advertise.is_empty() {
             None
@@ -212,17 +245,24 @@ impl Identity for IdentityService {
         let ca = WatchStream::new(self.state.ca.subscribe()).map(|_| ());
         let mesh = WatchStream::new(self.state.mesh.subscribe()).map(|_| ());
         let tokens = WatchStream::new(self.state.oauth.changed.subscribe()).map(|_| ());
+        let oauth_keys = WatchStream::new(self.state.oauth.keys.changed.subscribe()).map(|_| ());
+        let svid_keys = WatchStream::new(self.state.jwt_svids.keys.changed.subscribe()).map(|_| ());
         // Every source fires at once on subscription; send each version once.
         let mut last = None;
-        let stream = ca.merge(mesh).merge(tokens).filter_map(move |()| {
-            let _keep = (&guard, &endpoint);
-            let r = to_response(&state, &id);
-            if last == Some(r.version) {
-                return None;
-            }
-            last = Some(r.version);
-            Some(Ok(r))
-        });
+        let stream = ca
+            .merge(mesh)
+            .merge(tokens)
+            .merge(oauth_keys)
+            .merge(svid_keys)
+            .filter_map(move |()| {
+                let _keep = (&guard, &endpoint);
+                let r = to_response(&state, &id);
+                if last == Some(r.version) {
+                    return None;
+                }
+                last = Some(r.version);
+                Some(Ok(r))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -231,7 +271,10 @@ fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
-    let mesh_version = *state.mesh.subscribe().borrow() + *state.oauth.changed.subscribe().borrow();
+    let mesh_version = *state.mesh.subscribe().borrow()
+        + *state.oauth.changed.subscribe().borrow()
+        + *state.oauth.keys.changed.subscribe().borrow()
+        + *state.jwt_svids.keys.changed.subscribe().borrow();
     WatchResponse {
         version: s.version + mesh_version,
         bundle: Some(TrustBundle {
@@ -253,6 +296,7 @@ fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
         revoked_token_ids: state.oauth.revoked_ids(),
         issuer: state.oauth.issuer.clone(),
         jwks_json: state.oauth.jwks().to_string(),
+        jwt_authorities_json: state.jwt_svids.keys.jwks().to_string(),
         // Only what applies to the watcher's own service.
         policies_json: ward_identity::SpiffeId::parse(watcher)
             .ok()

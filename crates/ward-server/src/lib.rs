@@ -16,6 +16,8 @@ mod config;
 mod datadir;
 mod error;
 mod grpc;
+mod jwt_svid;
+mod keys;
 mod mesh;
 mod metrics;
 mod oauth;

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::datadir::{random_token, DataDirFiles, ServerInfo};
 use crate::error::StartError;
 use crate::grpc::IdentityService;
+use crate::jwt_svid::JwtSvids;
 use crate::metrics::Metrics;
 use crate::state::{sha256, token_hash, AppState, ConnInfo, PeerAuth, Watchers};
 
@@ -57,6 +58,7 @@ impl Server {
         })?;
         let kek = ward_ca::Kek::from_bytes(&kek_raw)?;
         let oauth_kek = ward_ca::Kek::from_bytes(&kek_raw)?;
+        let svid_kek = ward_ca::Kek::from_bytes(&kek_raw)?;
         let (admin_token, created) = files.secret_file(&files.admin_token(), || {
             format!("{}\n", random_token("wat_")).into_bytes()
         })?;
@@ -116,8 +118,10 @@ impl Server {
             config.token_ttl.as_secs().max(1) as i64,
         )
         .await?;
+        let jwt_svids = Arc::new(JwtSvids::open(store.clone(), svid_kek).await?);
         let state = Arc::new(AppState {
             oauth,
+            jwt_svids,
             ca: ca.clone(),
             store: store.clone(),
             admin_token_hash: token_hash(&admin_token),
@@ -280,8 +284,10 @@ fn spawn_maintenance(state: Arc<AppState>, identity: Arc<ServerIdentity>) {
             if let Err(e) = state.ca.reconcile(false).await {
                 tracing::error!(error = %e, "CA rotation failed; will retry");
             }
-            if let Err(e) = state.oauth.maintain().await {
-                tracing::error!(error = %e, "signing-key maintenance failed; will retry");
+            for keys in [&state.oauth.keys, &state.jwt_svids.keys] {
+                if let Err(e) = keys.maintain().await {
+                    tracing::error!(error = %e, "signing-key maintenance failed; will retry");
+                }
             }
             if identity.due(&state) {
                 if let Err(e) = identity.renew(&state).await {

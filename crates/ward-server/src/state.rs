@@ -23,6 +23,7 @@ pub(crate) struct AppState {
     pub watchers: Watchers,
     pub mesh: Arc<Mesh>,
     pub oauth: Arc<crate::oauth::OAuth>,
+    pub jwt_svids: Arc<crate::jwt_svid::JwtSvids>,
 }
 
 /// How the peer of a connection authenticated, decided once right after

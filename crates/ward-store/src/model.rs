@@ -195,4 +195,6 @@ pub struct SigningKeyRecord {
     pub created_at: i64,
     /// Retired keys stay published until then.
     pub retire_until: Option<i64>,
+    /// What the key signs: `oauth` (access tokens) or `jwt-svid`.
+    pub purpose: String,
 }

@@ -551,7 +551,7 @@ impl Store for SqliteStore {
 
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         Ok(sqlx::query_as(
-            "SELECT kid, alg, state, public_jwk, key_sealed, created_at, retire_until FROM signing_keys ORDER BY created_at, kid",
+            "SELECT kid, alg, state, public_jwk, key_sealed, created_at, retire_until, purpose FROM signing_keys ORDER BY created_at, kid",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -567,7 +567,8 @@ impl Store for SqliteStore {
         let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
         for k in insert {
             sqlx::query(
-                "INSERT INTO signing_keys (kid, alg, state, public_jwk, key_sealed, created_at, retire_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO signing_keys (kid, alg, state, public_jwk, key_sealed, created_at, retire_until, purpose) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&k.kid)
             .bind(&k.alg)
@@ -576,6 +577,7 @@ impl Store for SqliteStore {
             .bind(&k.key_sealed)
             .bind(k.created_at)
             .bind(k.retire_until)
+            .bind(&k.purpose)
             .execute(tx.conn())
             .await?;
         }

@@ -73,7 +73,13 @@ pub(super) async fn rotate(
 pub(super) async fn bundle_json(State(s): State<Arc<AppState>>) -> Json<Value> {
     let snap = s.ca.snapshot();
     let certs: Vec<Vec<u8>> = snap.bundle.iter().map(|c| c.to_vec()).collect();
-    Json(ward_ca::spiffe_bundle_json(&certs, snap.sequence, 300))
+    let mut bundle = ward_ca::spiffe_bundle_json(&certs, snap.sequence, 300);
+    // The JWT-SVID authorities beside the X.509 ones, as the SPIFFE bundle
+    // format has them.
+    if let Some(keys) = bundle["keys"].as_array_mut() {
+        keys.extend(s.jwt_svids.bundle_keys());
+    }
+    Json(bundle)
 }
 
 pub(super) async fn bundle_pem(State(s): State<Arc<AppState>>) -> impl IntoResponse {

@@ -2,7 +2,7 @@
 //! token signing keys.
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use ward_store::AuditEvent;
 
 use super::{found, now, removed, Actor, ApiError, ApiResult};
 use crate::datadir::random_token;
+use crate::keys::KeySet;
 use crate::registry;
 use crate::state::AppState;
 
@@ -133,13 +134,35 @@ pub(super) async fn delete(
     removed(done, || format!("client {id}"))
 }
 
+/// Which key set: `oauth` (access tokens, the default) or `jwt-svid`.
+#[derive(Deserialize, Default)]
+pub(super) struct KeyPurpose {
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+impl KeyPurpose {
+    fn keys<'a>(&self, s: &'a AppState) -> ApiResult<&'a KeySet> {
+        match self.purpose.as_deref().unwrap_or("oauth") {
+            "oauth" => Ok(&s.oauth.keys),
+            "jwt-svid" => Ok(&s.jwt_svids.keys),
+            other => Err(ApiError::bad_request(format!(
+                "purpose {other:?}: use oauth (access tokens) or jwt-svid"
+            ))),
+        }
+    }
+}
+
 pub(super) async fn list_signing_keys(
     State(s): State<Arc<AppState>>,
+    Query(q): Query<KeyPurpose>,
 ) -> ApiResult<Json<Vec<Value>>> {
+    let purpose = q.purpose.unwrap_or_else(|| "oauth".into());
     let keys = s.store.list_signing_keys().await?;
     Ok(Json(
         keys.iter()
-            .map(|k| json!({ "kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at, "retire_until": k.retire_until }))
+            .filter(|k| k.purpose == purpose)
+            .map(|k| json!({ "kid": k.kid, "alg": k.alg, "state": k.state, "purpose": k.purpose, "created_at": k.created_at, "retire_until": k.retire_until }))
             .collect(),
     ))
 }
@@ -147,7 +170,9 @@ pub(super) async fn list_signing_keys(
 pub(super) async fn rotate_signing_key(
     State(s): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
+    body: Option<Json<KeyPurpose>>,
 ) -> ApiResult<Json<Value>> {
-    let active = s.oauth.rotate(&actor.0).await?;
+    let purpose = body.map(|Json(b)| b).unwrap_or_default();
+    let active = purpose.keys(&s)?.rotate(&actor.0).await?;
     Ok(Json(json!({ "active_kid": active })))
 }
