@@ -74,6 +74,10 @@ pub(crate) enum Command {
     },
     /// Run a sidecar beside an app: mTLS in and out, authorization, rotation.
     Proxy(ProxyArgs),
+    /// Run the identity side of a sidecar without a data plane: the SPIFFE
+    /// Workload API and/or rotating certificate files for apps that do
+    /// their own TLS.
+    Agent(AgentArgs),
     /// Run the sample app used by `ward demo` (HTTP, gRPC ward.demo.v1.Echo, TCP echo).
     SampleApp(SampleAppArgs),
     /// Manage the service registry.
@@ -197,6 +201,62 @@ pub(crate) struct ProxyArgs {
     /// Worker threads [default: cores, at most 2].
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+/// What local workloads that do their own TLS get.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct WorkloadArgs {
+    /// Serve the SPIFFE Workload API on this unix socket
+    /// (unix:///path/agent.sock), in a directory this user owns.
+    #[arg(long, value_parser = parse_unix_socket)]
+    pub workload_api: Option<PathBuf>,
+    /// A local user (uid) whose processes get the identity over the
+    /// Workload API (repeatable) [default: this process's own uid].
+    #[arg(long = "workload-uid")]
+    pub workload_uids: Vec<u32>,
+    /// Keep svid.pem (chain, leaf first), svid.key (0600) and bundle.pem in
+    /// this directory, replaced atomically on every renewal or bundle change.
+    #[arg(long)]
+    pub write_dir: Option<PathBuf>,
+    /// Run this (with sh -c) after the files in --write-dir change.
+    #[arg(long, requires = "write_dir")]
+    pub on_change: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// Join token for the first certificate (or set WARD_JOIN_TOKEN).
+    #[arg(long, env = "WARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+    /// The service whose identity local workloads get.
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Admin listener (/live /ready /metrics /config /certs /shutdown); none
+    /// unless given.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Keep the agent's own key and certificate here, to restart without a
+    /// new join token.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `unix:///absolute/path` (or a bare absolute path).
+pub(crate) fn parse_unix_socket(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("unix://").unwrap_or(s);
+    if !path.starts_with('/') {
+        return Err(format!("{s:?}: give the socket as unix:///absolute/path"));
+    }
+    Ok(PathBuf::from(path))
 }
 
 #[derive(Args, Debug)]

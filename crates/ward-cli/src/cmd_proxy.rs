@@ -2,7 +2,7 @@
 use anyhow::Context;
 use serde_json::json;
 
-use crate::cli::{Global, Output, ProxyArgs, SampleAppArgs};
+use crate::cli::{AgentArgs, Global, Output, ProxyArgs, SampleAppArgs, WorkloadArgs};
 use crate::client::{server_url, trust};
 
 pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
@@ -16,38 +16,20 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             policy_file: a.policy_file.clone(),
             default_action: a.default_policy.parse().map_err(anyhow::Error::msg)?,
         }),
-        _ => {
-            let url = server_url(g)?;
-            let server = url
-                .trim_start_matches("https://")
-                .trim_end_matches('/')
-                .to_string();
-            let join_token = match (&a.join_token, &a.join_token_file) {
-                (Some(t), _) => Some(t.trim().to_string()),
-                (None, Some(f)) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("reading {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                (None, None) => None,
-            };
-            ward_proxy::Mode::ControlPlane {
-                server,
-                trust: trust(g)?,
-                join_token,
-            }
-        }
+        _ => control_plane(g, &a.join_token, &a.join_token_file)?,
     };
     let cfg = ward_proxy::ProxyConfig {
         mode,
         service: a.service,
         namespace: a.namespace,
-        inbound: a.inbound,
-        app: a.app,
-        app_protocol: a.app_protocol,
-        advertise: a.advertise,
-        upstreams: a.upstreams,
+        data_plane: Some(ward_proxy::DataPlane {
+            inbound: a.inbound,
+            app: a.app,
+            app_protocol: a.app_protocol,
+            advertise: a.advertise,
+            upstreams: a.upstreams,
+        }),
+        workload: workload(a.workload),
         admin: Some(a.admin),
         state_dir: a.state_dir,
         drain_timeout: a.drain_timeout,
@@ -60,15 +42,90 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             println!(
                 "ward proxy {} inbound {} admin {}",
                 bound.spiffe_id,
-                bound.inbound,
+                bound.inbound.map(|a| a.to_string()).unwrap_or_default(),
                 bound.admin.map(|a| a.to_string()).unwrap_or_default()
             );
             for (name, addr) in &bound.upstreams {
                 println!("upstream {name} listening on {addr}");
             }
+            if let Some(p) = &bound.workload_api {
+                println!("workload API on unix://{}", p.display());
+            }
         }
     }
     proxy.run().await
+}
+
+/// `ward agent`: a sidecar's identity side alone.
+pub(crate) async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<()> {
+    if a.workload.workload_api.is_none() && a.workload.write_dir.is_none() {
+        anyhow::bail!(
+            "give --workload-api unix:///path, --write-dir DIR or both: the agent has nothing else to do"
+        );
+    }
+    let cfg = ward_proxy::ProxyConfig {
+        mode: control_plane(g, &a.join_token, &a.join_token_file)?,
+        service: a.service,
+        namespace: a.namespace,
+        data_plane: None,
+        workload: workload(a.workload),
+        admin: a.admin,
+        state_dir: a.state_dir,
+        drain_timeout: std::time::Duration::from_secs(1),
+    };
+    let agent = ward_proxy::Proxy::build(cfg).await?;
+    let bound = agent.bound()?;
+    match g.output {
+        Output::Json => println!("{}", json!({ "event": "agent_ready", "agent": bound })),
+        Output::Table => {
+            println!(
+                "ward agent {} admin {}",
+                bound.spiffe_id,
+                bound.admin.map(|a| a.to_string()).unwrap_or_default()
+            );
+            if let Some(p) = &bound.workload_api {
+                println!("workload API on unix://{}", p.display());
+            }
+        }
+    }
+    agent.run().await
+}
+
+/// A control plane from the global flags, and the join token if given.
+fn control_plane(
+    g: &Global,
+    join_token: &Option<String>,
+    join_token_file: &Option<std::path::PathBuf>,
+) -> anyhow::Result<ward_proxy::Mode> {
+    let url = server_url(g)?;
+    let server = url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    let join_token = match (join_token, join_token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    Ok(ward_proxy::Mode::ControlPlane {
+        server,
+        trust: trust(g)?,
+        join_token,
+    })
+}
+
+fn workload(w: WorkloadArgs) -> Option<ward_proxy::WorkloadConfig> {
+    (w.workload_api.is_some() || w.write_dir.is_some()).then(|| ward_proxy::WorkloadConfig {
+        socket: w.workload_api,
+        uids: w.workload_uids,
+        write_dir: w.write_dir,
+        on_change: w.on_change,
+    })
 }
 
 pub(crate) async fn sample_app(g: &Global, a: SampleAppArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 use ward_api::demo::echo_client::EchoClient;
 use ward_api::demo::EchoRequest;
-use ward_proxy::{Bound, Mode, Protocol, Proxy, ProxyConfig, Upstream};
+use ward_proxy::{Bound, DataPlane, Mode, Protocol, Proxy, ProxyConfig, Upstream};
 use ward_tls::ControlPlaneTrust;
 
 use crate::cli::{Global, Output};
@@ -80,11 +80,14 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
             },
             service: name.to_string(),
             namespace: "default".into(),
-            inbound: "127.0.0.1:0".parse()?,
-            app: *app,
-            app_protocol: Protocol::Http,
-            advertise: None,
-            upstreams,
+            data_plane: Some(DataPlane {
+                inbound: "127.0.0.1:0".parse()?,
+                app: *app,
+                app_protocol: Protocol::Http,
+                advertise: None,
+                upstreams,
+            }),
+            workload: None,
             admin: Some("127.0.0.1:0".parse()?),
             state_dir: None,
             drain_timeout: Duration::from_secs(5),
@@ -148,7 +151,10 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
         )
         .await,
     );
-    rows.push(plaintext_probe(pay.inbound).await);
+    let pay_inbound = pay
+        .inbound
+        .ok_or_else(|| anyhow!("the payments sidecar has no inbound port"))?;
+    rows.push(plaintext_probe(pay_inbound).await);
 
     let passed = rows.iter().filter(|r| r.ok).count();
     let total = rows.len();

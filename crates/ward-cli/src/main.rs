@@ -35,13 +35,15 @@ fn main() -> std::process::ExitCode {
     // The sidecar runs on --worker-threads threads (default: the cores, at
     // most 2, as ztunnel does); one worker means a single-threaded runtime,
     // with no cross-thread wake-ups at all.
+    let cores = || {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(2)
+    };
     let workers = match &args.command {
-        cli::Command::Proxy(p) => Some(p.worker_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(2)
-        })),
+        cli::Command::Proxy(p) => Some(p.worker_threads.unwrap_or_else(cores)),
+        cli::Command::Agent(_) => Some(cores()),
         _ => None,
     };
     let runtime = match workers {

@@ -100,8 +100,9 @@ impl std::str::FromStr for Upstream {
     }
 }
 
-/// Everything `ward proxy` is told. No secrets: [`Mode::ControlPlane`]'s
-/// join token is taken out when the sidecar is built and never serialized.
+/// Everything `ward proxy` or `ward agent` is told. No secrets:
+/// [`Mode::ControlPlane`]'s join token is taken out when the sidecar is
+/// built and never serialized.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyConfig {
     /// Where identity, trust and configuration come from.
@@ -110,6 +111,23 @@ pub struct ProxyConfig {
     pub service: String,
     /// Its namespace.
     pub namespace: String,
+    /// The listeners that carry traffic; none for `ward agent`.
+    #[serde(flatten)]
+    pub data_plane: Option<DataPlane>,
+    /// Identity handed to local workloads that do their own TLS.
+    pub workload: Option<WorkloadConfig>,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Keeps the key and certificate across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(serialize_with = "secs")]
+    pub drain_timeout: Duration,
+}
+
+/// A sidecar's traffic: mTLS in to the app, the app's calls out.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlane {
     /// Inbound mTLS listener.
     pub inbound: SocketAddr,
     /// The app, on loopback.
@@ -120,13 +138,20 @@ pub struct ProxyConfig {
     pub advertise: Option<String>,
     /// Outbound ports.
     pub upstreams: Vec<Upstream>,
-    /// Admin listener.
-    pub admin: Option<SocketAddr>,
-    /// Keeps the key and certificate across restarts.
-    pub state_dir: Option<PathBuf>,
-    /// How long SIGTERM waits for in-flight requests.
-    #[serde(serialize_with = "secs")]
-    pub drain_timeout: Duration,
+}
+
+/// The SPIFFE Workload API and certificate files for local workloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadConfig {
+    /// Unix socket path of the Workload API.
+    pub socket: Option<PathBuf>,
+    /// Local users whose processes get the identity (SO_PEERCRED); empty
+    /// for this process's own user.
+    pub uids: Vec<u32>,
+    /// Keeps `svid.pem`, `svid.key` and `bundle.pem` here.
+    pub write_dir: Option<PathBuf>,
+    /// Run (with `sh -c`) after the files change.
+    pub on_change: Option<String>,
 }
 
 /// Where a sidecar's identity, trust and configuration come from.

@@ -15,7 +15,7 @@ use ward_tls::{ControlPlaneTrust, Trust};
 use crate::authn::Authn;
 use crate::config::{Mode, Standalone};
 use crate::identity::{self, StateDir};
-use crate::state::{PolicyInputs, Shared};
+use crate::state::{JwtAuthorities, PolicyInputs, Shared};
 
 /// Starts the loops that keep the sidecar configured: the watch stream and
 /// renewal with a control plane, the file watcher without one.
@@ -99,6 +99,21 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             trust_domain: shared.td.to_string(),
         };
         trust_changed = shared.tls.set_trust(trust);
+    }
+    let jwt_changed = shared.jwt_authorities.load().json != msg.jwt_authorities_json;
+    if jwt_changed {
+        match ward_jwt::JwkSet::from_json(&msg.jwt_authorities_json) {
+            Ok(keys) => shared.jwt_authorities.store(Arc::new(JwtAuthorities {
+                json: msg.jwt_authorities_json.clone(),
+                keys,
+            })),
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring JWT authorities this sidecar cannot read")
+            }
+        }
+    }
+    if trust_changed || jwt_changed {
+        shared.trust_version.send_modify(|v| *v += 1);
     }
     let received = msg
         .endpoints

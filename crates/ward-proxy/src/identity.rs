@@ -14,6 +14,8 @@ use ward_api::v1::identity_client::IdentityClient;
 use ward_api::v1::SignCertificateRequest;
 use ward_identity::{SpiffeId, TrustDomain};
 use ward_tls::ControlPlaneTrust;
+
+use crate::config::{Mode, ProxyConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A certificate chain with its key and validity.
@@ -96,25 +98,36 @@ impl StateDir {
         std::fs::create_dir_all(&self.0)
             .with_context(|| format!("creating {}", self.0.display()))?;
         std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700))?;
-        let (c, k, b) = self.paths();
-        write_atomic(
-            &k,
-            ward_ca::to_pem("PRIVATE KEY", &svid.key_pkcs8).as_bytes(),
-            0o600,
-        )?;
-        let chain: String = svid
-            .chain
-            .iter()
-            .map(|c| ward_ca::to_pem("CERTIFICATE", c))
-            .collect();
-        write_atomic(&c, chain.as_bytes(), 0o644)?;
-        let bundle: String = svid
-            .bundle
-            .iter()
-            .map(|c| ward_ca::to_pem("CERTIFICATE", c))
-            .collect();
-        write_atomic(&b, bundle.as_bytes(), 0o644)
+        write_files(&self.0, svid)
     }
+}
+
+/// Writes `svid.key` (PKCS#8 PEM, 0600), `svid.pem` (the chain, leaf
+/// first) and `bundle.pem` into `dir` (made 0700 if missing), each
+/// replaced atomically.
+pub(crate) fn write_files(dir: &Path, svid: &Svid) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let (c, k, b) = StateDir(dir.to_path_buf()).paths();
+    write_atomic(
+        &k,
+        ward_ca::to_pem("PRIVATE KEY", &svid.key_pkcs8).as_bytes(),
+        0o600,
+    )?;
+    let chain: String = svid
+        .chain
+        .iter()
+        .map(|c| ward_ca::to_pem("CERTIFICATE", c))
+        .collect();
+    write_atomic(&c, chain.as_bytes(), 0o644)?;
+    let bundle: String = svid
+        .bundle
+        .iter()
+        .map(|c| ward_ca::to_pem("CERTIFICATE", c))
+        .collect();
+    write_atomic(&b, bundle.as_bytes(), 0o644)
 }
 
 /// An SVID from files written by something else (`--cert`, `--key`,
@@ -221,6 +234,46 @@ pub(crate) async fn discover_trust_domain(
     let peer = ward_tls::peer_identity(Some(&[leaf]))
         .ok_or_else(|| anyhow!("the server certificate is not an X509-SVID"))?;
     Ok(peer.id.trust_domain())
+}
+
+/// The sidecar's own SVID at start: from the files (standalone), the
+/// state dir, or bought with the join token (which is taken out of `cfg`
+/// and not kept).
+pub(crate) async fn obtain(cfg: &mut ProxyConfig) -> anyhow::Result<Svid> {
+    let state = cfg.state_dir.clone().map(StateDir);
+    match &mut cfg.mode {
+        Mode::Standalone(f) => {
+            let s = load_files(&f.cert, &f.key, &f.bundle)?;
+            tracing::info!(serial = s.serial, cert = %f.cert.display(), "certificate files loaded");
+            Ok(s)
+        }
+        Mode::ControlPlane {
+            server,
+            trust,
+            join_token,
+        } => {
+            let token = join_token.take();
+            if let Some(s) = state.as_ref().and_then(StateDir::load) {
+                tracing::info!(
+                    serial = s.serial,
+                    "using the certificate saved in the state dir"
+                );
+                return Ok(s);
+            }
+            let token = token.ok_or_else(|| {
+                anyhow!("no valid certificate in the state dir and no join token: pass --join-token (create one with `ward join-token create --service {}`)", cfg.service)
+            })?;
+            // The trust domain is learnt from the server's bundle; the ID
+            // requested must be the token's, which the server checks.
+            let td = discover_trust_domain(server, trust).await?;
+            let id = SpiffeId::for_service(&td, &cfg.namespace, &cfg.service)?;
+            let s = request_svid(server, trust, &id, Some(&token), None).await?;
+            if let Some(st) = &state {
+                st.save(&s)?;
+            }
+            Ok(s)
+        }
+    }
 }
 
 /// The current SVID, shared by the renewal loop and the control client.

@@ -32,6 +32,9 @@ use crate::{mux, upgrade};
 
 struct Inbound {
     shared: Arc<Shared>,
+    /// The app, on loopback, and how it speaks.
+    app: SocketAddr,
+    app_protocol: Protocol,
     /// The app's address as a URI authority.
     app_authority: Authority,
     app_h1: Client<HttpConnector, Incoming>,
@@ -68,14 +71,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
     ])));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    let app_authority = match Authority::try_from(shared.cfg.app.to_string()) {
+    let Some(dp) = shared.cfg.data_plane.as_ref() else {
+        return;
+    };
+    let (app, app_protocol) = (dp.app, dp.app_protocol);
+    let app_authority = match Authority::try_from(app.to_string()) {
         Ok(a) => a,
         Err(e) => {
-            tracing::error!(error = %e, app = %shared.cfg.app, "the app address is not a valid authority");
+            tracing::error!(error = %e, %app, "the app address is not a valid authority");
             return;
         }
     };
     let ctx = Arc::new(Inbound {
+        app,
+        app_protocol,
         app_authority,
         app_h1: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -182,7 +191,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             None => Mode::Http2,
         },
     };
-    if ctx.shared.cfg.app_protocol == Protocol::Tcp {
+    if ctx.app_protocol == Protocol::Tcp {
         // HTTP framing towards an app that speaks raw TCP would corrupt both.
         tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
         return;
@@ -376,7 +385,6 @@ impl Inbound {
         authn: &Authn,
         outcome: &Outcome,
     ) -> Response<Body> {
-        let shared = &self.shared;
         let h2 = req
             .headers_mut()
             .remove(ORIG_PROTO)
@@ -409,7 +417,7 @@ impl Inbound {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return Reject::BadTarget.response(),
             }
-            return match TcpStream::connect(shared.cfg.app).await {
+            return match TcpStream::connect(self.app).await {
                 Ok(app) => upgrade::forward(req, app).await,
                 Err(_) => Reject::AppUnreachable.response(),
             };
@@ -437,7 +445,7 @@ impl Inbound {
                         req.headers_mut().insert(HOST, h);
                     }
                 }
-                let app = shared.cfg.app;
+                let app = self.app;
                 own.send("", || connect_app(app), req)
                     .await
                     .map_err(|e| e.to_string())
@@ -458,7 +466,7 @@ impl Inbound {
         match sent {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not answer");
+                tracing::warn!(error = %e, app = %self.app, "the app did not answer");
                 Reject::AppUnreachable.response()
             }
         }
@@ -561,10 +569,10 @@ async fn tcp_to_app(
     if !d.allowed() {
         return;
     }
-    let mut app = match TcpStream::connect(shared.cfg.app).await {
+    let mut app = match TcpStream::connect(ctx.app).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, app = %shared.cfg.app, "the app did not accept the connection");
+            tracing::warn!(error = %e, app = %ctx.app, "the app did not accept the connection");
             return;
         }
     };

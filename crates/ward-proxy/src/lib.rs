@@ -13,6 +13,10 @@
 //! - The control plane's watch stream brings the bundle, revocations,
 //!   endpoints and policies; the certificate is renewed at half-life. When
 //!   the control plane is down the sidecar keeps serving with what it has.
+//! - Workloads that do their own TLS get an identity of their own (own key
+//!   pair, the service's SPIFFE ID) through the SPIFFE Workload API on a
+//!   unix socket and/or as files; `ward agent` is that side alone, with no
+//!   data plane.
 #![allow(missing_docs)]
 
 #[macro_use]
@@ -35,30 +39,36 @@ mod state;
 mod strict_h1;
 mod transport;
 mod upgrade;
+mod workload;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use ward_identity::SpiffeId;
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{MeshTls, Trust};
 
-pub use config::{Mode, Protocol, ProxyConfig, Standalone, Upstream};
-use identity::{Current, StateDir};
+pub use config::{DataPlane, Mode, Protocol, ProxyConfig, Standalone, Upstream, WorkloadConfig};
+use identity::Current;
 use state::{Shared, MAX_CONNECTIONS};
 
-/// A sidecar with its listeners bound.
+/// A sidecar (or, without a data plane, an agent) with its listeners bound.
 pub struct Proxy {
     shared: Arc<Shared>,
+    data_plane: Option<Listeners>,
+    admin: Option<TcpListener>,
+    workload: Option<workload::Workload>,
+}
+
+/// The bound listeners of a data plane.
+struct Listeners {
     inbound: TcpListener,
     upstreams: Vec<(Upstream, TcpListener)>,
-    admin: Option<TcpListener>,
     advertise: String,
 }
 
@@ -66,57 +76,21 @@ pub struct Proxy {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Bound {
     pub spiffe_id: String,
-    pub inbound: SocketAddr,
+    /// Absent for an agent.
+    pub inbound: Option<SocketAddr>,
     pub advertise: String,
     pub admin: Option<SocketAddr>,
     pub upstreams: HashMap<String, SocketAddr>,
+    /// The Workload API socket, when served.
+    pub workload_api: Option<std::path::PathBuf>,
 }
 
 impl Proxy {
-    /// Gets an identity (state dir, or join token), then binds every port.
-    /// A join token in [`Mode::ControlPlane`] is used here, if the state
-    /// dir holds no valid certificate, and not kept.
+    /// Gets an identity (state dir, join token or files), then binds every
+    /// port and socket. A join token in [`Mode::ControlPlane`] is used
+    /// here, if the state dir holds no valid certificate, and not kept.
     pub async fn build(mut cfg: ProxyConfig) -> anyhow::Result<Proxy> {
-        let state = cfg.state_dir.clone().map(StateDir);
-        let svid = match &mut cfg.mode {
-            Mode::Standalone(f) => {
-                let s = identity::load_files(&f.cert, &f.key, &f.bundle)?;
-                tracing::info!(serial = s.serial, cert = %f.cert.display(), "certificate files loaded");
-                s
-            }
-            Mode::ControlPlane {
-                server,
-                trust,
-                join_token,
-            } => {
-                let token = join_token.take();
-                match state.as_ref().and_then(StateDir::load) {
-                    Some(s) => {
-                        tracing::info!(
-                            serial = s.serial,
-                            "using the certificate saved in the state dir"
-                        );
-                        s
-                    }
-                    None => {
-                        let token = token.ok_or_else(|| {
-                            anyhow!("no valid certificate in the state dir and no join token: pass --join-token (create one with `ward join-token create --service {}`)", cfg.service)
-                        })?;
-                        // The trust domain is learnt from the server's
-                        // bundle; the ID requested must be the token's,
-                        // which the server checks.
-                        let td = identity::discover_trust_domain(server, trust).await?;
-                        let id = SpiffeId::for_service(&td, &cfg.namespace, &cfg.service)?;
-                        let s =
-                            identity::request_svid(server, trust, &id, Some(&token), None).await?;
-                        if let Some(st) = &state {
-                            st.save(&s)?;
-                        }
-                        s
-                    }
-                }
-            }
-        };
+        let svid = identity::obtain(&mut cfg).await?;
         let leaf = svid.chain.first().ok_or_else(|| anyhow!("empty chain"))?;
         let peer = ward_tls::peer_identity(Some(std::slice::from_ref(leaf)))
             .ok_or_else(|| anyhow!("the certificate is not an X509-SVID"))?;
@@ -129,17 +103,10 @@ impl Proxy {
         };
         let tls = MeshTls::new(svid.chain.clone(), svid.key(), trust)?;
 
-        let inbound = TcpListener::bind(cfg.inbound)
-            .await
-            .with_context(|| format!("binding --inbound {}", cfg.inbound))?;
-        let inbound_addr = inbound.local_addr()?;
-        let mut upstreams = Vec::new();
-        for u in &cfg.upstreams {
-            let l = TcpListener::bind(u.listen)
-                .await
-                .with_context(|| format!("binding --upstream {}", u.listen))?;
-            upstreams.push((u.clone(), l));
-        }
+        let data_plane = match &cfg.data_plane {
+            Some(dp) => Some(Listeners::bind(dp).await?),
+            None => None,
+        };
         let admin = match cfg.admin {
             Some(a) => Some(
                 TcpListener::bind(a)
@@ -148,13 +115,14 @@ impl Proxy {
             ),
             None => None,
         };
-        let advertise = cfg
-            .advertise
-            .clone()
-            .unwrap_or_else(|| inbound_addr.to_string());
         let metrics = metrics::Metrics::new();
         metrics.cert_expiry.set(svid.not_after);
         let key_caches = authn::KeyCaches::new(&svid.bundle);
+        let inbound_port = match &data_plane {
+            Some(l) => l.inbound.local_addr()?.port(),
+            None => 0,
+        };
+        let workload_cfg = cfg.workload.clone();
         let shared = Arc::new(Shared {
             id,
             td,
@@ -167,35 +135,46 @@ impl Proxy {
             applied: Mutex::new(None),
             revoked_tokens: Default::default(),
             endpoints: ArcSwap::from_pointee(HashMap::new()),
+            jwt_authorities: ArcSwap::from_pointee(state::JwtAuthorities::default()),
+            trust_version: watch::channel(0).0,
             configured: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             metrics,
             shutdown: watch::channel(false).0,
-            inbound_port: inbound_addr.port(),
+            inbound_port,
             generation: AtomicU64::new(0),
+            workload_expiry: AtomicI64::new(-1),
             cfg: Arc::new(cfg),
         });
+        let workload = match workload_cfg {
+            Some(w) => Some(workload::Workload::bind(&shared, w).await?),
+            None => None,
+        };
         Ok(Proxy {
             shared,
-            inbound,
-            upstreams,
+            data_plane,
             admin,
-            advertise,
+            workload,
         })
     }
 
     /// What was bound.
     pub fn bound(&self) -> anyhow::Result<Bound> {
+        let dp = self.data_plane.as_ref();
         Ok(Bound {
             spiffe_id: self.shared.id.to_string(),
-            inbound: self.inbound.local_addr()?,
-            advertise: self.advertise.clone(),
+            inbound: dp.map(|l| l.inbound.local_addr()).transpose()?,
+            advertise: dp.map(|l| l.advertise.clone()).unwrap_or_default(),
             admin: self.admin.as_ref().map(|a| a.local_addr()).transpose()?,
-            upstreams: self
-                .upstreams
-                .iter()
-                .map(|(u, l)| Ok((format!("{}.{}", u.service, u.namespace), l.local_addr()?)))
-                .collect::<anyhow::Result<_>>()?,
+            upstreams: match dp {
+                Some(l) => l
+                    .upstreams
+                    .iter()
+                    .map(|(u, l)| Ok((format!("{}.{}", u.service, u.namespace), l.local_addr()?)))
+                    .collect::<anyhow::Result<_>>()?,
+                None => HashMap::new(),
+            },
+            workload_api: self.workload.as_ref().and_then(|w| w.socket_path()),
         })
     }
 
@@ -203,27 +182,38 @@ impl Proxy {
     pub async fn run(self) -> anyhow::Result<()> {
         let Proxy {
             shared,
-            inbound,
-            upstreams,
+            data_plane,
             admin,
-            advertise,
+            workload,
         } = self;
         tracing::info!(config = %serde_json::to_string(&*shared.cfg).unwrap_or_default(), id = %shared.id, "sidecar starting");
+        let advertise = data_plane
+            .as_ref()
+            .map(|l| l.advertise.clone())
+            .unwrap_or_default();
         control::spawn(&shared, advertise);
         let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(inbound::serve(
-            shared.clone(),
-            inbound,
-            conns.clone(),
-        )));
-        for (u, l) in upstreams {
-            tasks.push(tokio::spawn(outbound::serve(
+        if let Some(Listeners {
+            inbound, upstreams, ..
+        }) = data_plane
+        {
+            tasks.push(tokio::spawn(inbound::serve(
                 shared.clone(),
-                u,
-                l,
+                inbound,
                 conns.clone(),
             )));
+            for (u, l) in upstreams {
+                tasks.push(tokio::spawn(outbound::serve(
+                    shared.clone(),
+                    u,
+                    l,
+                    conns.clone(),
+                )));
+            }
+        }
+        if let Some(w) = workload {
+            tasks.push(tokio::spawn(w.run(shared.clone())));
         }
         if let Some(a) = admin {
             tokio::spawn(admin::serve(shared.clone(), a));
@@ -248,5 +238,29 @@ impl Proxy {
             tracing::warn!("drain timeout reached with requests still in flight");
         }
         Ok(())
+    }
+}
+
+impl Listeners {
+    async fn bind(dp: &DataPlane) -> anyhow::Result<Listeners> {
+        let inbound = TcpListener::bind(dp.inbound)
+            .await
+            .with_context(|| format!("binding --inbound {}", dp.inbound))?;
+        let mut upstreams = Vec::new();
+        for u in &dp.upstreams {
+            let l = TcpListener::bind(u.listen)
+                .await
+                .with_context(|| format!("binding --upstream {}", u.listen))?;
+            upstreams.push((u.clone(), l));
+        }
+        let advertise = match &dp.advertise {
+            Some(a) => a.clone(),
+            None => inbound.local_addr()?.to_string(),
+        };
+        Ok(Listeners {
+            inbound,
+            upstreams,
+            advertise,
+        })
     }
 }

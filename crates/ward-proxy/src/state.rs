@@ -2,7 +2,7 @@
 //! they all run.
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,11 @@ pub(crate) struct Shared {
     pub revoked_tokens: ward_jwt::tower::RevocationList,
     /// SPIFFE ID → sidecar addresses.
     pub endpoints: ArcSwap<HashMap<String, Vec<String>>>,
+    /// The trust domain's JWT-SVID authorities, from the watch stream.
+    pub jwt_authorities: ArcSwap<JwtAuthorities>,
+    /// Bumped when the X.509 bundle or the JWT authorities change: the
+    /// Workload API's streams send the new state.
+    pub trust_version: watch::Sender<u64>,
     pub configured: AtomicBool,
     pub connected: AtomicBool,
     pub metrics: Metrics,
@@ -47,6 +52,16 @@ pub(crate) struct Shared {
     /// Bumped on every certificate renewal: outbound pools opened with an
     /// older certificate are retired, so peers see the new one.
     pub generation: AtomicU64,
+    /// The workload SVID's expiry (unix seconds; 0 until issued), or -1
+    /// when this sidecar hands out no workload identity.
+    pub workload_expiry: AtomicI64,
+}
+
+/// The JWT-SVID authorities as received (JSON) and parsed.
+#[derive(Default)]
+pub(crate) struct JwtAuthorities {
+    pub json: String,
+    pub keys: ward_jwt::JwkSet,
 }
 
 /// What a watch message's policies are built from.
@@ -59,10 +74,17 @@ pub(crate) struct PolicyInputs {
 }
 
 impl Shared {
+    /// Configured, with a trust bundle and certificates that are not about
+    /// to expire (the last tenth of their lifetime): while the control
+    /// plane is away, the sidecar stays ready until then.
     pub(crate) fn ready(&self) -> bool {
         let svid = self.svid.get();
+        let now = ward_ca::now().unix_timestamp();
+        let margin = (svid.not_after - svid.not_before) / 10;
+        let workload = self.workload_expiry.load(Ordering::Relaxed);
         self.configured.load(Ordering::Relaxed)
-            && svid.not_after > ward_ca::now().unix_timestamp()
+            && svid.not_after - margin > now
+            && (workload < 0 || workload - margin > now)
             && !self.tls.trust().bundle.is_empty()
     }
 }
