@@ -1,7 +1,8 @@
 //! A control plane, sample apps and sidecars, started as real processes.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -203,4 +204,75 @@ pub fn mesh_tls(s: &WardServer, spiffe_id: &str) -> std::sync::Arc<ward_tls::Mes
         },
     )
     .unwrap()
+}
+
+pub struct Agent {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// The agent's own certificate chain (PEM), written to a file.
+    pub async fn own_cert(&self) -> PathBuf {
+        let certs: Value = reqwest::get(format!("http://{}/certs", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let p = self.dir.path().join("agent.pem");
+        std::fs::write(&p, certs["chain_pem"].as_str().unwrap()).unwrap();
+        p
+    }
+
+    pub async fn ready(&self) -> u16 {
+        reqwest::get(format!("http://{}/ready", self.admin))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// `ward agent` for `service`, its socket in a directory it owns that
+/// other users may enter (so a caller from another uid reaches it and is
+/// refused by SO_PEERCRED, not by the file system).
+pub fn agent(s: &WardServer, service: &str, extra: &[&str]) -> Agent {
+    init();
+    let token = register(s, service);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("agent.sock");
+    let dd = s.data_dir.to_str().unwrap().to_string();
+    let api = format!("unix://{}", socket.display());
+    let mut args = vec![
+        "--output",
+        "json",
+        "--data-dir",
+        &dd,
+        "agent",
+        "--join-token",
+        &token,
+        "--service",
+        service,
+        "--workload-api",
+        &api,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(bin(), &args).unwrap();
+    let admin = proc.ready["agent"]["admin"].as_str().unwrap().to_string();
+    assert_eq!(
+        proc.ready["agent"]["workload_api"],
+        socket.to_str().unwrap()
+    );
+    Agent {
+        proc,
+        socket,
+        admin,
+        dir,
+    }
 }
