@@ -540,3 +540,62 @@ async fn request_authentication_with_jwks_uri() {
     }
     let _ = (pay_sc, pay);
 }
+
+/// JWT-SVIDs as bearer tokens: a RequestAuthentication naming the trust
+/// domain's JWT-SVID issuer (`spiffe://ward.internal`, no keys: the sidecar
+/// has the JWT authorities from the watch stream) lets `requestPrincipals`
+/// match a JWT-SVID that a frontend workload got from its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_satisfy_request_principals() {
+    let (s, pay, pay_sc, fe) = payments_and_frontend().await;
+    let fe_agent = agent(&s, "frontend", &[]);
+    let client =
+        spiffe::WorkloadApiClient::connect_to(format!("unix://{}", fe_agent.socket.display()))
+            .await
+            .unwrap();
+    let for_payments = client.fetch_jwt_svid(["payments"], None).await.unwrap();
+    let for_ledger = client.fetch_jwt_svid(["ledger"], None).await.unwrap();
+    apply(
+        &s,
+        r#"apiVersion: ward/v1
+kind: RequestAuthentication
+metadata: { name: svids }
+spec:
+  selector: { service: payments }
+  jwtRules:
+  - issuer: spiffe://ward.internal
+    audiences: [payments]
+---
+apiVersion: ward/v1
+kind: AuthorizationPolicy
+metadata: { name: frontend-workloads }
+spec:
+  selector: { service: payments }
+  rules:
+  - from: [{ source: { requestPrincipals: ["spiffe://ward.internal/spiffe://ward.internal/ns/default/sa/frontend"] } }]
+"#,
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/whoami", fe.upstream("payments.default"));
+    let call = |token: Option<&str>| {
+        let mut r = http.get(&url);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            call(Some(for_payments.token())).await == 200
+        })
+        .await,
+        "a JWT-SVID for payments is accepted"
+    );
+    assert_eq!(call(None).await, 403, "no token: the policy needs one");
+    assert_eq!(
+        call(Some(for_ledger.token())).await,
+        401,
+        "another audience"
+    );
+    let _ = (pay, pay_sc, fe_agent);
+}

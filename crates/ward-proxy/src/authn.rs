@@ -17,6 +17,18 @@ use ward_jwt::tower::RevocationList;
 use ward_jwt::{Claims, JwkSet, JwksCache, Validation};
 use ward_policy::{JwtRule, RequestAuthentication};
 
+/// The control plane's own issuers and their keys, from the watch stream
+/// (empty without a control plane).
+#[derive(Default)]
+pub(crate) struct OwnIssuers<'a> {
+    /// ward's OAuth2 issuer and its JWK set (JSON).
+    pub ward_issuer: &'a str,
+    pub ward_jwks: &'a str,
+    /// `spiffe://<trust domain>` and its JWT-SVID authorities (JSON).
+    pub svid_issuer: &'a str,
+    pub svid_jwks: &'a str,
+}
+
 /// One trusted issuer.
 struct IssuerRule {
     issuer: String,
@@ -27,8 +39,21 @@ struct IssuerRule {
     from: Vec<(HeaderName, String)>,
     forward: bool,
     outputs: Vec<(HeaderName, String)>,
-    /// ward's own tokens: RFC 9068 `typ`, and the revocation feed applies.
-    ward: bool,
+    /// What the issuer is, which decides how its tokens are checked.
+    kind: Kind,
+}
+
+/// The kinds of issuers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// ward's OAuth2 issuer: RFC 9068 `typ`, and the revocation feed
+    /// applies.
+    Ward,
+    /// The trust domain's JWT-SVIDs (`iss` = `spiffe://<td>`): `sub` must
+    /// be a SPIFFE ID of the trust domain.
+    JwtSvid,
+    /// Any other issuer of a RequestAuthentication.
+    Other,
 }
 
 /// The issuers trusted for this sidecar's service.
@@ -65,6 +90,8 @@ pub(crate) struct KeyCaches {
     bundle: Vec<rustls_pki_types::CertificateDer<'static>>,
     ward_jwks: String,
     ward: Arc<JwksCache>,
+    svid_jwks: String,
+    svid: Arc<JwksCache>,
     /// By source: `uri:<jwksUri>` or `inline:<JWKS JSON>`.
     sources: HashMap<String, Arc<JwksCache>>,
 }
@@ -76,24 +103,21 @@ impl KeyCaches {
             bundle: bundle.to_vec(),
             ward_jwks: String::new(),
             ward: Arc::new(JwksCache::fixed(JwkSet::default())),
+            svid_jwks: String::new(),
+            svid: Arc::new(JwksCache::fixed(JwkSet::default())),
             sources: HashMap::new(),
         }
     }
 
     /// ward's keys from the watch stream (rebuilt only when they change).
     fn ward_keys(&mut self, jwks_json: &str) -> Arc<JwksCache> {
-        if jwks_json != self.ward_jwks {
-            match JwkSet::from_json(jwks_json) {
-                Ok(set) => {
-                    self.ward = Arc::new(JwksCache::fixed(set));
-                    self.ward_jwks = jwks_json.to_string();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable signing keys from the control plane")
-                }
-            }
-        }
-        self.ward.clone()
+        fixed(&mut self.ward_jwks, &mut self.ward, jwks_json)
+    }
+
+    /// The JWT-SVID authorities from the watch stream (rebuilt only when
+    /// they change).
+    fn svid_keys(&mut self, jwks_json: &str) -> Arc<JwksCache> {
+        fixed(&mut self.svid_jwks, &mut self.svid, jwks_json)
     }
 
     /// The cache for a rule's own key source (`jwks` or `jwksUri`).
@@ -119,6 +143,21 @@ impl KeyCaches {
         self.sources.insert(key.clone(), cache.clone());
         Some((key, cache))
     }
+}
+
+/// A key cache made from `json`, kept while `json` is what it was made
+/// from.
+fn fixed(seen: &mut String, cache: &mut Arc<JwksCache>, json: &str) -> Arc<JwksCache> {
+    if json != seen.as_str() {
+        match JwkSet::from_json(json) {
+            Ok(set) => {
+                *cache = Arc::new(JwksCache::fixed(set));
+                *seen = json.to_string();
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable signing keys from the control plane"),
+        }
+    }
+    cache.clone()
 }
 
 /// HTTPS for `jwksUri`: the system's roots plus ward's bundle, TLS 1.2+.
@@ -147,21 +186,23 @@ fn header(name: &str) -> Option<HeaderName> {
 }
 
 impl Authn {
-    /// The rules for `namespace/service`: ward's issuer (`ward_issuer`,
-    /// keys `ward_jwks`), then every selecting `RequestAuthentication`
-    /// (a rule for ward's issuer replaces the default one).
+    /// The rules for `namespace/service`: ward's issuer (always), then
+    /// every selecting `RequestAuthentication` (a rule for ward's issuer
+    /// replaces the default one; a rule for the trust domain's JWT-SVID
+    /// issuer, with no keys of its own, verifies with its JWT authorities).
     pub(crate) fn build(
         docs: &[RequestAuthentication],
         namespace: &str,
         service: &str,
-        ward_issuer: &str,
-        ward_jwks: &str,
+        own: &OwnIssuers<'_>,
         caches: &Mutex<KeyCaches>,
     ) -> Authn {
         let Ok(mut caches) = caches.lock() else {
             return Authn::default();
         };
-        let ward_keys = caches.ward_keys(ward_jwks);
+        let ward_issuer = own.ward_issuer;
+        let ward_keys = caches.ward_keys(own.ward_jwks);
+        let svid_keys = caches.svid_keys(own.svid_jwks);
         let default_from = vec![(AUTHORIZATION, "Bearer ".to_string())];
         let mut rules: Vec<IssuerRule> = Vec::new();
         let mut used = std::collections::HashSet::new();
@@ -178,21 +219,23 @@ impl Authn {
                     used.insert(key);
                     c
                 }
-                None if r.jwks.is_none() && r.jwks_uri.is_none() && r.issuer == ward_issuer => {
-                    ward_keys.clone()
+                None if r.issuer == ward_issuer => ward_keys.clone(),
+                None if !own.svid_issuer.is_empty() && r.issuer == own.svid_issuer => {
+                    svid_keys.clone()
                 }
                 None => continue,
             };
             if rules.iter().any(|x| x.issuer == r.issuer) {
                 continue;
             }
-            rules.push(rule(
-                r,
-                keys,
-                service,
-                &default_from,
-                r.issuer == ward_issuer,
-            ));
+            let kind = if r.issuer == ward_issuer {
+                Kind::Ward
+            } else if r.issuer == own.svid_issuer {
+                Kind::JwtSvid
+            } else {
+                Kind::Other
+            };
+            rules.push(rule(r, keys, service, &default_from, kind));
         }
         if !ward_issuer.is_empty() && !rules.iter().any(|r| r.issuer == ward_issuer) {
             // Not written by anyone: forward the token, write no headers.
@@ -203,7 +246,7 @@ impl Authn {
                 from: default_from,
                 forward: true,
                 outputs: Vec::new(),
-                ward: true,
+                kind: Kind::Ward,
             });
         }
         // Sources no document names any more are let go.
@@ -243,9 +286,18 @@ impl Authn {
         };
         let mut v = Validation::access_token(&rule.issuer, "");
         v.audience = None;
-        if !rule.ward {
-            v.typ = None;
-            v.required = vec!["iss", "exp"];
+        match rule.kind {
+            Kind::Ward => {}
+            // Only the JWT authorities sign with these keys, and only
+            // JWT-SVIDs.
+            Kind::JwtSvid => {
+                v.typ = None;
+                v.required = vec!["iss", "sub", "aud", "exp"];
+            }
+            Kind::Other => {
+                v.typ = None;
+                v.required = vec!["iss", "exp"];
+            }
         }
         v.peer_cert_sha256 = Some(peer_cert);
         let claims = match rule.keys.verify(token, &v).await {
@@ -256,8 +308,17 @@ impl Authn {
         if !rule.audiences.iter().any(|a| aud.contains(&a.as_str())) {
             return Outcome::Invalid("wrong audience".into());
         }
-        if rule.ward && claims.jti().is_some_and(|j| revoked.contains(j)) {
+        if rule.kind == Kind::Ward && claims.jti().is_some_and(|j| revoked.contains(j)) {
             return Outcome::Invalid("token revoked".into());
+        }
+        if rule.kind == Kind::JwtSvid {
+            let sub = claims.sub().unwrap_or_default();
+            let td = rule.issuer.trim_start_matches("spiffe://");
+            if ward_identity::SpiffeId::parse(sub).map_or(true, |id| id.trust_domain_name() != td) {
+                return Outcome::Invalid(
+                    "the JWT-SVID's sub is not a SPIFFE ID of this trust domain".into(),
+                );
+            }
         }
         Outcome::Valid {
             principal: format!("{}/{}", rule.issuer, claims.sub().unwrap_or_default()),
@@ -338,7 +399,7 @@ fn rule(
     keys: Arc<JwksCache>,
     service: &str,
     default_from: &[(HeaderName, String)],
-    ward: bool,
+    kind: Kind,
 ) -> IssuerRule {
     let from: Vec<(HeaderName, String)> = r
         .from_headers
@@ -364,7 +425,7 @@ fn rule(
             .iter()
             .filter_map(|o| Some((header(&o.header)?, o.claim.clone())))
             .collect(),
-        ward,
+        kind,
     }
 }
 

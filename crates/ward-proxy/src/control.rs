@@ -12,7 +12,7 @@ use ward_api::v1::WatchResponse;
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{ControlPlaneTrust, Trust};
 
-use crate::authn::Authn;
+use crate::authn::{Authn, OwnIssuers};
 use crate::config::{Mode, Standalone};
 use crate::identity::{self, StateDir};
 use crate::state::{JwtAuthorities, PolicyInputs, Shared};
@@ -132,6 +132,7 @@ fn apply(shared: &Shared, msg: WatchResponse) {
         default_action: msg.default_action,
         issuer: msg.issuer,
         jwks_json: msg.jwks_json,
+        jwt_authorities_json: msg.jwt_authorities_json,
     };
     let mut applied = shared.applied.lock().unwrap_or_else(|e| e.into_inner());
     if applied.as_ref() != Some(&inputs) {
@@ -147,7 +148,14 @@ fn apply(shared: &Shared, msg: WatchResponse) {
         } else {
             DefaultAction::Deny
         };
-        apply_documents(shared, docs, default, &inputs.issuer, &inputs.jwks_json);
+        let svid_issuer = format!("spiffe://{}", shared.td);
+        let own = OwnIssuers {
+            ward_issuer: &inputs.issuer,
+            ward_jwks: &inputs.jwks_json,
+            svid_issuer: &svid_issuer,
+            svid_jwks: &inputs.jwt_authorities_json,
+        };
+        apply_documents(shared, docs, default, &own);
         *applied = Some(inputs);
     } else if trust_changed {
         // Open TCP connections are judged again on a revocation.
@@ -202,7 +210,7 @@ async fn files_loop(shared: Arc<Shared>, f: Standalone) {
         if first || policy != seen_policy {
             match load_policy_file(f.policy_file.as_deref()) {
                 Ok(docs) => {
-                    apply_documents(&shared, docs, f.default_action, "", "");
+                    apply_documents(&shared, docs, f.default_action, &OwnIssuers::default());
                     seen_policy = policy;
                     tracing::info!("policies loaded");
                 }
@@ -232,8 +240,7 @@ fn apply_documents(
     shared: &Shared,
     docs: Vec<ward_policy::Document>,
     default: DefaultAction,
-    issuer: &str,
-    jwks_json: &str,
+    own: &OwnIssuers<'_>,
 ) {
     let mut policies = Vec::new();
     let mut authns = Vec::new();
@@ -247,8 +254,7 @@ fn apply_documents(
         &authns,
         &shared.cfg.namespace,
         &shared.cfg.service,
-        issuer,
-        jwks_json,
+        own,
         &shared.key_caches,
     )));
     shared

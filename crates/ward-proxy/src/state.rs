@@ -71,6 +71,7 @@ pub(crate) struct PolicyInputs {
     pub default_action: String,
     pub issuer: String,
     pub jwks_json: String,
+    pub jwt_authorities_json: String,
 }
 
 impl Shared {

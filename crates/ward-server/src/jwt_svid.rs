@@ -20,6 +20,11 @@ pub(crate) const MAX_TTL_SECS: i64 = 3600;
 const MAX_AUDIENCES: usize = 16;
 const MAX_AUDIENCE_LEN: usize = 512;
 
+/// The `iss` of the trust domain's JWT-SVIDs: `spiffe://<trust domain>`.
+pub(crate) fn issuer(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}")
+}
+
 /// A signed JWT-SVID.
 pub(crate) struct Minted {
     pub token: String,
@@ -83,7 +88,15 @@ impl JwtSvids {
         }
         let iat = ward_ca::now().unix_timestamp();
         let exp = iat + ttl;
-        let claims = json!({ "sub": id.as_str(), "aud": audience, "iat": iat, "exp": exp });
+        // `iss` names the trust domain, so that a sidecar's
+        // RequestAuthentication can name JWT-SVIDs as an issuer.
+        let claims = json!({
+            "iss": issuer(id.trust_domain_name()),
+            "sub": id.as_str(),
+            "aud": audience,
+            "iat": iat,
+            "exp": exp,
+        });
         let key = self.keys.load().active.clone();
         let token = key
             .sign("JWT", &claims)

@@ -56,7 +56,11 @@ pub(super) async fn apply(
         if !seen.insert(key.clone()) {
             return Err(bad(format!("policy {key} appears twice")));
         }
-        check_enforceable(&doc, &services, &s.oauth.issuer, existing.as_slice()).map_err(bad)?;
+        let issuers = [
+            s.oauth.issuer.clone(),
+            crate::jwt_svid::issuer(s.ca.trust_domain().as_str()),
+        ];
+        check_enforceable(&doc, &services, &issuers, existing.as_slice()).map_err(bad)?;
         let meta = doc.metadata();
         parsed.push((meta.namespace.clone(), meta.name.clone(), doc.to_json()));
     }
@@ -85,7 +89,7 @@ pub(super) async fn apply(
 fn check_enforceable(
     doc: &ward_policy::Document,
     services: &[Service],
-    issuer: &str,
+    own_issuers: &[String; 2],
     existing: &[ward_store::PolicyRecord],
 ) -> Result<(), String> {
     let meta = doc.metadata();
@@ -131,10 +135,12 @@ fn check_enforceable(
         }
         ward_policy::Document::Authentication(a) => {
             for (i, r) in a.spec.jwt_rules.iter().enumerate() {
-                if r.jwks.is_none() && r.jwks_uri.is_none() && r.issuer != issuer {
+                if r.jwks.is_none() && r.jwks_uri.is_none() && !own_issuers.contains(&r.issuer) {
+                    let [oauth, svid] = own_issuers;
                     return Err(format!(
                         "spec.jwtRules[{i}]: give jwks or jwksUri for issuer {:?} \
-                         (only this server's own issuer {issuer:?} needs neither)",
+                         (only this server's own issuers need neither: {oauth:?} for \
+                         access tokens, {svid:?} for JWT-SVIDs)",
                         r.issuer
                     ));
                 }
