@@ -10,11 +10,17 @@
 //!   measures the OAuth2 token endpoint of a real `ward server`
 //!   (client_credentials, client_secret_basic, ES256, keep-alive HTTP/1.1
 //!   over TLS 1.3), next to `/healthz` on the same connections.
+//! - `ward-bench workload [--ward PATH] [--seconds N]` measures the SPIFFE
+//!   Workload API of a real `ward agent`: cached FetchJWTSVID and
+//!   ValidateJWTSVID per second (next to the same validation in-process
+//!   on one core), the first X509-SVID to a new caller, and the agent's
+//!   RSS with 100 open streams.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod harness;
+mod workload;
 
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
@@ -41,6 +47,12 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(32);
             token(&ward, Duration::from_secs(seconds), conns)
+        }
+        Some("workload") => {
+            let report =
+                runtime(1)?.block_on(workload::run(&ward, Duration::from_secs(seconds)))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Some("upstream") => {
             let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
@@ -69,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: ward-bench sign|token|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N]");
+            eprintln!("usage: ward-bench sign|token|workload|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N]");
             std::process::exit(2);
         }
     }

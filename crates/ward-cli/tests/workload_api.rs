@@ -322,3 +322,27 @@ async fn the_rust_spiffe_crate_gets_svids_bundles_and_jwts() {
     .expect("a renewed SVID within 30 s");
     assert_eq!(renewed.spiffe_id().to_string(), PAY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_the_workload_api_beside_its_data_plane() {
+    let s = common::server(&[]);
+    let pay = app("payments");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sidecar.sock");
+    let api = format!("unix://{}", socket.display());
+    let sc = sidecar(&s, "payments", &pay.http, &["--workload-api", &api]);
+    assert_eq!(
+        sc.proc.ready["proxy"]["workload_api"],
+        socket.to_str().unwrap()
+    );
+    let client = spiffe::WorkloadApiClient::connect_to(&api).await.unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), PAY);
+    // Its own key pair: not the sidecar's certificate.
+    let certs = admin_json(&sc, "/certs").await;
+    assert_ne!(
+        svid.leaf().as_bytes(),
+        ward_testkit::chain_from_pem(certs["chain_pem"].as_str().unwrap()).unwrap()[0].as_ref()
+    );
+    let _ = pay;
+}
