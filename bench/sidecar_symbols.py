@@ -6,10 +6,11 @@ crates/ward-cli/build.rs for why).
 Runs the pair of bench/compare.py under valgrind's callgrind (start-up,
 HTTP/1.1 load through both sidecars, full mTLS handshakes at B, shutdown),
 then the pair of bench/mesh.py, whose sidecars join a control plane
-(join token, certificate issuance, configuration watch), and writes the
-symbols of the `ward` binary that executed: the standalone pair's first,
-in the order callgrind reports them, then what the control-plane pair
-adds.
+(join token, certificate issuance, configuration watch), then a `ward
+agent` driven by `ward-bench workload` (the SPIFFE Workload API), and
+writes the symbols of the `ward` binary that executed: the standalone
+pair's first, in the order callgrind reports them, then what the
+control-plane pair adds, then what the agent adds.
 
     cargo build --release -p ward-cli -p ward-bench
     python3 bench/sidecar_symbols.py > crates/ward-cli/link/sidecar-symbols.txt
@@ -97,6 +98,7 @@ def main():
     with open(wrapper, "w") as f:
         f.write(f'''#!/bin/sh
 case " $* " in
+  *" agent "*) exec valgrind --tool=callgrind --demangle=no --callgrind-out-file={tmp}/cg-agent-%p.out {binary} "$@";;
   *" proxy "*) exec valgrind --tool=callgrind --demangle=no --callgrind-out-file={tmp}/cg-cp-%p.out {binary} "$@";;
 esac
 exec {binary} "$@"
@@ -109,6 +111,13 @@ exec {binary} "$@"
     outputs += sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("cg-cp-"))
     if len(outputs) < 4:
         sys.exit("the control-plane pair left no callgrind output")
+    # The agent: the Workload API under load, 100 streams, new callers.
+    subprocess.run([c.BENCH, "workload", "--ward", wrapper, "--seconds", "2"],
+                   capture_output=True, timeout=900, check=True)
+    agents = sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("cg-agent-"))
+    if not agents:
+        sys.exit("the agent left no callgrind output")
+    outputs += agents
     # valgrind writes its output as the process exits, which on a busy
     # machine can be after the harness has moved on: read only whole files.
     deadline = time.time() + 300

@@ -131,6 +131,22 @@ pub(crate) async fn run(ward: &str, dur: Duration) -> anyhow::Result<serde_json:
         .context("an X509-SVID")?;
     let idle = rss_kib(pid);
 
+    // 100 open FetchX509SVID streams, each on its own connection.
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let mut c = connect(&socket).await?;
+        let mut st = c
+            .fetch_x509svid(req(X509svidRequest {}))
+            .await?
+            .into_inner();
+        st.message().await?.context("an X509-SVID")?;
+        streams.push((c, st));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let with_streams = rss_kib(pid);
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     // First X509-SVID to a new caller: a new connection each time.
     let mut firsts = Vec::new();
     for _ in 0..300 {
@@ -222,20 +238,11 @@ pub(crate) async fn run(ward: &str, dur: Duration) -> anyhow::Result<serde_json:
         .await?
     };
 
-    // 100 open FetchX509SVID streams, each on its own connection.
-    let mut streams = Vec::new();
-    for _ in 0..100 {
-        let mut c = connect(&socket).await?;
-        let mut st = c
-            .fetch_x509svid(req(X509svidRequest {}))
-            .await?
-            .into_inner();
-        st.message().await?.context("an X509-SVID")?;
-        streams.push((c, st));
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let with_streams = rss_kib(pid);
-    drop(streams);
+    // SIGTERM, so that the agent exits as in production (and a profiler
+    // around it writes its output).
+    let mut agent = agent;
+    agent.sigterm();
+    let _ = agent.wait_timeout(Duration::from_secs(120));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(json!({
         "baseline_validate_in_process_per_sec_1core": verify_1core.round(),

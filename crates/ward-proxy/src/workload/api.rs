@@ -55,7 +55,7 @@ pub(crate) async fn serve(source: Arc<Source>, listener: UnixListener, uids: Vec
         let mut stop = source.shared.shutdown.subscribe();
         tokio::spawn(async move {
             let builder = ward_http::server();
-            let io = TokioIo::new(super::authority::shim(stream));
+            let io = TokioIo::new(super::authority::Rewriting::new(stream));
             let conn = builder.serve_connection(io, TowerToHyperService::new(api));
             tokio::select! {
                 r = conn => if let Err(e) = r {

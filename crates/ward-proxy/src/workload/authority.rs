@@ -8,9 +8,12 @@
 //! unchanged; header blocks are decoded and encoded again with loona-hpack,
 //! one decoder and one encoder per connection, as HPACK's state requires.
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use loona_hpack::{Decoder, Encoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, ReadBuf};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -22,29 +25,35 @@ const PRIORITY: u8 = 0x20;
 /// The frame size every HTTP/2 peer accepts (SETTINGS_MAX_FRAME_SIZE's
 /// initial value), for the frames written here.
 const MAX_FRAME: usize = 16_384;
-/// A header block larger than this (over CONTINUATION frames) ends the
-/// connection.
+/// A frame, or a header block over CONTINUATION frames, larger than this
+/// ends the connection.
 const MAX_BLOCK: usize = 256 * 1024;
+/// Bytes asked of the socket per read.
+const CHUNK: usize = 16 * 1024;
 
-/// The server's end of a pipe whose client end is `io`, with requests'
-/// `:authority` made acceptable on the way.
-pub(crate) fn shim<T>(io: T) -> DuplexStream
-where
-    T: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (ours, server) = tokio::io::duplex(64 * 1024);
-    let (from_client, mut to_client) = tokio::io::split(io);
-    let (mut from_server, to_server) = tokio::io::split(ours);
-    tokio::spawn(async move {
-        if let Err(e) = rewrite(from_client, to_server).await {
-            tracing::debug!(error = %e, "Workload API connection: request stream ended");
-        }
-    });
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-        let _ = to_client.shutdown().await;
-    });
-    server
+/// A client connection whose requests' `:authority` is made acceptable as
+/// the HTTP/2 server reads it; writes go straight through. Its buffers
+/// are held only while they have bytes, so an idle connection keeps none.
+pub(crate) struct Rewriting<T> {
+    io: T,
+    /// Bytes read from the client, not yet a whole frame.
+    raw: BytesMut,
+    /// Bytes ready for the server.
+    out: BytesMut,
+    state: State,
+    decoder: Decoder<'static>,
+    encoder: Encoder<'static>,
+    pending: Option<Pending>,
+    eof: bool,
+}
+
+#[derive(PartialEq)]
+enum State {
+    Preface,
+    Frames,
+    /// Not HTTP/2 with prior knowledge: passed through for the server to
+    /// refuse.
+    Opaque,
 }
 
 /// A header block being collected over HEADERS and CONTINUATION frames.
@@ -55,37 +64,73 @@ struct Pending {
     block: Vec<u8>,
 }
 
-async fn rewrite<R, W>(mut r: R, mut w: W) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut preface = [0u8; 24];
-    r.read_exact(&mut preface).await?;
-    w.write_all(&preface).await?;
-    if &preface != PREFACE {
-        // Not HTTP/2 with prior knowledge: the server answers it.
-        tokio::io::copy(&mut r, &mut w).await?;
-        return Ok(());
-    }
-    let mut decoder = Decoder::new();
-    let mut encoder = Encoder::new();
-    let mut pending: Option<Pending> = None;
-    loop {
-        let mut head = [0u8; 9];
-        match r.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e),
+impl<T> Rewriting<T> {
+    pub(crate) fn new(io: T) -> Rewriting<T> {
+        Rewriting {
+            io,
+            raw: BytesMut::new(),
+            out: BytesMut::new(),
+            state: State::Preface,
+            decoder: Decoder::new(),
+            encoder: Encoder::new(),
+            pending: None,
+            eof: false,
         }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    }
+
+    /// Moves every whole frame of `raw` to `out`, rewritten.
+    fn process(&mut self) -> io::Result<()> {
+        loop {
+            match self.state {
+                State::Opaque => {
+                    let all = self.raw.split();
+                    self.out.extend_from_slice(&all);
+                    return Ok(());
+                }
+                State::Preface => {
+                    if self.raw.len() < PREFACE.len() {
+                        if !PREFACE.starts_with(&self.raw) {
+                            self.state = State::Opaque;
+                        }
+                        return Ok(());
+                    }
+                    self.state = if &self.raw[..PREFACE.len()] == PREFACE {
+                        State::Frames
+                    } else {
+                        State::Opaque
+                    };
+                    if self.state == State::Frames {
+                        let p = self.raw.split_to(PREFACE.len());
+                        self.out.extend_from_slice(&p);
+                    }
+                }
+                State::Frames => {
+                    if self.raw.len() < 9 {
+                        return Ok(());
+                    }
+                    let len =
+                        u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
+                    if len > MAX_BLOCK {
+                        return Err(io::Error::other("HTTP/2 frame too large"));
+                    }
+                    if self.raw.len() < 9 + len {
+                        self.raw.reserve(9 + len - self.raw.len());
+                        return Ok(());
+                    }
+                    let frame = self.raw.split_to(9 + len);
+                    self.frame(&frame)?;
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let (head, payload) = frame.split_at(9);
         let (kind, flags) = (head[3], head[4]);
         let stream = [head[5], head[6], head[7], head[8]];
-        let mut payload = vec![0u8; len];
-        r.read_exact(&mut payload).await?;
-        match (kind, pending.as_mut()) {
+        match (kind, self.pending.as_mut()) {
             (HEADERS, None) => {
-                let mut body = &payload[..];
+                let mut body = payload;
                 let mut pad = 0;
                 if flags & PADDED != 0 {
                     let (&n, rest) = body.split_first().ok_or_else(malformed)?;
@@ -94,43 +139,37 @@ where
                 }
                 let mut priority = None;
                 if flags & PRIORITY != 0 {
-                    let p: [u8; 5] = body
-                        .get(..5)
-                        .ok_or_else(malformed)?
-                        .try_into()
-                        .map_err(|_| malformed())?;
-                    priority = Some(p);
+                    let p = body.get(..5).ok_or_else(malformed)?;
+                    priority = Some([p[0], p[1], p[2], p[3], p[4]]);
                     body = &body[5..];
                 }
-                let fragment = body
-                    .get(..body.len().checked_sub(pad).ok_or_else(malformed)?)
-                    .ok_or_else(malformed)?;
-                pending = Some(Pending {
+                let end = body.len().checked_sub(pad).ok_or_else(malformed)?;
+                self.pending = Some(Pending {
                     stream,
                     end_stream: flags & END_STREAM != 0,
                     priority,
-                    block: fragment.to_vec(),
+                    block: body[..end].to_vec(),
                 });
             }
             (CONTINUATION, Some(p)) if p.stream == stream => {
-                p.block.extend_from_slice(&payload);
+                p.block.extend_from_slice(payload);
                 if p.block.len() > MAX_BLOCK {
                     return Err(io::Error::other("header block too large"));
                 }
             }
             (_, Some(_)) => return Err(malformed()),
             _ => {
-                w.write_all(&head).await?;
-                w.write_all(&payload).await?;
-                continue;
+                self.out.extend_from_slice(frame);
+                return Ok(());
             }
         }
         if flags & END_HEADERS != 0 {
-            if let Some(p) = pending.take() {
-                let headers = decoder
+            if let Some(p) = self.pending.take() {
+                let headers = self
+                    .decoder
                     .decode(&p.block)
                     .map_err(|e| io::Error::other(format!("HPACK: {e}")))?;
-                let block = encoder.encode(headers.iter().map(|(n, v)| {
+                let block = self.encoder.encode(headers.iter().map(|(n, v)| {
                     let v: &[u8] =
                         if n == b":authority" && http::uri::Authority::try_from(&v[..]).is_err() {
                             b"localhost"
@@ -139,24 +178,62 @@ where
                         };
                     (&n[..], v)
                 }));
-                write_block(&mut w, &p, &block).await?;
+                write_block(&mut self.out, &p, &block);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewriting<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.advance(n);
+                if this.out.is_empty() {
+                    this.out = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if this.raw.capacity() - this.raw.len() < CHUNK {
+                this.raw.reserve(CHUNK);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.raw
+            ))?;
+            if n == 0 {
+                this.eof = true;
+                continue;
+            }
+            this.process()?;
+            if this.raw.is_empty() {
+                this.raw = BytesMut::new();
             }
         }
     }
-    w.shutdown().await
 }
+
+write_through!(Rewriting);
 
 fn malformed() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "malformed HTTP/2 HEADERS frame")
 }
 
-/// Writes a header block as HEADERS (and CONTINUATION) frames of at most
-/// [`MAX_FRAME`] bytes.
-async fn write_block<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    p: &Pending,
-    block: &[u8],
-) -> io::Result<()> {
+/// A header block as HEADERS (and CONTINUATION) frames of at most
+/// [`MAX_FRAME`] bytes, appended to `out`.
+fn write_block(out: &mut BytesMut, p: &Pending, block: &[u8]) {
     let prio = p.priority.map_or(0, |_| 5);
     let first = block.len().min(MAX_FRAME - prio);
     let mut flags = if p.end_stream { END_STREAM } else { 0 };
@@ -166,8 +243,7 @@ async fn write_block<W: AsyncWrite + Unpin>(
     if first == block.len() {
         flags |= END_HEADERS;
     }
-    let mut out = Vec::with_capacity(block.len() + 32);
-    frame_head(&mut out, prio + first, HEADERS, flags, p.stream);
+    frame_head(out, prio + first, HEADERS, flags, p.stream);
     if let Some(pr) = p.priority {
         out.extend_from_slice(&pr);
     }
@@ -176,22 +252,36 @@ async fn write_block<W: AsyncWrite + Unpin>(
     while !rest.is_empty() {
         let n = rest.len().min(MAX_FRAME);
         let flags = if n == rest.len() { END_HEADERS } else { 0 };
-        frame_head(&mut out, n, CONTINUATION, flags, p.stream);
+        frame_head(out, n, CONTINUATION, flags, p.stream);
         out.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
     }
-    w.write_all(&out).await
 }
 
-fn frame_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: [u8; 4]) {
+fn frame_head(out: &mut impl Extend<u8>, len: usize, kind: u8, flags: u8, stream: [u8; 4]) {
     let l = (len as u32).to_be_bytes();
-    out.extend_from_slice(&[l[1], l[2], l[3], kind, flags]);
-    out.extend_from_slice(&stream);
+    out.extend([l[1], l[2], l[3], kind, flags]);
+    out.extend(stream);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// What the server reads, fed `input` a few bytes at a time.
+    async fn read_all(input: &[u8]) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(7);
+        let input = input.to_vec();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            client.write_all(&input).await.unwrap();
+        });
+        let mut r = Rewriting::new(server);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        out
+    }
 
     #[tokio::test]
     async fn a_path_authority_becomes_localhost_and_the_rest_passes() {
@@ -212,8 +302,7 @@ mod tests {
         input.extend_from_slice(b);
         frame_head(&mut input, 3, 0x0, END_STREAM, [0, 0, 0, 1]);
         input.extend_from_slice(b"abc");
-        let mut out = Vec::new();
-        rewrite(&input[..], &mut out).await.unwrap();
+        let out = read_all(&input).await;
         assert_eq!(&out[..24], PREFACE);
         assert_eq!(&out[24..33], &input[24..33], "SETTINGS unchanged");
         let len = u32::from_be_bytes([0, out[33], out[34], out[35]]) as usize;
@@ -244,8 +333,7 @@ mod tests {
             [0, 0, 0, 3],
         );
         input.extend_from_slice(&block);
-        let mut out = Vec::new();
-        rewrite(&input[..], &mut out).await.unwrap();
+        let out = read_all(&input).await;
         let headers = Decoder::new().decode(&out[33..]).unwrap();
         assert_eq!(
             headers,
