@@ -35,6 +35,7 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
         drain_timeout: a.drain_timeout,
     };
     let proxy = ward_proxy::Proxy::build(cfg).await?;
+    proxy.count_log_drops(crate::logging::dropped_lines);
     let bound = proxy.bound()?;
     match g.output {
         Output::Json => println!("{}", json!({ "event": "proxy_ready", "proxy": bound })),
@@ -74,6 +75,7 @@ pub(crate) async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<()> {
         drain_timeout: std::time::Duration::from_secs(1),
     };
     let agent = ward_proxy::Proxy::build(cfg).await?;
+    agent.count_log_drops(crate::logging::dropped_lines);
     let bound = agent.bound()?;
     match g.output {
         Output::Json => println!("{}", json!({ "event": "agent_ready", "agent": bound })),

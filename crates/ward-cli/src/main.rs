@@ -8,6 +8,7 @@ mod cmd_proxy;
 mod cmd_server;
 mod demo;
 mod dispatch;
+mod logging;
 mod output;
 mod sample_app;
 
@@ -24,7 +25,7 @@ fn main() -> std::process::ExitCode {
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let quiet = matches!(args.command, cli::Command::Demo { .. });
-    cli::init_tracing(
+    let _log = logging::init(
         &args.global,
         if quiet {
             "warn"

@@ -178,6 +178,12 @@ impl Proxy {
         })
     }
 
+    /// Reports `source()`, the log lines dropped so far, as
+    /// `ward_proxy_log_lines_dropped_total`.
+    pub fn count_log_drops(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.shared.metrics.count_log_drops(source);
+    }
+
     /// Serves until SIGTERM/SIGINT or `POST /shutdown`, then drains.
     pub async fn run(self) -> anyhow::Result<()> {
         let Proxy {

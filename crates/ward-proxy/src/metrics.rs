@@ -102,6 +102,10 @@ pub(crate) struct Metrics {
     pub tls_versions: Family<TlsVersionLabels, Counter>,
     pub resumptions: Family<DirectionLabels, Counter>,
     pub peer_connections_closed: ConnectionEnds,
+    /// Log lines dropped because the log writer fell behind, brought up to
+    /// date from `log_drops` whenever the metrics are read.
+    log_lines_dropped: Counter,
+    log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Metrics {
@@ -115,6 +119,12 @@ impl Metrics {
         let tls_versions = Family::<TlsVersionLabels, Counter>::default();
         let resumptions = Family::<DirectionLabels, Counter>::default();
         let peer_connections_closed = ConnectionEnds::default();
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "ward_proxy_log_lines_dropped",
+            "Log lines (the access log's included) dropped because the log writer fell behind",
+            log_lines_dropped.clone(),
+        );
         registry.register(
             "ward_proxy_peer_connections_closed",
             "Shared connections between sidecars (ward-mux) that ended, by direction and reason",
@@ -165,10 +175,16 @@ impl Metrics {
             tls_versions,
             resumptions,
             peer_connections_closed,
+            log_lines_dropped,
+            log_drops: std::sync::OnceLock::new(),
         }
     }
 
-    /// Counts `conn`'s handshake if it resumed a session.
+    /// Where the count of dropped log lines comes from.
+    pub(crate) fn count_log_drops(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.log_drops.set(Box::new(source));
+    }
+
     /// A TLS handshake's outcome (`ward_proxy_tls_handshakes_total`).
     pub(crate) fn count_handshake(&self, direction: &'static str, result: &'static str) {
         self.handshakes
@@ -176,6 +192,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `conn`'s handshake if it resumed a session.
     pub(crate) fn count_resumption(&self, direction: &'static str, conn: &rustls::CommonState) {
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.resumptions
@@ -185,6 +202,12 @@ impl Metrics {
     }
 
     pub(crate) fn encode(&self) -> String {
+        if let Some(source) = self.log_drops.get() {
+            let (now, seen) = (source(), self.log_lines_dropped.get());
+            if now > seen {
+                self.log_lines_dropped.inc_by(now - seen);
+            }
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
