@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """ward against nginx and HAProxy mTLS pairs, side by side on loopback.
 
-    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--out bench/results]
+    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--app harness|nginx] [--out bench/results]
 
 Every target carries the same path: load generator -> proxy A (plaintext
 in) -> mTLS (TLS 1.3, P-256, client certificate required) -> proxy B ->
 the harness's own upstream app (`ward-bench upstream`, 1 KiB responses).
-`direct` is the load generator against the app. All proxies use the same
+`direct` is the load generator against the app. `ward` runs as users run
+it (default flags, access log on, stderr to a file), `ward-quiet` with its
+logs at warn. `--app nginx` puts a 1-worker nginx (`return 200`, 1 KiB)
+in place of the harness's app. All proxies use the same
 certificates (issued by a ward server) and the same number of workers.
 A target that fails its correctness probe is not measured.
 
@@ -114,8 +117,16 @@ class Target:
         return self.a_pids + self.b_pids
 
 
-def start(procs, args, **kw):
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"}, **kw)
+def start(procs, args, log_to=None, **kw):
+    """Starts `args`. With `log_to`, as users run it: the default log
+    filter (the access log on) and stderr going to that file; otherwise
+    with logs at warn, discarded."""
+    if log_to:
+        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        err = open(log_to, "w")
+    else:
+        env, err = {**os.environ, "RUST_LOG": "warn"}, subprocess.DEVNULL
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env, **kw)
     procs.append(p)
     return p
 
@@ -147,17 +158,38 @@ def allow_a(tmp):
     return pol
 
 
-def ward_pair(tmp, procs, app, workers):
+def ward_pair(tmp, procs, app, workers, name="ward", quiet=False):
+    """A ward pair as users run it (default flags, stderr to a file), or
+    with `quiet` its logs at warn (`ward-quiet`)."""
+    logs = lambda side: None if quiet else f"{tmp}/{name}-{side}.log"
     pol = allow_a(tmp)
     bp = free_port()
     common = ["--output", "json", "--trust-bundle", f"{tmp}/ca1-bundle.pem", "proxy", "--worker-threads", str(workers), "--admin", "127.0.0.1:0"]
-    b = start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bp}", "--app", app, "--policy-file", pol])
+    b = start(procs, [WARD, *common, "--cert", f"{tmp}/b.pem", "--key", f"{tmp}/b.key", "--service", "b", "--inbound", f"127.0.0.1:{bp}", "--app", app, "--policy-file", pol], log_to=logs("b"))
     b.stdout.readline()
     ap = free_port()
     a = start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
-                      "--upstream", f"b=127.0.0.1:{ap},endpoint=127.0.0.1:{bp},id=spiffe://ward.internal/ns/default/sa/b"])
+                      "--upstream", f"b=127.0.0.1:{ap},endpoint=127.0.0.1:{bp},id=spiffe://ward.internal/ns/default/sa/b"], log_to=logs("a"))
     a.stdout.readline()
-    return Target("ward", f"127.0.0.1:{ap}", bp, [a.pid], [b.pid])
+    return Target(name, f"127.0.0.1:{ap}", bp, [a.pid], [b.pid])
+
+
+def ward_quiet_pair(tmp, procs, app, workers):
+    return ward_pair(tmp, procs, app, workers, name="ward-quiet", quiet=True)
+
+
+def nginx_app(tmp, procs):
+    """The second upstream app, nobody's here: nginx, 1 worker, `return
+    200` with the same 1 KiB body."""
+    port = free_port()
+    d = os.path.join(tmp, "nginx-app")
+    os.makedirs(d, exist_ok=True)
+    body = f"""  server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain; return 200 "{BODY.decode()}"; }} }}"""
+    conf = os.path.join(d, "nginx.conf")
+    open(conf, "w").write(NGINX_COMMON.format(workers=1, dir=d, body=body))
+    start(procs, ["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
+    time.sleep(0.5)
+    return f"127.0.0.1:{port}"
 
 
 NGINX_COMMON = """worker_processes {workers};
@@ -366,6 +398,8 @@ def main():
                     help="idle connections for metric (e) [default: 10,000, or 9,000 when the descriptor limit is 20,000 or less]")
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    ap.add_argument("--app", choices=("harness", "nginx"), default="harness",
+                    help="the upstream app: the harness's own (ward-bench upstream) or nginx with 1 worker")
     a = ap.parse_args()
     ensure_tools()
     # 10,000 idle connections need as many descriptors in the client and
@@ -381,10 +415,13 @@ def main():
     procs = []
     try:
         certs(tmp, procs)
-        app = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0"])
-        app_addr = json.loads(app.stdout.readline())["http"]
+        if a.app == "nginx":
+            app_addr = nginx_app(tmp, procs)
+        else:
+            app = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0"])
+            app_addr = json.loads(app.stdout.readline())["http"]
         targets = [Target("direct", app_addr)]
-        for make in (ward_pair, nginx_pair, haproxy_pair):
+        for make in (ward_pair, ward_quiet_pair, nginx_pair, haproxy_pair):
             t = make(tmp, procs, app_addr, a.workers)
             time.sleep(0.5)
             why = probe(t, tmp)
@@ -406,7 +443,7 @@ def main():
         report = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                               "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
                               "haproxy": sh("haproxy", "-v").splitlines()[0], "openssl": sh("openssl", "version").strip()},
-                  "rounds": a.rounds, "seconds": a.seconds, "workers": a.workers, "targets": {}}
+                  "rounds": a.rounds, "seconds": a.seconds, "workers": a.workers, "app": a.app, "targets": {}}
         for t in targets:
             rs = runs[t.name]
             e = {"throughput_rps": med([x["rps"] for x in rs]), "p50_ms": med([x["p50_ms"] for x in rs]),
@@ -417,10 +454,13 @@ def main():
             report["targets"][t.name] = e
         for t in targets:
             report["targets"][t.name]["fixed_rate"] = oha_rate(t.entry, a.seconds, a.rate)
+        # Handshakes and idle connections do not log per request.
         for t in targets[1:]:
-            report["targets"][t.name]["handshakes"] = handshakes(t, tmp, a.seconds)
+            if t.name != "ward-quiet":
+                report["targets"][t.name]["handshakes"] = handshakes(t, tmp, a.seconds)
         for t in targets[1:]:
-            report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
+            if t.name != "ward-quiet":
+                report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
         report["grpc_tcp"] = grpc_tcp(tmp, procs, a)
         ratios(report)
         write(report, a.out)
@@ -490,17 +530,26 @@ def ratios(r):
         if hs and w["handshakes"]["cpu_s_per_1000"]:
             out["handshake_cpu_vs_best_peer"] = w["handshakes"]["cpu_s_per_1000"] / min(hs)
         out["cpu_per_request_vs_best_peer"] = w["cpu_ms_per_1000_requests"]["median"] / min(t[p]["cpu_ms_per_1000_requests"]["median"] for p in peers)
+    q = t.get("ward-quiet")
+    if q:
+        # What the default access log costs, against logs at warn.
+        out["default_throughput_vs_quiet"] = rps(w) / rps(q)
+        out["default_cpu_per_request_vs_quiet"] = w["cpu_ms_per_1000_requests"]["median"] / q["cpu_ms_per_1000_requests"]["median"]
+    spread = lambda x: (x["throughput_rps"]["max"] - x["throughput_rps"]["min"]) / x["throughput_rps"]["median"]
+    for name in t:
+        if name != "direct":
+            out[f"spread_{name}"] = spread(t[name])
     r["ratios"] = {k: round(v, 3) for k, v in out.items()}
 
 
 def write(r, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    base = os.path.join(out_dir, f"compare-{stamp}")
+    base = os.path.join(out_dir, f"compare-{stamp}" + ("-nginx-app" if r.get("app") == "nginx" else ""))
     json.dump(r, open(base + ".json", "w"), indent=2)
     t = r["targets"]
     f = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
-    lines = [f"{r['rounds']} rounds × {r['seconds']} s, {r['workers']} worker(s) per proxy, {r['machine']['cpus']} CPUs; {r['machine']['nginx']}; {r['machine']['haproxy']}; {r['machine']['openssl']}", "",
+    lines = [f"{r['rounds']} rounds × {r['seconds']} s, upstream app {r.get('app', 'harness')}, {r['workers']} worker(s) per proxy, {r['machine']['cpus']} CPUs; {r['machine']['nginx']}; {r['machine']['haproxy']}; {r['machine']['openssl']}", "",
              "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes | KiB / idle conn |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, e in t.items():
