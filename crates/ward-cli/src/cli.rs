@@ -201,6 +201,11 @@ pub(crate) struct ProxyArgs {
     /// Worker threads [default: cores, at most 2].
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Log one line per request (target ward::access, at info). Off by
+    /// default, as in Istio and Linkerd: it costs about a fifth of the
+    /// throughput (docs/sidecar.md). RUST_LOG, when set, decides instead.
+    #[arg(long)]
+    pub access_log: bool,
     #[command(flatten)]
     pub workload: WorkloadArgs,
 }

@@ -24,15 +24,12 @@ fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let quiet = matches!(args.command, cli::Command::Demo { .. });
-    let _log = logging::init(
-        &args.global,
-        if quiet {
-            "warn"
-        } else {
-            "info,sqlx=warn,h2=warn,hyper=warn"
-        },
-    );
+    let filter = match &args.command {
+        cli::Command::Demo { .. } => "warn",
+        cli::Command::Proxy(p) if p.access_log => "info,sqlx=warn,h2=warn,hyper=warn",
+        _ => "info,ward::access=off,sqlx=warn,h2=warn,hyper=warn",
+    };
+    let _log = logging::init(&args.global, filter);
     // The sidecar runs on --worker-threads threads (default: the cores, at
     // most 2, as ztunnel does); one worker means a single-threaded runtime,
     // with no cross-thread wake-ups at all.
