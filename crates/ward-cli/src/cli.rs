@@ -73,7 +73,7 @@ pub(crate) enum Command {
         check: bool,
     },
     /// Run a sidecar beside an app: mTLS in and out, authorization, rotation.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Run the identity side of a sidecar without a data plane: the SPIFFE
     /// Workload API and/or rotating certificate files for apps that do
     /// their own TLS.

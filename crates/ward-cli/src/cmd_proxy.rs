@@ -122,7 +122,10 @@ fn control_plane(
 }
 
 fn workload(w: WorkloadArgs) -> Option<ward_proxy::WorkloadConfig> {
-    (w.workload_api.is_some() || w.write_dir.is_some()).then(|| ward_proxy::WorkloadConfig {
+    if w.workload_api.is_none() && w.write_dir.is_none() {
+        return None;
+    }
+    Some(ward_proxy::WorkloadConfig {
         socket: w.workload_api,
         uids: w.workload_uids,
         write_dir: w.write_dir,

@@ -7,7 +7,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Server(a) => cmd_server::run(&g, a).await,
-        Command::Proxy(a) => cmd_proxy::run(&g, a).await,
+        Command::Proxy(a) => cmd_proxy::run(&g, *a).await,
         Command::Agent(a) => cmd_proxy::agent(&g, a).await,
         Command::Demo { check } => demo::run(&g, check).await,
         Command::SampleApp(a) => cmd_proxy::sample_app(&g, a).await,
