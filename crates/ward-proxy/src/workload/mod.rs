@@ -113,7 +113,7 @@ impl Source {
         Some(Arc::new(fresh))
     }
 
-    /// Resolves when the SVID or the trust changed (after `seen`).
+    /// Notifications of changes to the workload SVID and the trust bundles.
     fn changes(&self) -> Changes {
         Changes {
             svid: self.svid.subscribe(),
