@@ -315,6 +315,59 @@ fn data_dir_files_and_restart() {
 }
 
 #[test]
+fn a_data_dir_has_one_server() {
+    let mut s = server(&[]);
+    let pid = s.child.as_ref().unwrap().id();
+    // Under `timeout`: a second server that starts must fail the test, not
+    // hang it.
+    let out = std::process::Command::new("timeout")
+        .args([
+            "20",
+            bin(),
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&s.data_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another ward server"), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(err.contains(&s.url), "{err}");
+    // The running server's files are untouched and it keeps serving.
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.data_dir.join("server.json")).unwrap()).unwrap();
+    assert_eq!(info["url"], s.url.as_str());
+    s.cli_json(&["service", "add", "web"]).unwrap();
+
+    // A clean stop removes server.json, so local clients find no server
+    // rather than a dead port; a successor then takes the dir.
+    let child = s.child.take().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = child;
+    child.wait().unwrap();
+    assert!(!s.data_dir.join("server.json").exists());
+    let out = s.cli(&["service", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is `ward server --data-dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.spawn("127.0.0.1:0").unwrap();
+    assert_eq!(s.cli_json(&["service", "list"]).unwrap()[0]["name"], "web");
+    // kill -9 leaves server.json behind, but the kernel drops the lock.
+    s.kill9();
+    s.spawn("127.0.0.1:0").unwrap();
+}
+
+#[test]
 fn upstream_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, key) = (dir.path().join("up.pem"), dir.path().join("up.key"));

@@ -22,6 +22,16 @@ pub enum FileError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another server holds the data dir.
+    #[error("{dir} is in use by another ward server (pid {pid}{at}); stop it, or give this one its own --data-dir")]
+    Locked {
+        /// The data dir.
+        dir: String,
+        /// The running server's pid, as it wrote it.
+        pid: String,
+        /// ", at https://…" when the running server has bound its port.
+        at: String,
+    },
     /// A secret file others may read.
     #[error("{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
     Exposed {
@@ -86,6 +96,67 @@ impl DataDirFiles {
         self.dir.join("server.json")
     }
 
+    /// The lock file, held with an exclusive lock while a server runs.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("server.lock")
+    }
+
+    /// Takes the data dir for this process: an exclusive lock on
+    /// `server.lock`, held until the returned guard is dropped (or the
+    /// process dies, since the kernel releases it). A second server on the
+    /// same dir is refused with the first one's pid and address.
+    pub(crate) fn lock(&self) -> Result<DataDirLock, FileError> {
+        let path = self.lock_file();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| FileError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&path).unwrap_or_default();
+                let pid = pid.trim().to_string();
+                let at = fs::read(self.server_info())
+                    .ok()
+                    .and_then(|raw| serde_json::from_slice::<ServerInfo>(&raw).ok())
+                    .filter(|info| info.pid.to_string() == pid)
+                    .map(|info| format!(", at {}", info.url))
+                    .unwrap_or_default();
+                return Err(FileError::Locked {
+                    dir: self.dir.display().to_string(),
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
+                    at,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(FileError::io(&path, e)),
+        }
+        file.set_len(0)
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| FileError::io(&path, e))?;
+        Ok(DataDirLock { _file: file })
+    }
+
+    /// Removes `server.json` if process `pid` wrote it.
+    pub(crate) fn remove_server_info(&self, pid: u32) {
+        let path = self.server_info();
+        let ours = fs::read(&path)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<ServerInfo>(&raw).ok())
+            .is_some_and(|info| info.pid == pid);
+        if ours {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     /// Creates the directory (0700) if needed.
     pub(crate) fn ensure_dir(&self) -> Result<(), FileError> {
         fs::create_dir_all(&self.dir).map_err(|e| FileError::io(&self.dir, e))?;
@@ -131,6 +202,12 @@ impl DataDirFiles {
         write_new(&tmp, bytes, 0o644)?;
         fs::rename(&tmp, path).map_err(|e| FileError::io(path, e))
     }
+}
+
+/// The data dir's lock; released when dropped.
+#[derive(Debug)]
+pub(crate) struct DataDirLock {
+    _file: fs::File,
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {

@@ -24,7 +24,7 @@ use ward_store::{AuditEvent, SqliteStore, Store};
 
 use crate::ca::CaManager;
 use crate::config::Config;
-use crate::datadir::{random_token, DataDirFiles, ServerInfo};
+use crate::datadir::{random_token, DataDirFiles, DataDirLock, ServerInfo};
 use crate::error::StartError;
 use crate::grpc::IdentityService;
 use crate::jwt_svid::JwtSvids;
@@ -42,6 +42,7 @@ pub struct Server {
     acceptor: TlsAcceptor,
     files: DataDirFiles,
     info: ServerInfo,
+    lock: DataDirLock,
 }
 
 impl Server {
@@ -51,6 +52,7 @@ impl Server {
         config.validate().map_err(StartError::Config)?;
         let files = DataDirFiles::new(&config.data_dir);
         files.ensure_dir()?;
+        let lock = files.lock()?;
         let (kek_raw, _) = files.secret_file(&files.kek(), || {
             ward_ca::Kek::generate()
                 .map(|(_, raw)| raw.to_vec())
@@ -159,6 +161,7 @@ impl Server {
             acceptor,
             files,
             info,
+            lock,
         })
     }
 
@@ -189,6 +192,9 @@ impl Server {
             state,
             identity,
             acceptor,
+            files,
+            info,
+            lock,
             ..
         } = self;
         spawn_maintenance(state.clone(), identity);
@@ -268,6 +274,10 @@ impl Server {
             });
         }
         tracing::info!("shutting down");
+        // Local clients find no server rather than a dead port; the lock
+        // goes last, so a successor never sees its own file removed.
+        files.remove_server_info(info.pid);
+        drop(lock);
         Ok(())
     }
 }
