@@ -62,7 +62,9 @@ impl CaMaterial {
         let cert_der = certs.into_iter().next().ok_or_else(|| {
             CaError::InvalidMaterial("no certificate in the upstream CA file".into())
         })?;
-        let key = KeyPair::from_pem(key_pem)
+        let key_pkcs8 = crate::parse_pem_key(key_pem.as_bytes())
+            .map_err(|e| CaError::InvalidMaterial(format!("upstream CA key: {e}")))?;
+        let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(key_pkcs8.as_slice()))
             .map_err(|e| CaError::InvalidMaterial(format!("upstream CA key: {e}")))?;
         let (_, parsed) = X509Certificate::from_der(&cert_der)
             .map_err(|e| CaError::InvalidMaterial(format!("upstream CA certificate: {e}")))?;
@@ -75,7 +77,7 @@ impl CaMaterial {
         }
         Ok(CaMaterial {
             cert_der,
-            key_pkcs8: key.serialize_der(),
+            key_pkcs8,
         })
     }
 

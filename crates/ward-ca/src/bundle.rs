@@ -36,6 +36,40 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
+/// The first private key of a PEM file, as PKCS#8 DER (the form ward
+/// stores, seals and writes). Accepts what openssl, cert-manager, Vault and
+/// SPIRE write: PKCS#8 (`BEGIN PRIVATE KEY`), SEC1 (`BEGIN EC PRIVATE
+/// KEY`, P-256 or P-384) and PKCS#1 (`BEGIN RSA PRIVATE KEY`).
+pub fn parse_pem_key(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
+    };
+    use rustls_pki_types::PrivateKeyDer;
+    let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => "no private key found (expected BEGIN PRIVATE KEY, BEGIN EC PRIVATE KEY or BEGIN RSA PRIVATE KEY)".to_string(),
+        e => format!("not a PEM private key: {e}"),
+    })?;
+    match key {
+        PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+        PrivateKeyDer::Sec1(k) => [
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &ECDSA_P384_SHA384_ASN1_SIGNING,
+        ]
+        .into_iter()
+        .find_map(|alg| EcdsaKeyPair::from_private_key_der(alg, k.secret_sec1_der()).ok())
+        .and_then(|kp| kp.to_pkcs8v1().ok())
+        .map(|doc| doc.as_ref().to_vec())
+        .ok_or_else(|| "an EC PRIVATE KEY that is malformed or not on P-256 or P-384".to_string()),
+        PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der())
+            .map_err(|e| format!("an RSA PRIVATE KEY that cannot be used: {e}"))?
+            .as_der()
+            .map(|d| d.as_ref().to_vec())
+            .map_err(|_| "an RSA PRIVATE KEY that cannot be re-encoded".to_string()),
+        _ => Err("an unsupported private key format".into()),
+    }
+}
+
 /// A SPIFFE trust bundle in its JWK-set form (SPIFFE Trust Domain and
 /// Bundle standard, section 4): one `x509-svid` key per CA certificate.
 pub fn spiffe_bundle_json(certs: &[Vec<u8>], sequence: u64, refresh_hint_secs: u64) -> Value {
@@ -90,6 +124,33 @@ mod tests {
     use crate::{now, CaMaterial};
     use std::time::Duration;
     use ward_identity::TrustDomain;
+
+    #[test]
+    fn keys_in_every_pem_form_become_pkcs8() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+        let sec1 = pair.private_key().as_der().unwrap();
+        for pem in [
+            to_pem("PRIVATE KEY", pkcs8.as_ref()),
+            to_pem("EC PRIVATE KEY", sec1.as_ref()),
+        ] {
+            let der = parse_pem_key(pem.as_bytes()).unwrap();
+            let back = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &der).unwrap();
+            assert_eq!(back.public_key().as_ref(), pair.public_key().as_ref());
+        }
+        let cert = to_pem("CERTIFICATE", b"not a key");
+        assert!(parse_pem_key(cert.as_bytes())
+            .unwrap_err()
+            .contains("no private key found"));
+        let junk = to_pem("EC PRIVATE KEY", b"junk");
+        assert!(parse_pem_key(junk.as_bytes()).is_err());
+    }
 
     #[test]
     fn pem_round_trip_and_bundle() {

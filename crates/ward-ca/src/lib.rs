@@ -38,7 +38,7 @@ pub mod rotation;
 pub mod testing;
 
 pub use authority::{now, CaMaterial, IssuedCert, SigningAuthority};
-pub use bundle::{fingerprint, parse_pem_certs, spiffe_bundle_json, to_pem};
+pub use bundle::{fingerprint, parse_pem_certs, parse_pem_key, spiffe_bundle_json, to_pem};
 pub use csr::{validate_csr, KeyKind, ValidatedCsr};
 pub use error::{CaError, CsrError};
 pub use kek::Kek;

@@ -156,7 +156,8 @@ pub(crate) struct ProxyArgs {
     /// first), reloaded when it changes; needs --key and --trust-bundle.
     #[arg(long, requires = "key", conflicts_with_all = ["join_token", "join_token_file", "state_dir"])]
     pub cert: Option<PathBuf>,
-    /// Without a control plane: the private key (PKCS#8 PEM).
+    /// Without a control plane: the private key (PEM: PKCS#8, SEC1 `EC
+    /// PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// Without a control plane: AuthorizationPolicy/RequestAuthentication

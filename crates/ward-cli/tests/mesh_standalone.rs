@@ -494,3 +494,227 @@ async fn standalone_sidecars_from_files() {
     );
     let _ = (pay_sc, pay, fe, fe2, fe3, fe4, hole);
 }
+
+/// Runs openssl in `dir`, failing the test with its stderr.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A leaf `name.pem` for `name.key`, signed by `ca.pem`, with `ext` as its
+/// X.509 extensions.
+fn openssl_leaf(dir: &Path, name: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    let f = |s: &str| format!("{name}.{s}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &f("key"),
+            "-subj",
+            "/CN=x",
+            "-out",
+            &f("csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &f("csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "1",
+            "-extfile",
+            &f("ext"),
+            "-out",
+            &f("pem"),
+        ],
+    );
+}
+
+const SVID_EXT: &str = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n";
+
+/// Keys and certificates as openssl, cert-manager and Vault write them: a
+/// SEC1 `EC PRIVATE KEY` and a PKCS#1 `RSA PRIVATE KEY` both serve; a
+/// certificate that is not an X509-SVID is refused with the rule it breaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_certificates_as_openssl_writes_them() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=ca",
+            "-days",
+            "1",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            "subjectAltName=URI:spiffe://ward.internal",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    std::fs::copy(d.join("ca.pem"), d.join("bundle.pem")).unwrap();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "payments.key",
+        ],
+    );
+    openssl(
+        d,
+        &["genrsa", "-traditional", "-out", "frontend.key", "2048"],
+    );
+    for (name, key) in [
+        ("payments", "EC PRIVATE KEY"),
+        ("frontend", "RSA PRIVATE KEY"),
+    ] {
+        let pem = std::fs::read_to_string(d.join(format!("{name}.key"))).unwrap();
+        assert!(pem.starts_with(&format!("-----BEGIN {key}-----")), "{pem}");
+        openssl_leaf(
+            d,
+            name,
+            &format!("{SVID_EXT}subjectAltName=URI:spiffe://ward.internal/ns/default/sa/{name}\n"),
+        );
+    }
+    std::fs::write(d.join("policy.yaml"), ALLOW).unwrap();
+    let pay = app("payments");
+    let f = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let pay_sc = Proc::spawn(
+        bin(),
+        &[
+            "--output",
+            "json",
+            "--trust-bundle",
+            &f("bundle.pem"),
+            "proxy",
+            "--cert",
+            &f("payments.pem"),
+            "--key",
+            &f("payments.key"),
+            "--policy-file",
+            &f("policy.yaml"),
+            "--service",
+            "payments",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            &pay.http,
+        ],
+    )
+    .unwrap();
+    let inbound = pay_sc.ready["proxy"]["inbound"].as_str().unwrap();
+    let fe = frontend_sidecar(
+        d,
+        &format!(
+            "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
+        ),
+    );
+    let r = reqwest::get(payments_url(&fe, "/whoami")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["peer_id"],
+        "spiffe://ward.internal/ns/default/sa/frontend"
+    );
+
+    // Not X509-SVIDs: each refused at start, naming the rule.
+    let uri = "subjectAltName=URI:spiffe://ward.internal/ns/default/sa/bad";
+    let cases = [
+        (
+            "no-uri",
+            format!("{SVID_EXT}subjectAltName=DNS:bad.example\n"),
+            "exactly one URI SAN (found 0)",
+        ),
+        (
+            "two-uris",
+            format!("{SVID_EXT}{uri},URI:spiffe://ward.internal/ns/default/sa/other\n"),
+            "exactly one URI SAN (found 2)",
+        ),
+        (
+            "ca-true",
+            format!(
+                "basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature\n{uri}\n"
+            ),
+            "cA=false",
+        ),
+        (
+            "no-digital-signature",
+            format!(
+                "basicConstraints=critical,CA:false\nkeyUsage=critical,keyEncipherment\n{uri}\n"
+            ),
+            "digitalSignature",
+        ),
+    ];
+    for (name, ext, rule) in cases {
+        std::fs::copy(d.join("payments.key"), d.join(format!("{name}.key"))).unwrap();
+        openssl_leaf(d, name, &ext);
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(bin())
+            .args(["--trust-bundle", &f("bundle.pem"), "proxy", "--cert"])
+            .arg(f(&format!("{name}.pem")))
+            .arg("--key")
+            .arg(f(&format!("{name}.key")))
+            .args([
+                "--service",
+                "bad",
+                "--inbound",
+                "127.0.0.1:0",
+                "--app",
+                "127.0.0.1:9",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("is not an X509-SVID") && err.contains(rule),
+            "{name}: {err}"
+        );
+    }
+}

@@ -133,16 +133,20 @@ pub(crate) fn write_files(dir: &Path, svid: &Svid) -> anyhow::Result<()> {
 /// An SVID from files written by something else (`--cert`, `--key`,
 /// `--trust-bundle`).
 pub(crate) fn load_files(cert: &Path, key: &Path, bundle: &Path) -> anyhow::Result<Svid> {
-    use rustls_pki_types::pem::PemObject;
     let chain = read_certs(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let leaf = X509Certificate::from_der(&chain[0])
+        .map_err(|e| anyhow!("{}: not a certificate: {e}", cert.display()))?
+        .1;
+    ward_identity::validate_leaf(&leaf)
+        .map_err(|e| anyhow!("{} is not an X509-SVID: {e}", cert.display()))?;
     let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| anyhow!("{}: not a PKCS#8 PEM private key ({e})", key.display()))?;
+    let key_pkcs8 =
+        ward_ca::parse_pem_key(&key_pem).map_err(|e| anyhow!("{}: {e}", key.display()))?;
     let bundle = read_certs(bundle).with_context(|| format!("reading {}", bundle.display()))?;
     if bundle.is_empty() {
         bail!("the trust bundle has no certificates");
     }
-    Svid::from_parts(chain, key.secret_pkcs8_der().to_vec(), bundle)
+    Svid::from_parts(chain, key_pkcs8, bundle)
 }
 
 fn read_certs(p: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
