@@ -382,11 +382,12 @@ pub(crate) enum PolicyCmd {
     /// Without --method/--path/--header/--claims the request is a TCP
     /// connection. Exit 0 if allowed, 1 if denied.
     Check {
-        /// The caller: a SPIFFE ID, or ns/<namespace>/sa/<service>; omit
-        /// for a caller without a certificate.
+        /// The caller: a SPIFFE ID, ns/<namespace>/sa/<service>, or a
+        /// registered service (NAME or NAMESPACE/NAME); omit for a caller
+        /// without a certificate.
         #[arg(long)]
         from: Option<String>,
-        /// The target service: NAME or NAMESPACE/NAME.
+        /// The target service, registered: NAME or NAMESPACE/NAME.
         #[arg(long)]
         to: String,
         /// HTTP method.
@@ -407,7 +408,8 @@ pub(crate) enum PolicyCmd {
         /// A request header, K=V (repeatable).
         #[arg(long = "header", value_name = "K=V")]
         headers: Vec<String>,
-        /// Claims of a validated bearer token, as a JSON object.
+        /// Claims of a validated bearer token, as a JSON object with at
+        /// least iss and sub.
         #[arg(long)]
         claims: Option<String>,
     },

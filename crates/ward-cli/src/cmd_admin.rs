@@ -327,11 +327,10 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let claims = claims
-                .map(|c| {
-                    serde_json::from_str::<Value>(&c)
-                        .ok()
-                        .filter(Value::is_object)
-                        .ok_or_else(|| anyhow::anyhow!("--claims: expected a JSON object"))
+                .map(|c| match serde_json::from_str::<Value>(&c) {
+                    Ok(v) if v.is_object() => Ok(v),
+                    Ok(_) => Err(anyhow::anyhow!("--claims: expected a JSON object, {{...}}")),
+                    Err(e) => Err(anyhow::anyhow!("--claims: not JSON: {e}")),
                 })
                 .transpose()?;
             let v = api
@@ -362,6 +361,12 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                     },
                     v["policy"].as_str().unwrap_or_default(),
                 );
+                if let Some(from) = v["request"]["from"].as_str() {
+                    println!(
+                        "  caller: {from} ({})",
+                        v["request"]["from_resolved"].as_str().unwrap_or_default()
+                    );
+                }
                 for m in v["reported"].as_array().cloned().unwrap_or_default() {
                     println!(
                         "  also matched: {} ({}{}, rule {}), not enforced",

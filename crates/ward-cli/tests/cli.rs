@@ -368,6 +368,118 @@ fn a_data_dir_has_one_server() {
 }
 
 #[test]
+fn policy_check_says_what_it_checked() {
+    let s = server(&[]);
+    for svc in ["payments", "frontend"] {
+        s.cli_json(&["service", "add", svc]).unwrap();
+    }
+    let check = |from: &str, to: &str, extra: &[&str]| {
+        let mut args = vec!["policy", "check", "--from", from, "--to", to];
+        args.extend_from_slice(extra);
+        s.cli(&args)
+    };
+    // Each form of caller, and what it resolved to.
+    for (from, id, how) in [
+        (
+            "frontend",
+            "spiffe://ward.internal/ns/default/sa/frontend",
+            "registered service default/frontend",
+        ),
+        (
+            "default/frontend",
+            "spiffe://ward.internal/ns/default/sa/frontend",
+            "registered service default/frontend",
+        ),
+        (
+            "ns/shop/sa/cart",
+            "spiffe://ward.internal/ns/shop/sa/cart",
+            "ns/shop/sa/cart in trust domain ward.internal",
+        ),
+        (
+            "spiffe://other.org/billing",
+            "spiffe://other.org/billing",
+            "a SPIFFE ID",
+        ),
+    ] {
+        let out = check(from, "payments", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{from}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["request"]["from"], id, "{from}");
+        assert_eq!(v["request"]["from_resolved"], how, "{from}");
+    }
+    let out = ward_testkit::ward(
+        std::path::Path::new(bin()),
+        &[
+            "--data-dir",
+            s.data_dir.to_str().unwrap(),
+            "policy",
+            "check",
+            "--from",
+            "frontend",
+            "--to",
+            "payments",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("caller: spiffe://ward.internal/ns/default/sa/frontend (registered service default/frontend)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Nonsense is an error that names the problem, not a decision.
+    let bad = |out: std::process::Output, want: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{want}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{want}: answered {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    };
+    bad(check("Hello World", "payments", &[]), "is not a SPIFFE ID");
+    bad(check("ghost", "payments", &[]), "or a registered service");
+    bad(check("spiffe://bad/x/", "payments", &[]), "spiffe://bad/x/");
+    bad(
+        check("spiffe://ward.internal", "payments", &[]),
+        "a trust domain, not a workload",
+    );
+    bad(
+        check("frontend", "paymnts", &[]),
+        "no service default/paymnts is registered",
+    );
+    bad(
+        check(
+            "frontend",
+            "payments",
+            &["--claims", "{\"iss\": 5, \"sub\": \"x\"}"],
+        ),
+        "iss must be a non-empty string",
+    );
+    bad(
+        check(
+            "frontend",
+            "payments",
+            &["--claims", "{\"iss\": \"https://idp\"}"],
+        ),
+        "sub is missing",
+    );
+    bad(
+        check(
+            "frontend",
+            "payments",
+            &["--claims", "{\"iss\": \"i\", \"sub\": \"s\", \"aud\": 7}"],
+        ),
+        "aud must be",
+    );
+    bad(
+        check("frontend", "payments", &["--claims", "{iss: 1}"]),
+        "--claims: not JSON",
+    );
+}
+
+#[test]
 fn upstream_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, key) = (dir.path().join("up.pem"), dir.path().join("up.key"));

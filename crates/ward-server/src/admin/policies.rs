@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use ward_identity::DEFAULT_NAMESPACE;
+use ward_identity::{SpiffeId, DEFAULT_NAMESPACE};
 use ward_store::AuditEvent;
 use ward_store::Service;
 
@@ -184,18 +184,24 @@ pub(super) async fn check(
     State(s): State<Arc<AppState>>,
     Json(c): Json<CheckRequest>,
 ) -> ApiResult<Json<Value>> {
+    let services = s.store.list_services().await?;
     let (ns, svc) = c.to.split_once('/').unwrap_or((DEFAULT_NAMESPACE, &c.to));
-    let from = c.from.as_deref().map(|f| {
-        if f.starts_with("spiffe://") {
-            f.to_string()
-        } else {
-            format!(
-                "spiffe://{}/{}",
-                s.ca.trust_domain(),
-                f.trim_start_matches('/')
-            )
-        }
-    });
+    if !services.iter().any(|r| r.namespace == ns && r.name == svc) {
+        return Err(ApiError::not_found(format!(
+            "--to {}: no service {ns}/{svc} is registered (`ward service list` shows them)",
+            c.to
+        )));
+    }
+    let caller = c
+        .from
+        .as_deref()
+        .map(|f| resolve_caller(f, &s.ca.trust_domain(), &services))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    if let Some(claims) = &c.claims {
+        check_claims(claims).map_err(ApiError::bad_request)?;
+    }
+    let from = caller.as_ref().map(|(id, _)| id.to_string());
     let http_like = c.method.is_some() || c.path.is_some() || c.claims.is_some();
     let request_principal = c.claims.as_ref().map(|cl| {
         format!(
@@ -245,10 +251,87 @@ pub(super) async fn check(
             "action": m.action, "dry_run": m.dry_run,
         })).collect::<Vec<_>>(),
         "request": {
-            "from": from, "to": format!("{ns}/{svc}"), "port": req.destination_port,
+            "from": from,
+            "from_resolved": caller.as_ref().map(|(_, how)| how),
+            "to": format!("{ns}/{svc}"), "port": req.destination_port,
             "protocol": if http_like { "http" } else { "tcp" },
         },
     })))
+}
+
+/// The caller of a what-if check as a SPIFFE ID, and how it was read:
+/// a SPIFFE ID as given, `ns/<namespace>/sa/<service>` in this trust
+/// domain, or a registered service's `name` or `namespace/name`.
+fn resolve_caller(
+    from: &str,
+    td: &ward_identity::TrustDomain,
+    services: &[Service],
+) -> Result<(SpiffeId, String), String> {
+    if from.starts_with("spiffe://") {
+        let id = SpiffeId::parse(from).map_err(|e| format!("--from {from:?}: {e}"))?;
+        if id.is_trust_domain_id() {
+            return Err(format!(
+                "--from {from:?}: a trust domain, not a workload (a workload ID has a path)"
+            ));
+        }
+        return Ok((id, "a SPIFFE ID".into()));
+    }
+    let parts: Vec<&str> = from.split('/').collect();
+    if let ["ns", ns, "sa", sa] = parts[..] {
+        let id = SpiffeId::for_service(td, ns, sa).map_err(|e| format!("--from {from:?}: {e}"))?;
+        return Ok((id, format!("ns/{ns}/sa/{sa} in trust domain {td}")));
+    }
+    let (ns, name) = from.split_once('/').unwrap_or((DEFAULT_NAMESPACE, from));
+    if let Some(svc) = services
+        .iter()
+        .find(|r| r.namespace == ns && r.name == name)
+    {
+        let id = SpiffeId::parse(&svc.spiffe_id).map_err(|e| format!("stored service: {e}"))?;
+        return Ok((id, format!("registered service {ns}/{name}")));
+    }
+    Err(format!(
+        "--from {from:?} is not a SPIFFE ID (spiffe://…), ns/<namespace>/sa/<service>, \
+         or a registered service (`ward service list`)"
+    ))
+}
+
+/// Claims of a validated token have a string `iss` and `sub` (they make the
+/// request principal), an `aud` that is a string or strings, a string
+/// `scope`, and numeric times.
+fn check_claims(claims: &serde_json::Map<String, Value>) -> Result<(), String> {
+    for k in ["iss", "sub"] {
+        match claims.get(k) {
+            Some(Value::String(v)) if !v.is_empty() => {}
+            Some(v) => return Err(format!("--claims: {k} must be a non-empty string, not {v}")),
+            None => {
+                return Err(format!(
+                    "--claims: {k} is missing (a validated token has iss and sub; they make the request principal iss/sub)"
+                ))
+            }
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(v) => {
+            return Err(format!(
+                "--claims: aud must be a string or an array of strings, not {v}"
+            ))
+        }
+    }
+    if let Some(v) = claims.get("scope").filter(|v| !v.is_string()) {
+        return Err(format!(
+            "--claims: scope must be a space-separated string, not {v}"
+        ));
+    }
+    for k in ["exp", "nbf", "iat"] {
+        if let Some(v) = claims.get(k).filter(|v| !v.is_number()) {
+            return Err(format!(
+                "--claims: {k} must be a number (Unix seconds), not {v}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn list(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<Value>>> {
