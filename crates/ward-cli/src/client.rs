@@ -9,6 +9,7 @@ use ward_server::{DataDirFiles, ServerInfo};
 use ward_tls::ControlPlaneTrust;
 
 use crate::cli::Global;
+use crate::output::Hinted;
 
 /// An authenticated admin API client.
 pub(crate) struct Api {
@@ -117,13 +118,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the ward server at {}: {}",
-                self.base,
-                error_chain(&e)
-            )
-        })?;
+        let resp = req.send().await.map_err(|e| unreachable(&self.base, &e))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {
@@ -153,6 +148,64 @@ impl Api {
     pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::DELETE, path, None).await
     }
+}
+
+/// Why a request to the server at `base` got no answer, and what to do:
+/// a wrong pin or trust bundle, nothing listening, no answer, or the rest.
+pub(crate) fn unreachable(base: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::Other(other)) = err.downcast_ref::<rustls::Error>() {
+            if let Some(ward_tls::VerifyError::FingerprintMismatch {
+                expected,
+                presented,
+            }) = other.0.downcast_ref::<ward_tls::VerifyError>()
+            {
+                return Hinted::new(
+                    format!("the server at {base} has root fingerprint {presented}, not the expected {expected}"),
+                    "check `ward ca fingerprint` on the server and pass it to --ca-fingerprint (or WARD_CA_FINGERPRINT)",
+                );
+            }
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Hinted::new(
+                format!("the server at {base} failed TLS verification: {tls}"),
+                "check --ca-fingerprint or --trust-bundle against `ward ca fingerprint` on the server",
+            );
+        }
+        let io = err.downcast_ref::<std::io::Error>();
+        match io.map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::ConnectionRefused) => return Hinted::new(
+                format!("nothing is listening at {base} (connection refused)"),
+                "is `ward server` running there? check --server (or WARD_SERVER), or --data-dir",
+            ),
+            Some(std::io::ErrorKind::TimedOut) => {
+                return Hinted::new(
+                    format!("{base} did not answer in time"),
+                    "check the address, and that no firewall drops the traffic",
+                )
+            }
+            _ => {}
+        }
+        // io::Error hides the error it wraps from source(); look inside.
+        next = match io.and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    if let Some(r) = e
+        .downcast_ref::<reqwest::Error>()
+        .filter(|r| r.is_timeout())
+    {
+        return Hinted::new(
+            format!("{base} did not answer in time ({r})"),
+            "check the address, and that the server is not overloaded",
+        );
+    }
+    Hinted::new(
+        format!("cannot reach the ward server at {base}: {}", error_chain(e)),
+        "check --server (or WARD_SERVER) and the network path to it",
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

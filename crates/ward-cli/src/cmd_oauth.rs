@@ -114,7 +114,7 @@ pub(crate) async fn token(g: &Global, c: TokenCmd) -> anyhow::Result<()> {
                 .form(&form)
                 .send()
                 .await
-                .map_err(|e| anyhow!("cannot reach the ward server at {base}: {e}"))?;
+                .map_err(|e| crate::client::unreachable(&base, &e))?;
             let status = resp.status();
             let v: Value = resp.json().await.unwrap_or_default();
             if !status.is_success() {

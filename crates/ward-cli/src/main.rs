@@ -21,7 +21,11 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => return usage_error(e),
+    };
+    let json_errors = args.global.output == cli::Output::Json;
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = match &args.command {
@@ -66,8 +70,32 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch::dispatch(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::report_error(json_errors, &e);
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused: its own output (exit 2; help and version
+/// exit 0), or one JSON object on stderr when `--output json` was asked.
+fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json");
+    if !json || !e.use_stderr() {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    eprintln!(
+        "{}",
+        serde_json::json!({ "error": message, "hint": "run `ward --help`, or `ward COMMAND --help`" })
+    );
+    std::process::ExitCode::from(2)
 }

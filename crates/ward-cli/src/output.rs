@@ -3,6 +3,45 @@ use serde_json::Value;
 
 use crate::cli::{Global, Output};
 
+/// An error with what to do about it: printed as `error: …` and
+/// `  hint: …`, or `{"error": …, "hint": …}` on stderr with `--output json`.
+#[derive(Debug)]
+pub(crate) struct Hinted {
+    pub message: String,
+    pub hint: String,
+}
+
+impl Hinted {
+    pub(crate) fn new(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Hinted {
+            message: message.into(),
+            hint: hint.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// Prints a command's error on stderr, as text or as one JSON object.
+pub(crate) fn report_error(json: bool, e: &anyhow::Error) {
+    let message = format!("{e:#}");
+    let hint = e.downcast_ref::<Hinted>().map(|h| h.hint.as_str());
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": message, "hint": hint }));
+    } else {
+        eprintln!("error: {message}");
+        if let Some(h) = hint {
+            eprintln!("  hint: {h}");
+        }
+    }
+}
+
 /// Prints `value` as JSON, or as a table of `columns` (JSON keys) when the
 /// value is an array, or as `key: value` lines.
 pub(crate) fn print(g: &Global, value: &Value, columns: &[&str]) {

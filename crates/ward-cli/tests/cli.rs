@@ -480,6 +480,104 @@ fn policy_check_says_what_it_checked() {
 }
 
 #[test]
+fn errors_say_what_to_do() {
+    let s = server(&[]);
+    let token = s.data_dir.join("admin.token");
+    let token = token.to_str().unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let run = |args: &[&str]| ward_testkit::ward(std::path::Path::new(bin()), args);
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // A wrong pin is named as one, with both fingerprints.
+    let out = run(&[
+        "--server",
+        &s.url,
+        "--ca-fingerprint",
+        &wrong,
+        "--admin-token-file",
+        token,
+        "service",
+        "list",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "has root fingerprint {}, not the expected {wrong}",
+            s.fingerprint
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: check `ward ca fingerprint` on the server"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot reach") && !err.contains("Connect"),
+        "{err}"
+    );
+    // The same as JSON on stderr.
+    let out = run(&[
+        "--output",
+        "json",
+        "--server",
+        &s.url,
+        "--ca-fingerprint",
+        &wrong,
+        "service",
+        "list",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("not the expected"),
+        "{v}"
+    );
+    assert!(
+        v["hint"].as_str().unwrap().contains("ward ca fingerprint"),
+        "{v}"
+    );
+
+    // Nothing listening: one line with the address, and a hint.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = run(&[
+        "--server",
+        &url,
+        "--ca-fingerprint",
+        &s.fingerprint,
+        "service",
+        "list",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!("error: nothing is listening at {url} (connection refused)").as_str(),
+            "  hint: is `ward server` running there? check --server (or WARD_SERVER), or --data-dir",
+        ],
+        "{err}"
+    );
+
+    // The server's own refusals, and usage errors (exit 2), as JSON too.
+    let out = s.cli(&["service", "remove", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("nosuch"), "{v}");
+    let out = run(&["--output", "json", "service", "lizt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("lizt"), "{v}");
+    assert!(v["hint"].as_str().unwrap().contains("--help"), "{v}");
+    // Without --output json, clap's own usage message and exit 2 stay.
+    let out = run(&["service", "lizt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("Usage:"));
+}
+
+#[test]
 fn upstream_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, key) = (dir.path().join("up.pem"), dir.path().join("up.key"));

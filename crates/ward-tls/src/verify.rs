@@ -49,8 +49,14 @@ pub enum VerifyError {
         expected: String,
     },
     /// The server did not present the pinned root.
-    #[error("the server did not present the root certificate with fingerprint {0}")]
-    FingerprintMismatch(String),
+    #[error("the server's root fingerprint is {presented}, not the expected {expected}; check `ward ca fingerprint` on the server")]
+    FingerprintMismatch {
+        /// The pinned fingerprint.
+        expected: String,
+        /// The fingerprint of the root the server sent (the last
+        /// certificate of its chain).
+        presented: String,
+    },
 }
 
 /// A peer whose chain verified.
@@ -152,11 +158,20 @@ impl ControlPlaneVerifier {
     ) -> Result<Vec<CertificateDer<'a>>, VerifyError> {
         match &self.trust {
             ControlPlaneTrust::Bundle(b) => Ok(b.clone()),
-            ControlPlaneTrust::Fingerprint(fp) => presented
-                .iter()
-                .find(|c| format!("sha256:{}", hex::encode(digest(&SHA256, c))) == *fp)
-                .map(|c| vec![c.clone()])
-                .ok_or_else(|| VerifyError::FingerprintMismatch(fp.clone())),
+            ControlPlaneTrust::Fingerprint(fp) => {
+                let of =
+                    |c: &CertificateDer<'_>| format!("sha256:{}", hex::encode(digest(&SHA256, c)));
+                presented
+                    .iter()
+                    .find(|c| of(c) == *fp)
+                    .map(|c| vec![c.clone()])
+                    .ok_or_else(|| VerifyError::FingerprintMismatch {
+                        expected: fp.clone(),
+                        presented: presented
+                            .last()
+                            .map_or("(none: no CA certificate was sent)".into(), of),
+                    })
+            }
         }
     }
 }
@@ -177,9 +192,11 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        // As a typed error, so that a client can tell a wrong pin from a
+        // network failure and say what to do.
         let anchors = self
             .anchors(intermediates)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            .map_err(|e| rustls::Error::Other(rustls::OtherError(std::sync::Arc::new(e))))?;
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let peer = verify_svid_chain(&chain, &anchors, false, now)
