@@ -195,7 +195,7 @@ pub(super) async fn check(
     let caller = c
         .from
         .as_deref()
-        .map(|f| resolve_caller(f, &s.ca.trust_domain(), &services))
+        .map(|f| resolve_caller(f, s.ca.trust_domain(), &services))
         .transpose()
         .map_err(ApiError::bad_request)?;
     if let Some(claims) = &c.claims {
