@@ -161,26 +161,26 @@ pub(crate) fn unreachable(base: &str, e: &(dyn std::error::Error + 'static)) -> 
                 presented,
             }) = other.0.downcast_ref::<ward_tls::VerifyError>()
             {
-                return Hinted::new(
+                return Hinted::error(
                     format!("the server at {base} has root fingerprint {presented}, not the expected {expected}"),
                     "check `ward ca fingerprint` on the server and pass it to --ca-fingerprint (or WARD_CA_FINGERPRINT)",
                 );
             }
         }
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Hinted::new(
+            return Hinted::error(
                 format!("the server at {base} failed TLS verification: {tls}"),
                 "check --ca-fingerprint or --trust-bundle against `ward ca fingerprint` on the server",
             );
         }
         let io = err.downcast_ref::<std::io::Error>();
         match io.map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::ConnectionRefused) => return Hinted::new(
+            Some(std::io::ErrorKind::ConnectionRefused) => return Hinted::error(
                 format!("nothing is listening at {base} (connection refused)"),
                 "is `ward server` running there? check --server (or WARD_SERVER), or --data-dir",
             ),
             Some(std::io::ErrorKind::TimedOut) => {
-                return Hinted::new(
+                return Hinted::error(
                     format!("{base} did not answer in time"),
                     "check the address, and that no firewall drops the traffic",
                 )
@@ -197,12 +197,12 @@ pub(crate) fn unreachable(base: &str, e: &(dyn std::error::Error + 'static)) -> 
         .downcast_ref::<reqwest::Error>()
         .filter(|r| r.is_timeout())
     {
-        return Hinted::new(
+        return Hinted::error(
             format!("{base} did not answer in time ({r})"),
             "check the address, and that the server is not overloaded",
         );
     }
-    Hinted::new(
+    Hinted::error(
         format!("cannot reach the ward server at {base}: {}", error_chain(e)),
         "check --server (or WARD_SERVER) and the network path to it",
     )

@@ -12,7 +12,7 @@ pub(crate) struct Hinted {
 }
 
 impl Hinted {
-    pub(crate) fn new(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    pub(crate) fn error(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Hinted {
             message: message.into(),
             hint: hint.into(),
