@@ -179,21 +179,33 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
     if check {
         return Ok(());
     }
+    let ward = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ward".into());
+    let admin = |b: &Bound| b.admin.map(|a| a.to_string()).unwrap_or_default();
     println!();
-    println!("The mesh keeps running. Try, from another shell (Ctrl-C here stops everything):");
-    println!("  curl -s http://{fe_pay}/pay/42            # frontend -> payments: allowed; the app shows the caller's SPIFFE ID");
-    println!("  curl -s -i http://{fe_ledger}/balance     # frontend -> ledger: 403, no policy allows it");
-    println!("  curl -s --http2-prior-knowledge http://{fe_pay}/h2");
+    println!("A sidecar is the proxy beside each app: it does mutual TLS and authorization for it, so the app speaks plain HTTP on 127.0.0.1.");
+    println!("The trust domain (ward.internal) is the name every SPIFFE ID here lives under: spiffe://ward.internal/ns/<namespace>/sa/<service>.");
+    println!("Mesh default deny: a call that no ALLOW policy covers is refused, which is why frontend -> ledger gets 403.");
+    println!();
+    println!("The mesh keeps running. Try, from another shell (Ctrl-C or SIGTERM here stops everything):");
+    println!("  curl -s http://{fe_pay}/pay/42            # the frontend sidecar's port for payments: allowed; the app shows the caller's SPIFFE ID");
+    println!("  curl -s -i http://{fe_ledger}/balance     # the frontend sidecar's port for ledger: 403, no policy allows it");
+    println!("  curl -s --http2-prior-knowledge http://{fe_pay}/h2   # the frontend sidecar's port for payments, over HTTP/2");
     println!(
-        "  curl -s http://{}/metrics | grep ward_    # the frontend sidecar's metrics",
-        fe.admin.map(|a| a.to_string()).unwrap_or_default()
+        "  curl -s http://{}/metrics | grep ward_    # the frontend sidecar's admin port: metrics",
+        admin(&fe)
     );
     println!(
-        "  curl -s http://{}/certs                   # the payments sidecar's certificate",
-        pay.admin.map(|a| a.to_string()).unwrap_or_default()
+        "  curl -s http://{}/certs                   # the payments sidecar's admin port: its certificate",
+        admin(&pay)
     );
-    println!("  ward --data-dir {} status", data.display());
-    tokio::signal::ctrl_c().await?;
+    println!(
+        "  {ward} --data-dir {} status     # the control plane, through its data dir",
+        data.display()
+    );
+    println!("  {ward} --data-dir {} policy check --from frontend --to ledger --method GET --path /balance", data.display());
+    ward_http::shutdown_signal().await;
     Ok(())
 }
 
