@@ -105,7 +105,7 @@ impl Workload {
         tokio::spawn(async move {
             let td = me.trust_domain.clone();
             let to_ward = || me.to_ward(&[]).map_err(|e| e.to_string());
-            ward_api::follow(&addr, to_ward, "", |update| {
+            ward_api::follow(&addr, to_ward, Default::default(), |update| {
                 let Some(u) = update else { return };
                 feed.set(u.revoked_token_ids);
                 if let Some(b) = u.bundle {

@@ -84,7 +84,7 @@ pub async fn connect(
 /// ```no_run
 /// # async fn f(tls: impl FnMut() -> Result<rustls::ClientConfig, String>) {
 /// let mut revoked = std::collections::HashSet::new();
-/// ward_api::follow("127.0.0.1:8443", tls, "", |update| {
+/// ward_api::follow("127.0.0.1:8443", tls, Default::default(), |update| {
 ///     if let Some(u) = update {
 ///         revoked = u.revoked_token_ids.into_iter().collect();
 ///     }
@@ -92,7 +92,7 @@ pub async fn connect(
 /// .await;
 /// # }
 /// ```
-pub async fn follow<T, U>(addr: &str, mut tls: T, advertise: &str, mut on_update: U)
+pub async fn follow<T, U>(addr: &str, mut tls: T, request: v1::WatchRequest, mut on_update: U)
 where
     T: FnMut() -> Result<rustls::ClientConfig, String>,
     U: FnMut(Option<v1::WatchResponse>),
@@ -106,9 +106,7 @@ where
                 .await
                 .map_err(|e| format!("connecting to {addr}: {e}"))?;
             let mut stream = v1::identity_client::IdentityClient::new(channel)
-                .watch(v1::WatchRequest {
-                    advertise: advertise.to_string(),
-                })
+                .watch(request.clone())
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();

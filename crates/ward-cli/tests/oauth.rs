@@ -566,7 +566,7 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
                 ward_tls::client_config(trust.clone(), Some((chain.clone(), key.clone_key())), &[])
                     .map_err(|e| e.to_string())
             };
-            ward_api::follow(&addr, tls, "", |u| {
+            ward_api::follow(&addr, tls, Default::default(), |u| {
                 if let Some(u) = u {
                     revoked.set(u.revoked_token_ids);
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -28,13 +28,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    if s.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match s.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for a valid certificate, trust bundle and policies\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -55,6 +54,7 @@ async fn config(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "config": &*s.cfg,
         "control_plane_connected": s.connected.load(Ordering::Relaxed),
         "endpoints": &**s.endpoints.load(),
+        "unregistered_upstreams": &**s.unregistered_upstreams.load(),
         "policies": policies.len(),
         "default_policy": policies.default_action(),
     }))

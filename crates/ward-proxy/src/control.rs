@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use ward_api::v1::WatchResponse;
+use ward_identity::SpiffeId;
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{ControlPlaneTrust, Trust};
 
@@ -55,7 +56,11 @@ async fn control_loop(
         )
         .map_err(|e| e.to_string())
     };
-    ward_api::follow(&server, tls, &advertise, |update| match update {
+    let request = ward_api::v1::WatchRequest {
+        advertise,
+        upstreams: upstream_ids(&shared),
+    };
+    ward_api::follow(&server, tls, request, |update| match update {
         Some(msg) => {
             shared.connected.store(true, Ordering::Relaxed);
             apply(&shared, msg);
@@ -63,6 +68,21 @@ async fn control_loop(
         None => shared.connected.store(false, Ordering::Relaxed),
     })
     .await;
+}
+
+/// The SPIFFE IDs of this sidecar's upstreams, as the control plane knows
+/// services (an explicit `id=` names what its peers must present, not
+/// necessarily a registered service, and is left out).
+fn upstream_ids(shared: &Shared) -> Vec<String> {
+    let Some(dp) = &shared.cfg.data_plane else {
+        return Vec::new();
+    };
+    dp.upstreams
+        .iter()
+        .filter(|u| u.id.is_none())
+        .filter_map(|u| SpiffeId::for_service(&shared.td, &u.namespace, &u.service).ok())
+        .map(|id| id.to_string())
+        .collect()
 }
 
 /// The endpoints to use after a watch message listed `received`: those,
@@ -99,6 +119,13 @@ fn apply(shared: &Shared, msg: WatchResponse) {
             trust_domain: shared.td.to_string(),
         };
         trust_changed = shared.tls.set_trust(trust);
+        let own = shared.svid.get();
+        if trust_changed && shared.tls.trust().revoked.contains(&own.serial) {
+            tracing::error!(
+                serial = own.serial,
+                "this sidecar's certificate is revoked: peers refuse it and it reports not ready; start it again with a new join token"
+            );
+        }
     }
     let jwt_changed = shared.jwt_authorities.load().json != msg.jwt_authorities_json;
     if jwt_changed {
@@ -127,6 +154,16 @@ fn apply(shared: &Shared, msg: WatchResponse) {
         msg.endpoints_partial,
     )));
     shared.revoked_tokens.set(msg.revoked_token_ids);
+    let unregistered = msg.unregistered_upstreams;
+    if **shared.unregistered_upstreams.load() != unregistered {
+        for id in &unregistered {
+            tracing::warn!(
+                upstream = %id,
+                "this upstream names no registered service: its calls fail until it is registered (`ward service add`) or --upstream is corrected"
+            );
+        }
+        shared.unregistered_upstreams.store(Arc::new(unregistered));
+    }
     let inputs = PolicyInputs {
         documents: msg.policies_json,
         default_action: msg.default_action,

@@ -154,7 +154,7 @@ impl Access {
                 method = %method,
                 path = %path,
                 status,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = millis(start),
                 decision,
                 policy,
                 reason,
@@ -174,11 +174,17 @@ impl Access {
                 method = %method,
                 path = %path,
                 status,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = millis(start),
                 "request"
             );
         }
     }
+}
+
+/// Milliseconds since `start`, to the microsecond (0.487, not
+/// 0.48670199999999997).
+fn millis(start: &Instant) -> f64 {
+    start.elapsed().as_micros() as f64 / 1000.0
 }
 
 /// How long a stopping sidecar keeps serving new exchanges on a

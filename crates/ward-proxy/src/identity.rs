@@ -264,8 +264,9 @@ pub(crate) async fn obtain(cfg: &mut ProxyConfig) -> anyhow::Result<Svid> {
                 );
                 return Ok(s);
             }
-            let token = token.ok_or_else(|| {
-                anyhow!("no valid certificate in the state dir and no join token: pass --join-token (create one with `ward join-token create --service {}`)", cfg.service)
+            let token = token.ok_or_else(|| match &state {
+                Some(st) => anyhow!("no valid certificate in the state dir {} and no join token: pass --join-token (create one with `ward join-token create --service {}`)", st.0.display(), cfg.service),
+                None => anyhow!("no join token: pass --join-token (create one with `ward join-token create --service {}`), and --state-dir to keep the certificate across restarts", cfg.service),
             })?;
             // The trust domain is learnt from the server's bundle; the ID
             // requested must be the token's, which the server checks.

@@ -30,6 +30,10 @@ use crate::state::{accept_loop, stopped, Shared};
 use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
 use crate::{mux, upgrade};
 
+/// What the access log and the decision metrics name as the decider when
+/// a peer's certificate was revoked: no policy decided it.
+const REVOKED: &str = "(certificate revoked)";
+
 struct Inbound {
     shared: Arc<Shared>,
     /// The app, on loopback, and how it speaks.
@@ -357,7 +361,9 @@ impl Inbound {
         let revoked = shared.tls.trust().revoked.contains(&peer.serial);
         let allowed = decision.allowed() && !revoked;
         let label = if allowed { "allow" } else { "deny" };
-        let decided = decision.policy();
+        // A revoked peer is refused whatever the policies say: the
+        // revocation decided, not the policy that would have allowed it.
+        let decided = if revoked { REVOKED } else { decision.policy() };
         self.count_decision(peer, label, decided, false);
         for m in &decision.reported {
             self.count_decision(peer, "match", &m.policy, m.dry_run);
@@ -371,7 +377,8 @@ impl Inbound {
         };
         let status = resp.status().as_u16();
         self.count_request(peer, status, label);
-        access.inbound(&peer.id, status, label, decided, None);
+        let reason = revoked.then_some("peer certificate revoked");
+        access.inbound(&peer.id, status, label, decided, reason);
         resp
     }
 
@@ -593,16 +600,17 @@ async fn tcp_to_app(
                 let d = shared.policies.load().evaluate(&preq);
                 let revoked = shared.tls.trust().revoked.contains(&peer.serial);
                 if !d.allowed() || revoked {
+                    let decided = if revoked { REVOKED } else { d.policy() };
                     shared
                         .metrics
                         .decisions
                         .get_or_create(&DecisionLabels {
                             decision: "deny",
-                            policy: d.policy().to_string(),
+                            policy: decided.to_string(),
                             dry_run: "false",
                         })
                         .inc();
-                    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = "deny", policy = d.policy(), revoked, "open connection closed by a policy change");
+                    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = "deny", policy = decided, revoked, "open connection closed by a policy change");
                     return;
                 }
             }

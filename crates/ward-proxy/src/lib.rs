@@ -135,6 +135,7 @@ impl Proxy {
             applied: Mutex::new(None),
             revoked_tokens: Default::default(),
             endpoints: ArcSwap::from_pointee(HashMap::new()),
+            unregistered_upstreams: ArcSwap::from_pointee(Vec::new()),
             jwt_authorities: ArcSwap::from_pointee(state::JwtAuthorities::default()),
             trust_version: watch::channel(0).0,
             configured: AtomicBool::new(false),

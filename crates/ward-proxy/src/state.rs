@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub revoked_tokens: ward_jwt::tower::RevocationList,
     /// SPIFFE ID → sidecar addresses.
     pub endpoints: ArcSwap<HashMap<String, Vec<String>>>,
+    /// Upstreams the control plane says name no registered service.
+    pub unregistered_upstreams: ArcSwap<Vec<String>>,
     /// The trust domain's JWT-SVID authorities, from the watch stream.
     pub jwt_authorities: ArcSwap<JwtAuthorities>,
     /// Bumped when the X.509 bundle or the JWT authorities change: the
@@ -75,18 +77,39 @@ pub(crate) struct PolicyInputs {
 }
 
 impl Shared {
-    /// Configured, with a trust bundle and certificates that are not about
-    /// to expire (the last tenth of their lifetime): while the control
+    /// Why the sidecar is not ready, if it is not. Ready: configured, with
+    /// a trust bundle and certificates that are neither revoked nor about
+    /// to expire (the last tenth of their lifetime); while the control
     /// plane is away, the sidecar stays ready until then.
-    pub(crate) fn ready(&self) -> bool {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         let svid = self.svid.get();
         let now = ward_ca::now().unix_timestamp();
         let margin = (svid.not_after - svid.not_before) / 10;
         let workload = self.workload_expiry.load(Ordering::Relaxed);
-        self.configured.load(Ordering::Relaxed)
-            && svid.not_after - margin > now
-            && (workload < 0 || workload - margin > now)
-            && !self.tls.trust().bundle.is_empty()
+        let trust = self.tls.trust();
+        if !self.configured.load(Ordering::Relaxed) {
+            return Some(
+                "waiting for the configuration (trust bundle, endpoints, policies)".into(),
+            );
+        }
+        if trust.bundle.is_empty() {
+            return Some("no trust bundle".into());
+        }
+        if trust.revoked.contains(&svid.serial) {
+            return Some(format!(
+                "this sidecar's certificate (serial {}) is revoked; start it again with a new join token (`ward join-token create --service {}`)",
+                svid.serial, self.cfg.service
+            ));
+        }
+        if svid.not_after - margin <= now {
+            return Some("the certificate is about to expire and could not be renewed".into());
+        }
+        if workload >= 0 && workload - margin <= now {
+            return Some(
+                "the workload's certificate is about to expire and could not be renewed".into(),
+            );
+        }
+        None
     }
 }
 

@@ -117,6 +117,31 @@ impl IdentityService {
             ))),
         }
     }
+
+    /// Which of a watcher's upstreams name no registered service (or are
+    /// not SPIFFE IDs at all).
+    async fn unregistered(&self, upstreams: &[String]) -> Result<Vec<String>, Status> {
+        if upstreams.is_empty() {
+            return Ok(Vec::new());
+        }
+        if upstreams.len() > 1024 {
+            return Err(Status::invalid_argument("at most 1024 upstreams"));
+        }
+        let registered: std::collections::HashSet<String> = self
+            .state
+            .store
+            .list_services()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|s| s.spiffe_id)
+            .collect();
+        Ok(upstreams
+            .iter()
+            .filter(|u| !registered.contains(*u))
+            .cloned()
+            .collect())
+    }
 }
 
 fn internal<E: std::fmt::Display>(e: E) -> Status {
@@ -228,7 +253,11 @@ impl Identity for IdentityService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = self.verified_caller(&req, "the watch stream")?.to_string();
-        let advertise = req.into_inner().advertise;
+        let ward_api::v1::WatchRequest {
+            advertise,
+            upstreams,
+        } = req.into_inner();
+        let unregistered = self.unregistered(&upstreams).await?;
         let endpoint = if advertise.is_empty() {
             None
         } else {
@@ -256,7 +285,8 @@ impl Identity for IdentityService {
             .merge(svid_keys)
             .filter_map(move |()| {
                 let _keep = (&guard, &endpoint);
-                let r = to_response(&state, &id);
+                let mut r = to_response(&state, &id);
+                r.unregistered_upstreams = unregistered.clone();
                 if last == Some(r.version) {
                     return None;
                 }
@@ -309,5 +339,6 @@ fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
             ward_policy::DefaultAction::Deny => "deny".into(),
             ward_policy::DefaultAction::Allow => "allow".into(),
         },
+        unregistered_upstreams: Vec::new(),
     }
 }

@@ -76,6 +76,28 @@ pub fn register(s: &WardServer, service: &str) -> String {
 
 /// A sidecar for `service` in front of `app_addr`, with `extra` flags.
 pub fn sidecar(s: &WardServer, service: &str, app_addr: &str, extra: &[&str]) -> Sidecar {
+    start_sidecar(s, service, app_addr, extra, None)
+}
+
+/// Like [`sidecar`], logging JSON lines at `filter`, kept for
+/// `proc.log()`.
+pub fn sidecar_logged(
+    s: &WardServer,
+    service: &str,
+    app_addr: &str,
+    extra: &[&str],
+    filter: &str,
+) -> Sidecar {
+    start_sidecar(s, service, app_addr, extra, Some(filter))
+}
+
+fn start_sidecar(
+    s: &WardServer,
+    service: &str,
+    app_addr: &str,
+    extra: &[&str],
+    log: Option<&str>,
+) -> Sidecar {
     let token = register(s, service);
     let dd = s.data_dir.to_str().unwrap().to_string();
     let mut args = vec![
@@ -96,7 +118,13 @@ pub fn sidecar(s: &WardServer, service: &str, app_addr: &str, extra: &[&str]) ->
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let proc = Proc::spawn(bin(), &args).unwrap();
+    let proc = match log {
+        Some(filter) => {
+            args.splice(0..0, ["--log-format", "json"]);
+            Proc::spawn_logged(bin(), &args, filter).unwrap()
+        }
+        None => Proc::spawn(bin(), &args).unwrap(),
+    };
     let p = &proc.ready["proxy"];
     Sidecar {
         inbound: p["inbound"].as_str().unwrap().to_string(),
