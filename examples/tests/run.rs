@@ -53,3 +53,54 @@ fn grpc_service_with_mtls_and_tokens() {
         assert!(out.contains(line), "missing {line:?} in\n{out}");
     }
 }
+
+/// Under `CARGO_TARGET_DIR` the script takes its binaries from there, not
+/// from `target/release`.
+#[test]
+fn binaries_come_from_cargos_target_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/run.sh"))
+        .arg("--bin-dir")
+        .env("CARGO_TARGET_DIR", dir.path())
+        .env_remove("WARD_BIN_DIR")
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        dir.path().join("release").to_str().unwrap()
+    );
+}
+
+/// A server that cannot start: the script fails, says why, and keeps the
+/// log that explains it.
+#[test]
+fn a_failure_keeps_the_logs() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_checkout")).parent().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/run.sh"))
+        .arg("http")
+        .env("WARD_BIN_DIR", bin_dir)
+        .env("WARD_LISTEN", taken.local_addr().unwrap().to_string())
+        .output()
+        .expect("bash runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    let kept = err
+        .lines()
+        .find_map(|l| l.strip_prefix("failed; the logs are kept in "))
+        .and_then(|l| l.strip_suffix(':'))
+        .unwrap_or_else(|| panic!("{err}"));
+    let log = Path::new(kept).join("server.log");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("cannot listen on"));
+    std::fs::remove_dir_all(kept).unwrap();
+}

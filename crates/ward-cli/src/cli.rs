@@ -142,6 +142,11 @@ pub(crate) struct ServerArgs {
     /// Lifetime of OAuth2 access tokens.
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub token_ttl: Duration,
+    /// The OAuth2 issuer URL (iss of access tokens, base of the metadata
+    /// and token endpoints), for a server behind a load balancer or
+    /// replicas [default: https://<listen address>].
+    #[arg(long)]
+    pub issuer: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -310,8 +315,9 @@ pub(crate) enum ClientCmd {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TokenCmd {
-    /// Get an access token with client_credentials (client secret, or the
-    /// client's ward certificate for tls_client_auth).
+    /// Get an access token with client_credentials (client secret, the
+    /// client's ward certificate for tls_client_auth, or a signed assertion
+    /// for private_key_jwt).
     Get {
         #[arg(long)]
         client: String,
@@ -324,6 +330,15 @@ pub(crate) enum TokenCmd {
         /// tls_client_auth: its private key (PEM).
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
+        /// private_key_jwt: the private key (PEM; ES256, ES384 or EdDSA)
+        /// whose public half is in the client's registered JWKS. A client
+        /// assertion (RFC 7523) valid for 60 s is signed with it.
+        #[arg(long, conflicts_with = "client_secret")]
+        assertion_key: Option<PathBuf>,
+        /// private_key_jwt: the kid of that key in the JWKS [default: none;
+        /// the server tries every key of the right type].
+        #[arg(long, requires = "assertion_key")]
+        assertion_kid: Option<String>,
         #[arg(long)]
         audience: Option<String>,
         /// Space-separated scopes [default: all the client may have].
@@ -452,6 +467,14 @@ pub(crate) enum JoinTokenCmd {
         /// How many certificates it may buy.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+    },
+    /// The join tokens still usable (unexpired, uses left), by id; the
+    /// tokens themselves are stored only hashed and never shown again.
+    List,
+    /// Revoke a join token by its id (from `create` or `list`).
+    Revoke {
+        /// The id, 16 hex digits.
+        id: String,
     },
 }
 

@@ -36,12 +36,35 @@ pub(crate) async fn service(g: &Global, c: ServiceCmd) -> anyhow::Result<()> {
 
 pub(crate) async fn join_token(g: &Global, c: JoinTokenCmd) -> anyhow::Result<()> {
     let api = Api::new(g)?;
-    let JoinTokenCmd::Create {
-        service,
-        namespace,
-        ttl,
-        uses,
-    } = c;
+    let (service, namespace, ttl, uses) = match c {
+        JoinTokenCmd::Create {
+            service,
+            namespace,
+            ttl,
+            uses,
+        } => (service, namespace, ttl, uses),
+        JoinTokenCmd::List => {
+            let v = api.get("/api/v1/join-tokens").await?;
+            print(
+                g,
+                &v,
+                &[
+                    "id",
+                    "namespace",
+                    "service",
+                    "uses_left",
+                    "expires_at",
+                    "created_at",
+                ],
+            );
+            return Ok(());
+        }
+        JoinTokenCmd::Revoke { id } => {
+            api.delete(&format!("/api/v1/join-tokens/{id}")).await?;
+            print(g, &json!({ "revoked": id }), &[]);
+            return Ok(());
+        }
+    };
     let v = api
         .post(
             "/api/v1/join-tokens",
@@ -55,10 +78,12 @@ pub(crate) async fn join_token(g: &Global, c: JoinTokenCmd) -> anyhow::Result<()
         // what it is for goes to stderr.
         println!("{}", v["token"].as_str().unwrap_or_default());
         eprintln!(
-            "join token for {} (uses: {}, expires {})",
+            "join token {} for {} (uses: {}, expires {}; `ward join-token revoke {}` cancels it)",
+            v["id"].as_str().unwrap_or_default(),
             v["spiffe_id"].as_str().unwrap_or_default(),
             v["uses"],
-            time(v["expires_at"].as_i64().unwrap_or(0))
+            time(v["expires_at"].as_i64().unwrap_or(0)),
+            v["id"].as_str().unwrap_or_default(),
         );
     }
     Ok(())
@@ -279,7 +304,12 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                         r["kind"] = r["policy"]["kind"].clone();
                         r["action"] = r["policy"]["spec"]["action"].clone();
                         r["service"] = r["policy"]["spec"]["selector"]["service"].clone();
-                        r["updated"] = json!(time(r["updated_at"].as_i64().unwrap_or(0)));
+                        let authz = r["kind"] == "AuthorizationPolicy";
+                        r["dry_run"] = match r["policy"]["spec"]["dryRun"].as_bool() {
+                            _ if !authz => Value::Null,
+                            Some(true) => json!("yes"),
+                            _ => json!("no"),
+                        };
                     }
                 }
             }
@@ -292,8 +322,9 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                     "kind",
                     "service",
                     "action",
+                    "dry_run",
                     "version",
-                    "updated",
+                    "updated_at",
                 ],
             );
         }

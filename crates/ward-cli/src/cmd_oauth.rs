@@ -70,6 +70,59 @@ pub(crate) async fn signing_key(g: &Global, c: SigningKeyCmd) -> anyhow::Result<
     Ok(())
 }
 
+/// The token endpoint as the server names it (the `aud` of a client
+/// assertion), from its RFC 8414 metadata.
+async fn token_endpoint(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let v: Value = http
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .map_err(|e| crate::client::unreachable(base, &e))?
+        .json()
+        .await
+        .context("reading the server's OAuth metadata")?;
+    v["token_endpoint"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("the server's OAuth metadata has no token_endpoint"))
+}
+
+/// An RFC 7523 client assertion: iss and sub the client, aud the token
+/// endpoint, a fresh jti, 60 s of life.
+fn client_assertion(
+    client: &str,
+    key: &std::path::Path,
+    kid: Option<&str>,
+    endpoint: &str,
+) -> anyhow::Result<String> {
+    let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let pkcs8 = ward_ca::parse_pem_key(&pem).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+    let kid = kid.unwrap_or_default();
+    let signer = [
+        ward_jwt::Algorithm::ES256,
+        ward_jwt::Algorithm::ES384,
+        ward_jwt::Algorithm::EdDSA,
+    ]
+    .into_iter()
+    .find_map(|alg| ward_jwt::SigningKey::from_pkcs8(alg, kid, &pkcs8).ok())
+    .ok_or_else(|| {
+        anyhow!(
+            "{}: not an ES256 (P-256), ES384 (P-384) or EdDSA (Ed25519) key",
+            key.display()
+        )
+    })?;
+    let now = ward_ca::now().unix_timestamp();
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|_| anyhow!("no randomness"))?;
+    let claims = json!({
+        "iss": client, "sub": client, "aud": endpoint,
+        "iat": now, "exp": now + 60, "jti": hex::encode(jti),
+    });
+    signer
+        .sign("JWT", &claims)
+        .map_err(|e| anyhow!("signing the client assertion: {e}"))
+}
+
 pub(crate) async fn token(g: &Global, c: TokenCmd) -> anyhow::Result<()> {
     match c {
         TokenCmd::Get {
@@ -77,6 +130,8 @@ pub(crate) async fn token(g: &Global, c: TokenCmd) -> anyhow::Result<()> {
             client_secret,
             cert,
             key,
+            assertion_key,
+            assertion_kid,
             audience,
             scope,
         } => {
@@ -106,9 +161,19 @@ pub(crate) async fn token(g: &Global, c: TokenCmd) -> anyhow::Result<()> {
                 form.push(("scope", s));
             }
             let mut req = http.post(format!("{base}/oauth2/token"));
-            match client_secret {
-                Some(secret) => req = req.basic_auth(&client, Some(secret)),
-                None => form.push(("client_id", client.clone())),
+            match (client_secret, assertion_key) {
+                (Some(secret), _) => req = req.basic_auth(&client, Some(secret)),
+                (None, Some(key)) => {
+                    let endpoint = token_endpoint(&http, &base).await?;
+                    let assertion =
+                        client_assertion(&client, &key, assertion_kid.as_deref(), &endpoint)?;
+                    form.push((
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                    ));
+                    form.push(("client_assertion", assertion));
+                }
+                (None, None) => form.push(("client_id", client.clone())),
             }
             let resp = req
                 .form(&form)

@@ -22,6 +22,7 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     config.upstream_ca = a.upstream_ca_cert.zip(a.upstream_ca_key);
     config.default_policy = a.default_policy;
     config.token_ttl = a.token_ttl;
+    config.issuer = a.issuer;
     let server = ward_server::Server::build(config).await?;
     let addr = server.local_addr();
     let files = server.files().clone();

@@ -56,10 +56,18 @@ pub(crate) fn print(g: &Global, value: &Value, columns: &[&str]) {
         Value::Array(rows) => print_table(rows, columns),
         Value::Object(map) => {
             for (k, v) in map {
-                println!("{k}: {}", cell(v));
+                println!("{k}: {}", field(k, v));
             }
         }
         other => println!("{}", cell(other)),
+    }
+}
+
+/// A field for people: times (`*_at`, Unix seconds in JSON) as RFC 3339.
+fn field(key: &str, v: &Value) -> String {
+    match v.as_i64() {
+        Some(secs) if key.ends_with("_at") => time(secs),
+        _ => cell(v),
     }
 }
 
@@ -75,7 +83,7 @@ fn cell(v: &Value) -> String {
 fn print_table(rows: &[Value], columns: &[&str]) {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .map(|r| columns.iter().map(|c| field(c, &r[*c])).collect())
         .collect();
     let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
     print_grid(&header, &cells);

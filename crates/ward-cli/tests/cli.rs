@@ -578,6 +578,109 @@ fn errors_say_what_to_do() {
 }
 
 #[test]
+fn join_tokens_listed_and_revoked_times_and_dry_run_shown() {
+    let s = server(&[]);
+    let human = |args: &[&str]| {
+        let mut all = vec!["--data-dir", s.data_dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = ward_testkit::ward(std::path::Path::new(bin()), &all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Times for people are RFC 3339, not Unix seconds.
+    let (out, _) = human(&["service", "add", "web"]);
+    let created = out
+        .lines()
+        .find_map(|l| l.strip_prefix("created_at: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        created.len() >= 20 && created.as_bytes()[4] == b'-' && created.contains('T'),
+        "{created}"
+    );
+
+    // Join tokens: listed by id (never the token), revoked by id, and a
+    // revoked token buys nothing.
+    let a = s
+        .cli_json(&["join-token", "create", "--service", "web"])
+        .unwrap();
+    let b = s
+        .cli_json(&["join-token", "create", "--service", "web", "--uses", "3"])
+        .unwrap();
+    let (id_a, id_b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    assert_eq!(id_a.len(), 16);
+    let list = s.cli_json(&["join-token", "list"]).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id_a, id_b]);
+    assert_eq!(list[1]["uses_left"], 3);
+    assert!(!list.to_string().contains("wjt_"), "{list}");
+    let (table, _) = human(&["join-token", "list"]);
+    assert!(
+        table.contains(id_a) && table.contains("USES_LEFT"),
+        "{table}"
+    );
+    let (_, note) = human(&["join-token", "create", "--service", "web"]);
+    assert!(note.contains("ward join-token revoke"), "{note}");
+    s.cli_json(&["join-token", "revoke", id_a]).unwrap();
+    let left = s.cli_json(&["join-token", "list"]).unwrap();
+    assert!(!left.to_string().contains(id_a), "{left}");
+    let again = s.cli(&["join-token", "revoke", id_a]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no join token"));
+    let bad = s.cli(&["join-token", "revoke", "wjt_secret"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("16 hex digits"));
+    let (csr, _) = common::csr(&common::id("spiffe://ward.internal/ns/default/sa/web"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let mut c = s.grpc(None).await.unwrap();
+        c.sign_certificate(common::sign_req(csr, a["token"].as_str().unwrap()))
+            .await
+    });
+    assert!(
+        refused.is_err(),
+        "a revoked join token bought a certificate"
+    );
+    assert!(s
+        .cli_json(&["audit"])
+        .unwrap()
+        .to_string()
+        .contains("join-token.revoke"));
+
+    // policy list shows which policies are dry-run.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: trial }\nspec:\n  action: DENY\n  dryRun: true\n  rules: [{}]\n---\napiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: real }\nspec:\n  action: DENY\n  rules: [{}]\n",
+    )
+    .unwrap();
+    s.cli_json(&["policy", "apply", "-f", f.to_str().unwrap()])
+        .unwrap();
+    let (table, _) = human(&["policy", "list"]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_string()
+    };
+    assert!(table.lines().next().unwrap().contains("DRY_RUN"), "{table}");
+    assert!(row("trial").contains(" yes "), "{table}");
+    assert!(row("real").contains(" no "), "{table}");
+}
+
+#[test]
 fn upstream_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, key) = (dir.path().join("up.pem"), dir.path().join("up.key"));

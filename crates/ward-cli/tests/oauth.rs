@@ -641,3 +641,155 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
         "other tokens unaffected"
     );
 }
+
+/// `ward token get` with private_key_jwt (a SEC1 key as openssl writes
+/// it), against a server whose issuer is set with --issuer, as behind a
+/// load balancer: tokens carry that issuer, the metadata names it, and the
+/// assertion's audience is the token endpoint the metadata gives.
+#[test]
+fn private_key_jwt_from_the_cli_and_a_configured_issuer() {
+    let issuer = "https://ward.example.com";
+    let s = server(&["--issuer", issuer]);
+    for svc in ["frontend", "payments"] {
+        s.cli_json(&["service", "add", svc]).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("client.key");
+    let out = Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pkcs8 = ward_ca::parse_pem_key(&std::fs::read(&key).unwrap()).unwrap();
+    let signer =
+        ward_jwt::SigningKey::from_pkcs8(ward_jwt::Algorithm::ES256, "k1", &pkcs8).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({ "keys": [signer.public_jwk()] }).to_string(),
+    )
+    .unwrap();
+    s.cli_json(&[
+        "client",
+        "create",
+        "fe",
+        "--service",
+        "frontend",
+        "--auth",
+        "private_key_jwt",
+        "--audience",
+        "payments",
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ])
+    .unwrap();
+
+    let meta: Value = s
+        .cli_json(&[
+            "token",
+            "get",
+            "--client",
+            "fe",
+            "--assertion-key",
+            key.to_str().unwrap(),
+            "--assertion-kid",
+            "k1",
+        ])
+        .unwrap();
+    let claims = |token: &str| -> Value {
+        use base64::Engine;
+        let p = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let c = claims(meta["access_token"].as_str().unwrap());
+    assert_eq!(c["iss"], issuer);
+    assert_eq!(c["client_id"], "fe");
+    assert_eq!(c["aud"], "payments");
+    // Without a kid the server tries the client's keys; each call signs a
+    // fresh assertion, so a second one is not a replay.
+    for _ in 0..2 {
+        let t = s
+            .cli_json(&[
+                "token",
+                "get",
+                "--client",
+                "fe",
+                "--assertion-key",
+                key.to_str().unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(claims(t["access_token"].as_str().unwrap())["iss"], issuer);
+    }
+    // Another key is refused, with the server's reason.
+    let other = dir.path().join("other.key");
+    Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let out = s.cli(&[
+        "token",
+        "get",
+        "--client",
+        "fe",
+        "--assertion-key",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_client"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The metadata names the configured issuer and its endpoints.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m: Value = rt.block_on(async {
+        s.https()
+            .unwrap()
+            .get(format!("{}/.well-known/oauth-authorization-server", s.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(m["issuer"], issuer);
+    assert_eq!(m["token_endpoint"], format!("{issuer}/oauth2/token"));
+
+    // An issuer RFC 8414 does not allow is refused at start.
+    let out = Command::new(bin())
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--issuer",
+            "http://ward.example.com",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--issuer"));
+}

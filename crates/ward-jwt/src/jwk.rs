@@ -313,9 +313,13 @@ impl SigningKey {
         jwk
     }
 
-    /// Signs `claims` with header `{"alg", "kid", "typ"}`.
+    /// Signs `claims` with header `{"alg", "kid", "typ"}` (no `kid` when
+    /// this key has an empty one).
     pub fn sign(&self, typ: &str, claims: &Value) -> Result<String, JwtError> {
-        let header = json!({ "alg": self.alg.name(), "kid": self.kid, "typ": typ });
+        let mut header = json!({ "alg": self.alg.name(), "typ": typ });
+        if !self.kid.is_empty() {
+            header["kid"] = json!(self.kid);
+        }
         let mut out = URL_SAFE_NO_PAD.encode(header.to_string());
         out.push('.');
         out.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));

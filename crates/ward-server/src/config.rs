@@ -35,6 +35,10 @@ pub struct Config {
     /// Lifetime of OAuth2 access tokens.
     #[serde(with = "secs")]
     pub token_ttl: Duration,
+    /// The OAuth2 issuer (`iss` of access tokens, the base of the metadata
+    /// endpoints); `None`: `https://<bound address>`. Set it behind a load
+    /// balancer, or for replicas that must share one.
+    pub issuer: Option<String>,
 }
 
 mod secs {
@@ -68,6 +72,7 @@ impl Config {
             upstream_ca: None,
             default_policy: ward_policy::DefaultAction::Deny,
             token_ttl: Duration::from_secs(300),
+            issuer: None,
         }
     }
 
@@ -92,7 +97,17 @@ impl Config {
         if let Some(td) = &self.trust_domain {
             ward_identity::TrustDomain::new(td).map_err(|e| format!("--trust-domain: {e}"))?;
         }
+        if let Some(iss) = &self.issuer {
+            check_issuer(iss).map_err(|e| format!("--issuer {iss:?}: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// The OAuth2 issuer for a server bound at `addr`.
+    pub fn issuer_for(&self, addr: SocketAddr) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("https://{addr}"))
     }
 
     /// The SQLite file to use.
@@ -111,4 +126,55 @@ fn hostname() -> Option<String> {
         && h.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
     .then_some(h)
+}
+
+/// An issuer as RFC 8414 section 2 wants it: an https URL with a host, no
+/// query, no fragment, and (so that `<issuer>/oauth2/token` is one URL)
+/// no trailing slash.
+fn check_issuer(iss: &str) -> Result<(), &'static str> {
+    let rest = iss
+        .strip_prefix("https://")
+        .ok_or("an issuer is an https:// URL")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err("an issuer URL needs a host (and no user info)");
+    }
+    if iss.contains('?') || iss.contains('#') {
+        return Err("an issuer has no query or fragment");
+    }
+    if iss.ends_with('/') {
+        return Err("drop the trailing slash");
+    }
+    if iss.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("an issuer has no spaces");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers() {
+        for ok in [
+            "https://ward.example.com",
+            "https://lb:8443",
+            "https://ward.example.com/tenant1",
+        ] {
+            assert_eq!(check_issuer(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://ward.example.com",
+            "https://",
+            "https:///x",
+            "https://ward.example.com/",
+            "https://ward.example.com?x=1",
+            "https://ward.example.com#f",
+            "https://u@ward.example.com",
+            "ward.example.com",
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad}");
+        }
+    }
 }

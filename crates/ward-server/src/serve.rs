@@ -116,7 +116,7 @@ impl Server {
         let oauth = crate::oauth::OAuth::open(
             store.clone(),
             oauth_kek,
-            format!("https://{local_addr}"),
+            config.issuer_for(local_addr),
             config.token_ttl.as_secs().max(1) as i64,
         )
         .await?;

@@ -77,6 +77,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_join_token(&self, token: &JoinToken, audit: &AuditEvent) -> Result<()>;
     /// A join token by hash.
     async fn find_join_token(&self, hash: &[u8]) -> Result<Option<JoinToken>>;
+    /// The join tokens still usable at `now` (unexpired, uses left), oldest
+    /// first.
+    async fn list_join_tokens(&self, now: i64) -> Result<Vec<JoinToken>>;
+    /// Deletes the join tokens whose hash starts with `prefix` (a token's
+    /// public id); how many there were.
+    async fn revoke_join_token(&self, prefix: &[u8], audit: &AuditEvent) -> Result<u64>;
 
     /// Records an issued certificate, in the same transaction consuming one
     /// use of the join token `consume` (if given, and only if it is still

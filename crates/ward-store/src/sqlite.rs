@@ -319,6 +319,30 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn list_join_tokens(&self, now: i64) -> Result<Vec<JoinToken>> {
+        Ok(sqlx::query_as(
+            "SELECT hash, namespace, service, spiffe_id, expires_at, uses_left, created_at FROM join_tokens \
+             WHERE uses_left > 0 AND expires_at > ? ORDER BY created_at, hash",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn revoke_join_token(&self, prefix: &[u8], audit: &AuditEvent) -> Result<u64> {
+        let mut tx = self.begin_audited(std::slice::from_ref(audit)).await?;
+        let n = sqlx::query("DELETE FROM join_tokens WHERE substr(hash, 1, ?) = ?")
+            .bind(prefix.len() as i64)
+            .bind(prefix)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        if n > 0 {
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+
     async fn record_issued(
         &self,
         cert: &CertRecord,

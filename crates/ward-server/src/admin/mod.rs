@@ -192,7 +192,14 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/api/v1/services/{namespace}/{name}",
             get(services::get).delete(services::remove),
         )
-        .route("/api/v1/join-tokens", post(services::create_join_token))
+        .route(
+            "/api/v1/join-tokens",
+            post(services::create_join_token).get(services::list_join_tokens),
+        )
+        .route(
+            "/api/v1/join-tokens/{id}",
+            axum::routing::delete(services::revoke_join_token),
+        )
         .route(
             "/api/v1/certificates",
             get(certificates::list).post(certificates::issue),

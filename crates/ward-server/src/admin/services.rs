@@ -141,7 +141,51 @@ pub(super) async fn create_join_token(
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({ "token": token, "spiffe_id": svc.spiffe_id, "expires_at": record.expires_at, "uses": uses }),
+            json!({ "token": token, "id": join_token_id(&record.hash), "spiffe_id": svc.spiffe_id, "expires_at": record.expires_at, "uses": uses }),
         ),
     ))
+}
+
+/// A join token's public id: the first 8 bytes of its hash, in hex. It
+/// names the token for listing and revocation and reveals nothing usable.
+fn join_token_id(hash: &[u8]) -> String {
+    hex::encode(&hash[..hash.len().min(8)])
+}
+
+pub(super) async fn list_join_tokens(
+    State(s): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<Value>>> {
+    let tokens = s.store.list_join_tokens(now()).await?;
+    Ok(Json(
+        tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": join_token_id(&t.hash), "namespace": t.namespace, "service": t.service,
+                    "spiffe_id": t.spiffe_id, "uses_left": t.uses_left,
+                    "expires_at": t.expires_at, "created_at": t.created_at,
+                })
+            })
+            .collect(),
+    ))
+}
+
+pub(super) async fn revoke_join_token(
+    State(s): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let prefix = hex::decode(&id)
+        .ok()
+        .filter(|p| p.len() == 8)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{id:?} is not a join-token id (16 hex digits, as `ward join-token list` shows)"
+            ))
+        })?;
+    let ev = AuditEvent::now(&actor.0, "join-token.revoke", &id, json!({}));
+    let n = s.store.revoke_join_token(&prefix, &ev).await?;
+    removed(n > 0, || {
+        format!("join token {id} (it may have been used up or expired)")
+    })
 }
