@@ -99,3 +99,45 @@ fn interactive_demo_prints_runnable_commands_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     assert!(!data_dir.exists(), "the demo's data dir was left behind");
 }
+
+/// The README's two commands share one build: the same cargo profile, so
+/// that the second does not start by compiling everything again.
+#[test]
+fn the_readme_commands_share_one_build() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let block = readme
+        .split("## Two commands")
+        .nth(1)
+        .and_then(|r| r.split("```sh\n").nth(1))
+        .and_then(|r| r.split("```").next())
+        .expect("a Two commands section with a sh block");
+    let lines: Vec<&str> = block.lines().collect();
+    assert_eq!(lines.len(), 2, "{block}");
+    assert!(
+        lines[0].starts_with("cargo run") && lines[0].contains("demo"),
+        "{block}"
+    );
+    assert!(lines[1].starts_with("./scripts/test"), "{block}");
+    let script = std::fs::read_to_string(format!("{root}/scripts/test")).unwrap();
+    let test_line = script
+        .lines()
+        .find(|l| l.contains("cargo test"))
+        .expect("scripts/test runs cargo test");
+    let profile = |cmd: &str| {
+        if cmd.contains("--release") {
+            "release".to_string()
+        } else if let Some(p) = cmd.split("--profile ").nth(1) {
+            p.split_whitespace().next().unwrap_or_default().to_string()
+        } else {
+            "dev".to_string()
+        }
+    };
+    let (run, test) = (profile(lines[0]), profile(test_line));
+    // `cargo test` builds with the test profile, which is dev's; `cargo
+    // test --release` builds with release.
+    assert_eq!(
+        run, test,
+        "the demo builds with {run}, the tests with {test}"
+    );
+}
