@@ -137,3 +137,145 @@ async fn revocation_readiness_and_unregistered_upstreams_are_reported() {
         fe.proc.log()
     );
 }
+
+/// The value of the sample line `name{…}` whose labels include all of
+/// `labels`, in a Prometheus exposition.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|kv| l.contains(kv)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Metrics people expect of a mesh, in Linkerd's and Istio's style:
+/// request durations by direction, peer service, status class and
+/// decision; request and response bytes; the standard process_* metrics
+/// on the sidecar and the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_durations_bytes_and_process_metrics() {
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    apply(&s, ALLOW_FRONTEND);
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
+    let base = format!("http://{}", fe.upstream("payments.default"));
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        assert_eq!(
+            http.get(format!("{base}/whoami"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let body = "x".repeat(1000);
+    let echoed = http
+        .post(format!("{base}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.text().await.unwrap(), body);
+
+    let frontend = "peer=\"spiffe://ward.internal/ns/default/sa/frontend\"";
+    let payments = "peer=\"spiffe://ward.internal/ns/default/sa/payments\"";
+    let (_, inbound) = metric_sum(&pay_sc, "ward_proxy_requests", &[]).await;
+    let (_, outbound) = metric_sum(&fe, "ward_proxy_requests", &[]).await;
+    let dur = "ward_proxy_request_duration_milliseconds";
+    let ok = [
+        "direction=\"inbound\"",
+        frontend,
+        "status_class=\"2xx\"",
+        "decision=\"allow\"",
+    ];
+    assert_eq!(
+        sample(&inbound, &format!("{dur}_count"), &ok),
+        Some(6.0),
+        "{inbound}"
+    );
+    let sum = sample(&inbound, &format!("{dur}_sum"), &ok).unwrap();
+    assert!(sum > 0.0 && sum < 6.0 * 5000.0, "{sum}");
+    let mut le = ok.to_vec();
+    le.push("le=\"+Inf\"");
+    assert_eq!(
+        sample(&inbound, &format!("{dur}_bucket"), &le),
+        Some(6.0),
+        "{inbound}"
+    );
+    apply(&s, "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin }\nspec:\n  action: DENY\n  rules:\n  - to: [{ operation: { paths: [\"/admin\"] } }]\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            http.get(format!("{base}/admin"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 403
+        })
+        .await
+    );
+    let (_, inbound) = metric_sum(&pay_sc, "ward_proxy_requests", &[]).await;
+    let denied = [
+        "direction=\"inbound\"",
+        frontend,
+        "status_class=\"4xx\"",
+        "decision=\"deny\"",
+    ];
+    assert!(
+        sample(&inbound, &format!("{dur}_count"), &denied).unwrap_or(0.0) >= 1.0,
+        "{inbound}"
+    );
+    let out = ["direction=\"outbound\"", payments, "status_class=\"2xx\""];
+    assert_eq!(
+        sample(&outbound, &format!("{dur}_count"), &out),
+        Some(6.0),
+        "{outbound}"
+    );
+
+    for (text, direction, peer) in [
+        (&inbound, "inbound", frontend),
+        (&outbound, "outbound", payments),
+    ] {
+        let labels = [format!("direction=\"{direction}\""), peer.to_string()];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let req = sample(text, "ward_proxy_request_bytes_total", &labels).unwrap();
+        let resp = sample(text, "ward_proxy_response_bytes_total", &labels).unwrap();
+        assert!(
+            (1000.0..2000.0).contains(&req),
+            "{direction} request bytes {req}"
+        );
+        assert!(resp >= 1000.0, "{direction} response bytes {resp}");
+    }
+    // Peer instances never become labels: one series per peer service.
+    assert!(!inbound.contains("127.0.0.1"), "{inbound}");
+
+    let server = s
+        .https()
+        .unwrap()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [&inbound, &server] {
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let v = sample(text, name, &[]).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            assert!(v > 0.0, "{name} = {v}");
+        }
+        let rss = sample(text, "process_resident_memory_bytes", &[]).unwrap();
+        assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    }
+    assert!(
+        server.contains("ward_certificates_issued_total"),
+        "{server}"
+    );
+}

@@ -1,5 +1,6 @@
 //! HTTP serving shared by ward's apps, the control plane and the sidecar,
-//! so that both take the same limits from one place.
+//! so that both take the same limits from one place, and the standard
+//! process metrics both export ([`ProcessCollector`]).
 //!
 //! ```no_run
 //! # async fn f(io: hyper_util::rt::TokioIo<tokio::net::TcpStream>) {
@@ -14,6 +15,9 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+
+mod process;
+pub use process::ProcessCollector;
 
 use std::time::Duration;
 

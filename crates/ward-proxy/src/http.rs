@@ -26,6 +26,75 @@ use crate::strict_h1::StrictH1;
 /// Every body the sidecar sends on.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A request body as the sidecar forwards it: the caller's, its bytes
+/// counted.
+pub(crate) type ReqBody = Counted<Incoming>;
+
+/// A body whose data bytes are added to a counter as they pass
+/// (`ward_proxy_request_bytes_total`, `ward_proxy_response_bytes_total`).
+pub(crate) struct Counted<B> {
+    inner: B,
+    bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl<B> Counted<B> {
+    pub(crate) fn new(inner: B, bytes: &prometheus_client::metrics::counter::Counter) -> Self {
+        Counted {
+            inner,
+            bytes: bytes.clone(),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `resp` with its body's bytes counted in `bytes`.
+pub(crate) fn count_response(
+    resp: Response<Body>,
+    bytes: &prometheus_client::metrics::counter::Counter,
+) -> Response<Body> {
+    resp.map(|b| Counted::new(b, bytes).boxed())
+}
+
+/// The status class of a status code, as duration histograms label it.
+pub(crate) fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// The verified caller's SPIFFE ID, set for the app.
 pub(crate) const PEER_ID: HeaderName = HeaderName::from_static("x-ward-peer-id");
 /// Envoy's `x-forwarded-client-cert`, set for the app.

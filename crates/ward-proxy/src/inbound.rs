@@ -1,7 +1,7 @@
 //! The inbound listener: mTLS in, policy, plaintext to the app.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use http::header::{HeaderValue, HOST};
@@ -23,12 +23,18 @@ use crate::config::Protocol;
 use crate::gated::Gated;
 use crate::h1conn::Idle;
 use crate::http::{
-    boxed, is_grpc, Access, Body, OnStop, Reject, DRAIN_GRACE, ORIG_PROTO, PEER_ID, XFCC,
+    boxed, count_response, is_grpc, status_class, Access, Body, Counted, OnStop, Reject, ReqBody,
+    DRAIN_GRACE, ORIG_PROTO, PEER_ID, XFCC,
 };
-use crate::metrics::{Counters, DecisionLabels, HandshakeLabels, RequestLabels};
+use crate::metrics::{
+    Counters, DecisionLabels, DurationLabels, HandshakeLabels, PeerLabels, RequestLabels,
+};
 use crate::state::{accept_loop, stopped, Shared};
 use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
 use crate::{mux, upgrade};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// What the access log and the decision metrics name as the decider when
 /// a peer's certificate was revoked: no policy decided it.
@@ -41,13 +47,13 @@ struct Inbound {
     app_protocol: Protocol,
     /// The app's address as a URI authority.
     app_authority: Authority,
-    app_h1: Client<HttpConnector, Incoming>,
-    app_h2: Client<HttpConnector, Incoming>,
+    app_h1: Client<HttpConnector, ReqBody>,
+    app_h2: Client<HttpConnector, ReqBody>,
 }
 
 /// An HTTP/1.1 connection to the app, kept by one connection (or stream)
 /// from a peer for its requests.
-type AppConn = Idle<Incoming, TcpStream>;
+type AppConn = Idle<ReqBody, TcpStream>;
 
 /// The verified caller on one connection, with what its requests reuse.
 struct Peer {
@@ -57,6 +63,10 @@ struct Peer {
     requests: Counters<(u16, &'static str)>,
     /// Decision counters by (decision, policy, dry run).
     decisions: Counters<(&'static str, String, bool)>,
+    /// Duration histograms by (status class, decision).
+    durations: Counters<(&'static str, &'static str), Histogram>,
+    request_bytes: Counter,
+    response_bytes: Counter,
     serial: String,
     /// SHA-256 of the leaf certificate (for certificate-bound tokens).
     cert_sha256: [u8; 32],
@@ -173,11 +183,23 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
     let Ok(id_header) = HeaderValue::from_str(peer.id.as_str()) else {
         return;
     };
+    let bytes = |family: &Family<PeerLabels, Counter>| {
+        family
+            .get_or_create(&PeerLabels {
+                direction: "inbound",
+                peer: peer.id.to_string(),
+            })
+            .clone()
+    };
+    let metrics = &ctx.shared.metrics;
     let peer = Arc::new(Peer {
         id: peer.id.to_string(),
         id_header,
         requests: Counters::default(),
         decisions: Counters::default(),
+        durations: Counters::default(),
+        request_bytes: bytes(&metrics.request_bytes),
+        response_bytes: bytes(&metrics.response_bytes),
         serial: peer.serial.clone(),
         cert_sha256,
         xfcc: HeaderValue::from_str(&xfcc).unwrap_or(HeaderValue::from_static("")),
@@ -313,6 +335,20 @@ impl Inbound {
         peer: &Peer,
         app: Option<&AppConn>,
     ) -> Response<Body> {
+        let start = Instant::now();
+        let req = req.map(|b| Counted::new(b, &peer.request_bytes));
+        let resp = self.judge(req, peer, app, start).await;
+        count_response(resp, &peer.response_bytes)
+    }
+
+    /// Authenticates, authorizes and forwards one request; counts it.
+    async fn judge(
+        &self,
+        req: Request<ReqBody>,
+        peer: &Peer,
+        app: Option<&AppConn>,
+        start: Instant,
+    ) -> Response<Body> {
         let shared = &self.shared;
         let access = Access::capture(&req);
         let authn = shared.authn.load_full();
@@ -320,7 +356,7 @@ impl Inbound {
             .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)
             .await;
         if let Outcome::Invalid(why) = &outcome {
-            return self.unauthenticated(peer, &access, why);
+            return self.unauthenticated(peer, &access, why, start);
         }
         let (request_principal, claims) = match &outcome {
             Outcome::Valid {
@@ -376,7 +412,7 @@ impl Inbound {
             self.forward(req, peer, app, &authn, &outcome).await
         };
         let status = resp.status().as_u16();
-        self.count_request(peer, status, label);
+        self.count_request(peer, status, label, start);
         let reason = revoked.then_some("peer certificate revoked");
         access.inbound(&peer.id, status, label, decided, reason);
         resp
@@ -386,7 +422,7 @@ impl Inbound {
     /// `x-ward-peer-id` and `x-forwarded-client-cert`.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         peer: &Peer,
         app: Option<&AppConn>,
         authn: &Authn,
@@ -497,7 +533,13 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 impl Inbound {
     /// 401 for a bearer token that is present and invalid (RFC 6750 §3.1).
-    fn unauthenticated(&self, peer: &Peer, access: &Access, why: &str) -> Response<Body> {
+    fn unauthenticated(
+        &self,
+        peer: &Peer,
+        access: &Access,
+        why: &str,
+        start: Instant,
+    ) -> Response<Body> {
         self.count_decision(peer, "deny", "request-authentication", false);
         let mut resp = Reject::InvalidToken.response();
         let challenge = format!(
@@ -507,7 +549,7 @@ impl Inbound {
         if let Ok(v) = HeaderValue::from_str(&challenge) {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
         }
-        self.count_request(peer, 401, "deny");
+        self.count_request(peer, 401, "deny", start);
         access.inbound(&peer.id, 401, "deny", "request-authentication", Some(why));
         resp
     }
@@ -531,7 +573,23 @@ impl Inbound {
 
     /// Counts a request in `ward_proxy_requests`, through the connection's
     /// kept counters.
-    fn count_request(&self, peer: &Peer, status: u16, decision: &'static str) {
+    fn count_request(&self, peer: &Peer, status: u16, decision: &'static str, start: Instant) {
+        let class = status_class(status);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        peer.durations.with(
+            |(c, d)| *c == class && *d == decision,
+            || {
+                let labels = DurationLabels {
+                    direction: "inbound",
+                    peer: peer.id.clone(),
+                    status_class: class,
+                    decision,
+                };
+                let h = self.shared.metrics.durations.get_or_create(&labels).clone();
+                ((class, decision), h)
+            },
+            |h| h.observe(ms),
+        );
         peer.requests.inc(
             |(s, d)| *s == status && *d == decision,
             || {

@@ -2,6 +2,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -11,6 +12,36 @@ pub(crate) struct RequestLabels {
     pub status: u16,
     pub decision: &'static str,
 }
+
+/// Labels of the request-duration histogram: bounded, as Linkerd's and
+/// Istio's are (peer service, never peer instance; status class).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DurationLabels {
+    pub direction: &'static str,
+    pub peer: String,
+    pub status_class: &'static str,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PeerLabels {
+    pub direction: &'static str,
+    pub peer: String,
+}
+
+/// Milliseconds, Istio's buckets with a finer start (a sidecar pair on one
+/// host answers in well under a millisecond).
+const DURATION_BUCKETS_MS: [f64; 17] = [
+    0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+    10000.0, 30000.0, 60000.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+/// The request-duration histograms, one per label set.
+pub(crate) type Durations = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandshakeLabels {
@@ -59,11 +90,11 @@ pub(crate) struct DecisionLabels {
 /// The counters one connection (or one upstream) has used, found by a key
 /// the caller compares without building labels: the label set is built,
 /// hashed and looked up in its family once instead of on every request.
-pub(crate) struct Counters<K> {
-    seen: std::sync::Mutex<Vec<(K, Counter)>>,
+pub(crate) struct Counters<K, M = Counter> {
+    seen: std::sync::Mutex<Vec<(K, M)>>,
 }
 
-impl<K> Default for Counters<K> {
+impl<K, M> Default for Counters<K, M> {
     fn default() -> Self {
         Counters {
             seen: std::sync::Mutex::new(Vec::new()),
@@ -79,15 +110,30 @@ impl<K> Counters<K> {
     /// Increments the counter whose key `is` accepts; the first time,
     /// `make` gives its key and the family's counter.
     pub(crate) fn inc(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, Counter)) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = seen.iter().find(|(k, _)| is(k)) {
+        self.with(is, make, |c| {
             c.inc();
+        });
+    }
+}
+
+impl<K, M> Counters<K, M> {
+    /// Runs `f` on the metric whose key `is` accepts; the first time,
+    /// `make` gives its key and the family's metric.
+    pub(crate) fn with(
+        &self,
+        is: impl Fn(&K) -> bool,
+        make: impl FnOnce() -> (K, M),
+        f: impl FnOnce(&M),
+    ) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = seen.iter().find(|(k, _)| is(k)) {
+            f(m);
             return;
         }
-        let (k, c) = make();
-        c.inc();
+        let (k, m) = make();
+        f(&m);
         if seen.len() < COUNTERS_KEPT {
-            seen.push((k, c));
+            seen.push((k, m));
         }
     }
 }
@@ -95,6 +141,9 @@ impl<K> Counters<K> {
 pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub durations: Durations,
+    pub request_bytes: Family<PeerLabels, Counter>,
+    pub response_bytes: Family<PeerLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub tcp_connections: Family<HandshakeLabels, Counter>,
@@ -120,6 +169,25 @@ impl Metrics {
         let resumptions = Family::<DirectionLabels, Counter>::default();
         let peer_connections_closed = ConnectionEnds::default();
         let log_lines_dropped = Counter::default();
+        let durations: Durations = Family::new_with_constructor(duration_histogram);
+        let request_bytes = Family::<PeerLabels, Counter>::default();
+        let response_bytes = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "ward_proxy_request_duration_milliseconds",
+            "HTTP request duration until the response head, by direction, peer service, status class and decision",
+            durations.clone(),
+        );
+        registry.register(
+            "ward_proxy_request_bytes",
+            "Request body bytes, by direction and peer service",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "ward_proxy_response_bytes",
+            "Response body bytes, by direction and peer service",
+            response_bytes.clone(),
+        );
+        registry.register_collector(Box::new(ward_http::ProcessCollector::new()));
         registry.register(
             "ward_proxy_log_lines_dropped",
             "Log lines (the access log's included) dropped because the log writer fell behind",
@@ -168,6 +236,9 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            durations,
+            request_bytes,
+            response_bytes,
             handshakes,
             decisions,
             tcp_connections,

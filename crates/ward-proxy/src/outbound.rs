@@ -31,11 +31,17 @@ use ward_tls::MeshTls;
 use crate::abuse::CancelBudget;
 use crate::config::{Protocol, Upstream};
 use crate::h1conn::{Idle, Retire, SendError};
-use crate::http::{boxed, empty, is_grpc, Access, Body, OnStop, Reject, ORIG_PROTO};
-use crate::metrics::{Counters, RequestLabels};
+use crate::http::{
+    boxed, count_response, empty, is_grpc, status_class, Access, Body, Counted, OnStop, Reject,
+    ReqBody, ORIG_PROTO,
+};
+use crate::metrics::{Counters, DurationLabels, PeerLabels, RequestLabels};
 use crate::state::{accept_loop, Shared};
 use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
 use crate::{mux, upgrade};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Endpoints that refused a connection are skipped for this long.
 const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -49,6 +55,10 @@ struct Outbound {
     balancer: Balancer,
     /// Request counters by status.
     requests: Counters<u16>,
+    /// Duration histograms by status class.
+    durations: Counters<&'static str, Histogram>,
+    request_bytes: Counter,
+    response_bytes: Counter,
 }
 
 pub(crate) async fn serve(
@@ -71,6 +81,18 @@ pub(crate) async fn serve(
         }
     };
     let pools = Pools::new(&shared, &expected);
+    let bytes = |family: &Family<PeerLabels, Counter>| {
+        family
+            .get_or_create(&PeerLabels {
+                direction: "outbound",
+                peer: expected.to_string(),
+            })
+            .clone()
+    };
+    let (request_bytes, response_bytes) = (
+        bytes(&shared.metrics.request_bytes),
+        bytes(&shared.metrics.response_bytes),
+    );
     let ctx = Arc::new(Outbound {
         shared: shared.clone(),
         up,
@@ -78,6 +100,9 @@ pub(crate) async fn serve(
         pools: arc_swap::ArcSwap::from_pointee(pools),
         balancer: Balancer::default(),
         requests: Counters::default(),
+        durations: Counters::default(),
+        request_bytes,
+        response_bytes,
     });
     transport::app_listener(&listener);
     accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
@@ -340,6 +365,8 @@ impl Outbound {
     }
 
     async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let req = req.map(|b| Counted::new(b, &self.request_bytes));
         let access = Access::capture(&req);
         let map = self.shared.endpoints.load_full();
         let endpoints = self.endpoints(&map);
@@ -366,14 +393,32 @@ impl Outbound {
                 (status, c)
             },
         );
+        let class = status_class(status);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        self.durations.with(
+            |c| *c == class,
+            || {
+                let labels = DurationLabels {
+                    direction: "outbound",
+                    peer: self.expected.to_string(),
+                    status_class: class,
+                    decision: "n/a",
+                };
+                (
+                    class,
+                    self.shared.metrics.durations.get_or_create(&labels).clone(),
+                )
+            },
+            |h| h.observe(ms),
+        );
         access.outbound(&self.expected, &ep, status);
-        resp
+        count_response(resp, &self.response_bytes)
     }
 
     /// An upgrade (WebSocket) needs an HTTP/1.1 connection of its own.
     async fn forward_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         endpoints: &[String],
     ) -> (Response<Body>, String) {
         let Some((ep, _guard)) = self.balancer.pick(endpoints) else {
@@ -398,7 +443,7 @@ impl Outbound {
     /// skipped for a while.
     async fn forward_http(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         endpoints: &[String],
     ) -> (Response<Body>, String) {
         // HTTP/2 from the app (gRPC included) goes over HTTP/2 between the
@@ -470,7 +515,7 @@ impl Outbound {
     /// the dead endpoint is skipped for a while.
     async fn forward_h1(
         &self,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         endpoints: &[String],
     ) -> (Response<Body>, String) {
         let pools = self.pools();

@@ -3,20 +3,19 @@
 //! two upgraded streams are spliced together.
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::{Body, Reject};
+use crate::http::{Body, Reject, ReqBody};
 
 /// Whether `req` asks to switch protocols.
-pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE)
 }
 
 /// Sends `req` over `io` (already connected, TLS or not) and, if the peer
 /// switches protocols, splices the caller's upgraded connection to it.
-pub(crate) async fn forward<IO>(mut req: Request<Incoming>, io: IO) -> Response<Body>
+pub(crate) async fn forward<IO>(mut req: Request<ReqBody>, io: IO) -> Response<Body>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {

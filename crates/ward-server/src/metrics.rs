@@ -31,7 +31,10 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("ward");
+        // The standard process_* metrics unprefixed, ward's own under ward_.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ward_http::ProcessCollector::new()));
+        let registry = root.sub_registry_with_prefix("ward");
         let issued = Family::<MethodLabel, Counter>::default();
         let sign_failures = Family::<ReasonLabel, Counter>::default();
         let watch_streams = Gauge::default();
@@ -55,7 +58,7 @@ impl Metrics {
             admin_unauthorized.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             issued,
             sign_failures,
             watch_streams,
