@@ -624,7 +624,7 @@ async fn keys_and_certificates_as_openssl_writes_them() {
     std::fs::write(d.join("policy.yaml"), ALLOW).unwrap();
     let pay = app("payments");
     let f = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let pay_sc = Proc::spawn(
+    let pay_sc = Proc::spawn_logged(
         bin(),
         &[
             "--output",
@@ -645,8 +645,27 @@ async fn keys_and_certificates_as_openssl_writes_them() {
             "--app",
             &pay.http,
         ],
+        "info",
     )
     .unwrap();
+    // Without a state dir it says where its certificate came from, and
+    // never mentions a state dir.
+    let loaded = || {
+        pay_sc
+            .log()
+            .iter()
+            .any(|l| l.contains("certificate files loaded"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || async { loaded() }).await,
+        "{:?}",
+        pay_sc.log()
+    );
+    assert!(
+        !pay_sc.log().iter().any(|l| l.contains("state dir")),
+        "{:?}",
+        pay_sc.log()
+    );
     let inbound = pay_sc.ready["proxy"]["inbound"].as_str().unwrap();
     let fe = frontend_sidecar(
         d,
