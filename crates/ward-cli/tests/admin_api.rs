@@ -179,3 +179,49 @@ async fn admin_client_certificate_is_accepted_until_revoked() {
         401
     );
 }
+
+/// Authentication schemes are case-insensitive (RFC 7235 §2.1): `bearer`
+/// and `BEARER` reach the admin API, `basic` the token endpoint.
+#[tokio::test]
+async fn auth_schemes_in_any_case() {
+    let s = server(&[]);
+    s.cli_json(&["service", "add", "web"]).unwrap();
+    let http = s.https().unwrap();
+    let token = s.admin_token();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = http
+            .get(format!("{}/api/v1/services", s.url))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    // A scheme that only starts like one is not it.
+    let r = http
+        .get(format!("{}/api/v1/services", s.url))
+        .header("authorization", format!("Bearerx {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let secret = s
+        .secret_client("web-client", "web", &["--audience", "payments"])
+        .unwrap();
+    use base64::Engine;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("web-client:{secret}"));
+    for scheme in ["Basic", "basic", "BASIC"] {
+        let r = http
+            .post(format!("{}/oauth2/token", s.url))
+            .header("authorization", format!("{scheme} {creds}"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "{scheme}: {body}");
+        assert!(body.contains("access_token"), "{body}");
+    }
+}

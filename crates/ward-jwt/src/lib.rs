@@ -48,3 +48,27 @@ pub use cache::{Fetch, JwksCache, STALE_REFRESH_BUDGET};
 pub use claims::Claims;
 pub use jwk::{Algorithm, Jwk, JwkSet, SigningKey};
 pub use verify::{verify, verify_jws, verify_jwt_svid, Jws, JwtError, Validation, MAX_LEEWAY_SECS};
+
+/// The credentials of an `Authorization` value in `scheme` (`Bearer`,
+/// `Basic`, …), the scheme matched case-insensitively as RFC 7235 §2.1
+/// says: `bearer abc`, `BEARER abc` and `Bearer abc` all give `abc`.
+pub fn credentials<'v>(value: &'v str, scheme: &str) -> Option<&'v str> {
+    let (given, rest) = value.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim())
+        .filter(|c| !c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schemes_match_in_any_case() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", "bEaReR abc"] {
+            assert_eq!(super::credentials(v, "Bearer"), Some("abc"), "{v}");
+        }
+        for v in ["Bearerabc", "Bearerx abc", "Basic abc", "Bearer ", "Bearer"] {
+            assert_eq!(super::credentials(v, "Bearer"), None, "{v}");
+        }
+    }
+}

@@ -103,10 +103,7 @@ fn unauthorized<B: Default>(error: Option<&str>) -> Response<B> {
 /// The token of an `Authorization: Bearer …` value (scheme matched
 /// case-insensitively, RFC 6750 §2.1).
 pub(crate) fn bearer(v: &str) -> Option<&str> {
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    crate::credentials(v, "Bearer")
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for JwtAuth<S>

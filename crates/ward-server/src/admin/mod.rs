@@ -139,8 +139,7 @@ pub(crate) async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| ward_jwt::credentials(v, "Bearer"));
     let mut actor = None;
     if let Some(token) = bearer {
         if verify_slices_are_equal(&token_hash(token), &state.admin_token_hash).is_ok() {

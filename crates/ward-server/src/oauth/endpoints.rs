@@ -116,8 +116,8 @@ async fn authenticate(
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .map(|b| b.trim().to_string());
+        .and_then(|v| ward_jwt::credentials(v, "Basic"))
+        .map(str::to_string);
     let fail = |m: &str, basic: bool| OAuthError::client(m, basic);
     let load = |id: String, basic: bool| async move {
         s.store
