@@ -279,3 +279,58 @@ async fn request_durations_bytes_and_process_metrics() {
         "{server}"
     );
 }
+
+/// A malformed chunked body from the local app is the app's error: 400,
+/// and a log line that says so, not a 502 blaming the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_body_from_the_app_is_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    apply(&s, ALLOW_FRONTEND);
+    let pay = app("payments");
+    let _pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let fe = sidecar_logged(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0"],
+        "warn",
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let port = fe.upstream("payments.default");
+    for body in [
+        "ZZ\r\nhello\r\n0\r\n\r\n", // not a hexadecimal size
+        "5\r\nhelloXX0\r\n\r\n",    // no CRLF after the chunk
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(&port).await.unwrap();
+        tcp.write_all(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 400"), "{body:?}: {got}");
+        assert!(!got.contains("could not be reached"), "{got}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            json_lines(&fe.proc.log()).iter().any(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("malformed request body from the app"))
+            })
+        })
+        .await,
+        "{:?}",
+        fe.proc.log()
+    );
+    // The sidecar and the upstream keep serving.
+    let ok = reqwest::get(format!("http://{port}/whoami")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+}

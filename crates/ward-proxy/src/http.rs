@@ -84,6 +84,23 @@ pub(crate) fn count_response(
     resp.map(|b| Counted::new(b, bytes).boxed())
 }
 
+/// Whether sending a request failed because its body, as the caller sent
+/// it, was malformed or cut short: hyper reports an error of the user's
+/// body stream, caused by the error reading that body from its connection.
+pub(crate) fn caller_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return std::error::Error::source(h)
+                    .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some());
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// The status class of a status code, as duration histograms label it.
 pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
@@ -133,6 +150,9 @@ pub(crate) enum Reject {
     InvalidToken,
     /// The request target could not be rewritten for the next hop.
     BadTarget,
+    /// The caller's request body was malformed (bad chunked framing) or cut
+    /// short: the caller's error, not the next hop's.
+    BadBody,
     /// The local app did not answer.
     AppUnreachable,
     /// The upstream service has no endpoint.
@@ -148,7 +168,7 @@ impl Reject {
         match self {
             Reject::Denied | Reject::PeerRevoked => StatusCode::FORBIDDEN,
             Reject::InvalidToken => StatusCode::UNAUTHORIZED,
-            Reject::BadTarget => StatusCode::BAD_REQUEST,
+            Reject::BadTarget | Reject::BadBody => StatusCode::BAD_REQUEST,
             Reject::AppUnreachable | Reject::UpstreamUnreachable | Reject::UpgradeFailed => {
                 StatusCode::BAD_GATEWAY
             }
@@ -162,6 +182,7 @@ impl Reject {
             Reject::PeerRevoked => "peer certificate revoked\n",
             Reject::InvalidToken => "invalid bearer token\n",
             Reject::BadTarget => "bad request target\n",
+            Reject::BadBody => "malformed request body\n",
             Reject::AppUnreachable => "the application is not reachable\n",
             Reject::NoEndpoint => "no healthy endpoint for this service\n",
             Reject::UpstreamUnreachable => "the upstream service could not be reached securely\n",

@@ -32,8 +32,8 @@ use crate::abuse::CancelBudget;
 use crate::config::{Protocol, Upstream};
 use crate::h1conn::{Idle, Retire, SendError};
 use crate::http::{
-    boxed, count_response, empty, is_grpc, status_class, Access, Body, Counted, OnStop, Reject,
-    ReqBody, ORIG_PROTO,
+    boxed, caller_body_failed, count_response, empty, is_grpc, status_class, Access, Body, Counted,
+    OnStop, Reject, ReqBody, ORIG_PROTO,
 };
 use crate::metrics::{Counters, DurationLabels, PeerLabels, RequestLabels};
 use crate::state::{accept_loop, Shared};
@@ -497,6 +497,9 @@ impl Outbound {
             match client.request(r).await {
                 Ok(resp) => return (boxed(resp), ep),
                 Err(e) => {
+                    if caller_body_failed(&e) {
+                        return self.bad_body(&e, ep);
+                    }
                     tracing::warn!(endpoint = %ep, service = %self.expected, error = %error_chain(&e), "upstream request failed");
                     if !e.is_connect() {
                         break;
@@ -550,6 +553,9 @@ impl Outbound {
                     req = *back;
                 }
                 Err(SendError::Http(e)) => {
+                    if caller_body_failed(&*e) {
+                        return self.bad_body(&*e, ep);
+                    }
                     tracing::warn!(endpoint = %ep, service = %self.expected, error = %e, "upstream request failed");
                     tried.push(ep);
                     break;
@@ -557,6 +563,17 @@ impl Outbound {
             }
         }
         self.unreachable(endpoints, &tried)
+    }
+
+    /// The answer when the app's request body was malformed: its error,
+    /// and the endpoint is not blamed.
+    fn bad_body(
+        &self,
+        e: &(dyn std::error::Error + 'static),
+        ep: String,
+    ) -> (Response<Body>, String) {
+        tracing::warn!(service = %self.expected, error = %error_chain(e), "malformed request body from the app; answered 400");
+        (Reject::BadBody.response(), ep)
     }
 
     /// The answer when no endpoint answered.
