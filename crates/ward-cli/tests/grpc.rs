@@ -151,7 +151,8 @@ async fn signing_refusals_store_nothing() {
     );
     assert!(e.message().contains("revoked"), "{e:?}");
 
-    // A client certificate from another CA (same trust domain name) cannot renew.
+    // A client certificate from another CA (same trust domain name) fails
+    // the TLS handshake itself: nothing is served to it.
     let td = ward_identity::TrustDomain::new("ward.internal").unwrap();
     let now = ward_ca::now();
     let root = ward_ca::CaMaterial::generate_root(&td, Duration::from_secs(3600), now).unwrap();
@@ -170,10 +171,16 @@ async fn signing_refusals_store_nothing() {
         .grpc(Some((vec![leaf.der, other.cert_der().clone()], okey)))
         .await
         .unwrap();
-    assert_status(
-        foreign.sign_certificate(sign_req(csr(&web).0, "")).await,
-        Code::Unauthenticated,
-        "does not verify against the trust bundle",
+    let e = foreign
+        .sign_certificate(sign_req(csr(&web).0, ""))
+        .await
+        .expect_err("a foreign client certificate must fail the handshake");
+    assert!(
+        matches!(
+            e.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        ),
+        "refused at the TLS layer, not by the service: {e:?}"
     );
 
     // Exactly the successful issuances are in the audit log (plus the server's own certificate).
@@ -262,4 +269,95 @@ async fn watch_stream_follows_bundle_and_revocations() {
             break;
         }
     }
+}
+
+/// openssl s_client against the server's TLS port: no certificate, or one
+/// the server issued, is served; a certificate from another CA gets a
+/// certificate alert at the handshake.
+#[test]
+fn client_certificates_are_checked_at_the_handshake() {
+    let s = server(&[]);
+    s.cli_json(&["service", "add", "web"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://ward.internal/ns/default/sa/web",
+        "--out-cert",
+        &p("ours.pem"),
+        "--out-key",
+        &p("ours.key"),
+    ])
+    .unwrap();
+    let td = ward_identity::TrustDomain::new("ward.internal").unwrap();
+    let now = ward_ca::now();
+    let root = ward_ca::CaMaterial::generate_root(&td, Duration::from_secs(3600), now).unwrap();
+    let other = ward_ca::SigningAuthority::new(
+        &root
+            .generate_signing_ca(&td, 1, Duration::from_secs(600), now)
+            .unwrap(),
+    )
+    .unwrap();
+    let web = id("spiffe://ward.internal/ns/default/sa/web");
+    let (ocsr, okey) = csr(&web);
+    let v = ward_ca::validate_csr(&ocsr).unwrap();
+    let leaf = other
+        .issue_svid(&v.spki, &web, &[], Duration::from_secs(60), now)
+        .unwrap();
+    std::fs::write(
+        p("theirs.pem"),
+        ward_ca::to_pem("CERTIFICATE", &leaf.der)
+            + &ward_ca::to_pem("CERTIFICATE", other.cert_der()),
+    )
+    .unwrap();
+    std::fs::write(
+        p("theirs.key"),
+        ward_ca::to_pem("PRIVATE KEY", okey.secret_der()),
+    )
+    .unwrap();
+
+    let s_client = |cert: Option<&str>| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_client", "-connect", &s.addr, "-CAfile"])
+            .arg(s.bundle_path())
+            .arg("-quiet");
+        if let Some(c) = cert {
+            cmd.args([
+                "-cert",
+                &p(&format!("{c}.pem")),
+                "-key",
+                &p(&format!("{c}.key")),
+            ]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: ward\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for cert in [None, Some("ours")] {
+        let (out, err) = s_client(cert);
+        assert!(out.starts_with("HTTP/1.1 200"), "{cert:?}: {out}\n{err}");
+    }
+    let (out, err) = s_client(Some("theirs"));
+    assert!(!out.contains("HTTP/1.1"), "served: {out}");
+    assert!(
+        err.contains("alert certificate unknown") || err.contains("alert bad certificate"),
+        "{err}"
+    );
 }

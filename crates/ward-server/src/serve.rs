@@ -9,11 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::PublicKeyData;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DistinguishedName, ServerConfig};
+use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -140,7 +138,7 @@ impl Server {
         let identity = ServerIdentity::new(td.clone(), names)?;
         identity.renew(&state).await?;
 
-        let tls = tls_config(identity.resolver.clone());
+        let tls = tls_config(identity.resolver.clone(), state.clone());
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let snap = ca.snapshot();
         let info = ServerInfo {
@@ -328,47 +326,27 @@ fn peer_auth(state: &AppState, chain: Option<&[CertificateDer<'static>]>) -> Pee
     }
 }
 
-/// Accepts any client certificate *chain* during the handshake but still
-/// checks the handshake signature (proof of key possession). The chain is
-/// verified against the trust bundle by [`peer_auth`] right after the
-/// handshake and before any request is served; an unverified chain never
-/// becomes an identity. Deferring it lets a refused renewal get a gRPC
-/// status that says why, instead of a bare TLS alert; clients without a
-/// certificate (join-token bootstrap, admin with a bearer token) are
-/// served too.
-#[derive(Debug)]
-struct DeferredClientCertVerifier {
-    algs: WebPkiSupportedAlgorithms,
+/// The bundle in force, for the handshake's client-certificate check.
+struct CaBundle(Arc<AppState>);
+
+impl ward_tls::BundleSource for CaBundle {
+    fn with_bundle(&self, f: &mut dyn FnMut(&[CertificateDer<'static>])) {
+        f(&self.0.ca.snapshot().bundle)
+    }
 }
 
-impl ClientCertVerifier for DeferredClientCertVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-    ward_tls::tls13_signature_methods!(algs);
-}
-
-fn tls_config(resolver: Arc<Resolver>) -> ServerConfig {
+/// TLS 1.3; a client certificate is optional (join-token bootstrap,
+/// secret OAuth clients, the admin token need none) but one that is
+/// presented must chain to the bundle in force, or the handshake fails.
+/// Revocation and the trust domain are checked by [`peer_auth`] right
+/// after it, so that a revoked caller is told why in its protocol.
+fn tls_config(resolver: Arc<Resolver>, state: Arc<AppState>) -> ServerConfig {
     let provider = ward_tls::provider();
-    let algs = provider.signature_verification_algorithms;
+    let verifier = ward_tls::OptionalClientCert::new(Arc::new(CaBundle(state)));
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 is supported by the aws-lc-rs provider")
-        .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier { algs }))
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg

@@ -11,11 +11,13 @@
 //! ID `spiffe://<trust domain>/ward/server`.
 #![warn(missing_docs)]
 
+mod client_auth;
 mod mesh;
 #[cfg(test)]
 mod testing;
 mod verify;
 
+pub use client_auth::{BundleSource, OptionalClientCert};
 pub use mesh::{peer_identity, MeshTls, Trust};
 
 pub use verify::{

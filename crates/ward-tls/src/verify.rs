@@ -22,7 +22,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-fn algs() -> WebPkiSupportedAlgorithms {
+pub(crate) fn algs() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
