@@ -427,6 +427,10 @@ pub(crate) enum PolicyCmd {
         /// least iss and sub.
         #[arg(long)]
         claims: Option<String>,
+        /// The JOSE typ of that token (JWT, at+jwt, …), checked against a
+        /// RequestAuthentication's tokenType.
+        #[arg(long, requires = "claims")]
+        token_type: Option<String>,
     },
 }
 

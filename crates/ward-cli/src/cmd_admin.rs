@@ -348,6 +348,7 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
             source_ip,
             headers,
             claims,
+            token_type,
         } => {
             let headers = headers
                 .iter()
@@ -370,6 +371,7 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                     json!({
                         "from": from, "to": to, "method": method, "path": path, "host": host,
                         "port": port, "source_ip": source_ip, "headers": headers, "claims": claims,
+                        "token_type": token_type,
                     }),
                 )
                 .await?;
@@ -388,10 +390,14 @@ pub(crate) async fn policy(g: &Global, c: PolicyCmd) -> anyhow::Result<()> {
                         "DenyRule" => "a DENY rule matched",
                         "AllowRule" => "an ALLOW rule matched",
                         "NoAllowMatched" => "ALLOW policies apply and none matched",
+                        "TokenType" => "the token's typ is not one the RequestAuthentication accepts (tokenType)",
                         _ => "no policy applies; the mesh default decided",
                     },
                     v["policy"].as_str().unwrap_or_default(),
                 );
+                if let Some(detail) = v["detail"].as_str() {
+                    println!("  {detail}");
+                }
                 if let Some(from) = v["request"]["from"].as_str() {
                     println!(
                         "  caller: {from} ({})",

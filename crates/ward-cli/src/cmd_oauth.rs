@@ -222,7 +222,7 @@ pub(crate) async fn token(g: &Global, c: TokenCmd) -> anyhow::Result<()> {
             v.audience = audience;
             v.check_binding = false;
             if any_type {
-                v.typ = None;
+                v.typ = Vec::new();
                 v.required = vec!["exp"];
             }
             match ward_jwt::verify(token.trim(), &set, &v) {

@@ -438,6 +438,91 @@ spec:
     ] {
         assert_eq!(call(Some(bad), false).await.0, 401);
     }
+
+    // Without tokenType any typ is accepted, as in Istio; with it, only
+    // the listed ones, in the sidecar and in `ward policy check`.
+    let typed = |typ: &str| {
+        idp.sign(
+            typ,
+            &serde_json::json!({ "iss": "https://idp.example", "sub": "alice", "aud": "payments-api",
+                                 "exp": now + 300, "iat": now, "groups": ["admins"] }),
+        )
+        .unwrap()
+    };
+    assert_eq!(call(Some(typed("at+jwt")), false).await.0, 200);
+    apply(
+        &s,
+        &yaml.replace(
+            "audiences: [payments-api]",
+            "audiences: [payments-api]\n    tokenType: JWT",
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            call(Some(typed("at+jwt")), false).await.0 == 401
+        })
+        .await,
+        "tokenType: JWT still let an at+jwt token through"
+    );
+    for typ in ["JWT", "jwt", "application/JWT"] {
+        assert_eq!(call(Some(typed(typ)), false).await.0, 200, "{typ}");
+    }
+    let claims = r#"{"iss":"https://idp.example","sub":"alice","groups":["admins"]}"#;
+    let check = |typ: &str| {
+        s.cli(&[
+            "policy",
+            "check",
+            "--from",
+            "frontend",
+            "--to",
+            "payments",
+            "--method",
+            "GET",
+            "--path",
+            "/whoami",
+            "--claims",
+            claims,
+            "--token-type",
+            typ,
+        ])
+    };
+    let denied = check("at+jwt");
+    assert_eq!(denied.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(v["reason"], "TokenType", "{v}");
+    assert_eq!(v["policy"], "default/idp", "{v}");
+    assert_eq!(check("JWT").status.code(), Some(0));
+    // Refused at apply time: a value that is not a token type, and a
+    // tokenType other than at+jwt for ward's own issuer.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        yaml.replace(
+            "audiences: [payments-api]",
+            "audiences: [payments-api]\n    tokenType: [JWT, 'not a type']",
+        ),
+    )
+    .unwrap();
+    let out = s.cli(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tokenType[1]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        &f,
+        format!("apiVersion: ward/v1\nkind: RequestAuthentication\nmetadata: {{ name: own }}\nspec:\n  jwtRules:\n  - issuer: {}\n    tokenType: JWT\n", s.url),
+    )
+    .unwrap();
+    let out = s.cli(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("always typ at+jwt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = (pay_sc, pay);
 }
 

@@ -306,8 +306,13 @@ mod tests {
             Err(JwtError::WrongAudience)
         );
         let mut typ = v.clone();
-        typ.typ = Some("dpop+jwt".into());
+        typ.typ = vec!["dpop+jwt".into()];
         assert_eq!(cache.verify_now(&t, &typ), Err(JwtError::WrongType));
+        // A list accepts any of its values, in any case.
+        let either = v.clone().token_types(["dpop+jwt", "AT+JWT"]);
+        assert!(cache.verify_now(&t, &either).is_ok());
+        let any = v.clone().token_types(Vec::<String>::new());
+        assert!(cache.verify_now(&t, &any).is_ok());
         let bound = token(
             &key,
             json!({ "cnf": { "x5t#S256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" } }),

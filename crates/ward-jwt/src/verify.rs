@@ -73,8 +73,9 @@ pub struct Validation {
     pub issuer: Option<String>,
     /// `aud` must contain this.
     pub audience: Option<String>,
-    /// Required `typ` (compared case-insensitively, `application/` prefix allowed).
-    pub typ: Option<String>,
+    /// Accepted `typ` values (compared case-insensitively, `application/`
+    /// prefix allowed); empty: any `typ`, or none.
+    pub typ: Vec<String>,
     /// Claims that must be present.
     pub required: Vec<&'static str>,
     /// Clock skew tolerance, capped at [`MAX_LEEWAY_SECS`].
@@ -97,7 +98,7 @@ impl Validation {
         Validation {
             issuer: Some(issuer.to_string()),
             audience: Some(audience.to_string()),
-            typ: Some("at+jwt".into()),
+            typ: vec!["at+jwt".into()],
             required: vec!["iss", "sub", "aud", "exp", "iat", "jti", "client_id"],
             leeway_secs: 30,
             max_size: 8 * 1024,
@@ -105,6 +106,16 @@ impl Validation {
             now: None,
             check_binding: true,
         }
+    }
+
+    /// Accepts only these `typ` values (compared case-insensitively, the
+    /// `application/` prefix allowed); an empty list accepts any.
+    pub fn token_types<T: Into<String>>(
+        mut self,
+        types: impl IntoIterator<Item = T>,
+    ) -> Validation {
+        self.typ = types.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Checks at a fixed time (tests, replays).
@@ -252,7 +263,7 @@ pub fn verify_jwt_svid(token: &str, keys: &JwkSet, audience: &str) -> Result<Cla
     let v = Validation {
         issuer: None,
         audience: Some(audience.to_string()),
-        typ: None,
+        typ: Vec::new(),
         required: vec!["sub", "aud", "exp"],
         leeway_secs: 30,
         max_size: JWT_SVID_MAX_SIZE,
@@ -269,10 +280,10 @@ const JWT_SVID_MAX_SIZE: usize = 8 * 1024;
 
 /// Everything [`verify`] checks besides the signature.
 pub(crate) fn check(s: &Signed, v: &Validation) -> Result<(), JwtError> {
-    if let Some(want) = &v.typ {
+    if !v.typ.is_empty() {
         let typ = s.typ.as_deref().unwrap_or_default();
         let typ = typ.strip_prefix("application/").unwrap_or(typ);
-        if !typ.eq_ignore_ascii_case(want) {
+        if !v.typ.iter().any(|want| typ.eq_ignore_ascii_case(want)) {
             return Err(JwtError::WrongType);
         }
     }

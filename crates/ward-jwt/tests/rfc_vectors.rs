@@ -7,7 +7,7 @@ use ward_jwt::{verify, verify_jws, JwkSet, JwtError, Validation};
 fn loose(now: i64) -> Validation {
     let mut v = Validation::access_token("joe", "");
     v.audience = None;
-    v.typ = None;
+    v.typ = Vec::new();
     v.required = vec!["iss", "exp"];
     v.at(now)
 }

@@ -55,6 +55,29 @@ pub struct JwtRule {
     /// Copy claims into request headers for the application.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// A ward extension: the JOSE `typ` values accepted (one, or a list;
+    /// compared case-insensitively, `application/` prefix allowed).
+    /// Omitted: any `typ` or none, as Istio does. ward's own OAuth issuer
+    /// always requires `at+jwt`.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub token_type: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// A header that carries the token.
@@ -172,6 +195,20 @@ impl RequestAuthentication {
             }
             for (j, h) in r.from_headers.iter().enumerate() {
                 check_header_name(&format!("{rp}.fromHeaders[{j}].name"), &h.name)?;
+            }
+            for (j, t) in r.token_type.iter().enumerate() {
+                // A media type's subtype (RFC 7515 §4.1.9): a token, such
+                // as JWT, at+jwt or secevent+jwt.
+                let ok = !t.is_empty()
+                    && t.len() <= 64
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+/".contains(&b));
+                if !ok {
+                    return Err(PolicyError::new(
+                        format!("{rp}.tokenType[{j}]"),
+                        format!("{t:?} is not a token type (examples: JWT, at+jwt)"),
+                    ));
+                }
             }
             for (j, o) in r.output_claim_to_headers.iter().enumerate() {
                 let p = format!("{rp}.outputClaimToHeaders[{j}]");
@@ -305,6 +342,27 @@ mod tests {
     }
 
     const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    #[test]
+    fn token_types_one_or_many() {
+        let types = |v: serde_json::Value| match parse_document(&doc(json!([{
+            "issuer": "https://idp.example", "jwks": JWKS, "tokenType": v,
+        }]))) {
+            Ok(Document::Authentication(a)) => Ok(a.spec.jwt_rules[0].token_type.clone()),
+            Ok(_) => panic!("not a RequestAuthentication"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(types(json!("JWT")), Ok(vec!["JWT".to_string()]));
+        assert_eq!(
+            types(json!(["JWT", "secevent+jwt"])),
+            Ok(vec!["JWT".to_string(), "secevent+jwt".to_string()])
+        );
+        for bad in [json!(""), json!(["JWT", "a b"]), json!(["x\u{1}"])] {
+            let e = types(bad.clone()).unwrap_err();
+            assert!(e.contains("tokenType"), "{bad}: {e}");
+        }
+        assert!(types(json!(7)).is_err());
+    }
 
     #[test]
     fn valid_documents() {

@@ -41,6 +41,8 @@ struct IssuerRule {
     outputs: Vec<(HeaderName, String)>,
     /// What the issuer is, which decides how its tokens are checked.
     kind: Kind,
+    /// Accepted `typ` values (`tokenType`); empty: any.
+    token_types: Vec<String>,
 }
 
 /// The kinds of issuers.
@@ -247,6 +249,7 @@ impl Authn {
                 forward: true,
                 outputs: Vec::new(),
                 kind: Kind::Ward,
+                token_types: Vec::new(),
             });
         }
         // Sources no document names any more are let go.
@@ -291,11 +294,11 @@ impl Authn {
             // Only the JWT authorities sign with these keys, and only
             // JWT-SVIDs.
             Kind::JwtSvid => {
-                v.typ = None;
+                v.typ = rule.token_types.clone();
                 v.required = vec!["iss", "sub", "aud", "exp"];
             }
             Kind::Other => {
-                v.typ = None;
+                v.typ = rule.token_types.clone();
                 v.required = vec!["iss", "exp"];
             }
         }
@@ -425,6 +428,7 @@ fn rule(
             .iter()
             .filter_map(|o| Some((header(&o.header)?, o.claim.clone())))
             .collect(),
+        token_types: r.token_type.clone(),
         kind,
     }
 }

@@ -144,6 +144,16 @@ fn check_enforceable(
                         r.issuer
                     ));
                 }
+                let [oauth, _] = own_issuers;
+                if r.issuer == *oauth
+                    && r.token_type
+                        .iter()
+                        .any(|t| !t.eq_ignore_ascii_case("at+jwt"))
+                {
+                    return Err(format!(
+                        "spec.jwtRules[{i}].tokenType: this server's access tokens are always typ at+jwt (RFC 9068); drop tokenType for issuer {oauth:?}"
+                    ));
+                }
             }
             Ok(())
         }
@@ -175,6 +185,9 @@ pub(super) struct CheckRequest {
     /// Claims of a validated bearer token.
     #[serde(default)]
     claims: Option<serde_json::Map<String, Value>>,
+    /// The JOSE `typ` of that token, checked against `tokenType`.
+    #[serde(default)]
+    token_type: Option<String>,
 }
 
 /// What-if evaluation with the policies in force: the decision, the
@@ -200,6 +213,29 @@ pub(super) async fn check(
         .map_err(ApiError::bad_request)?;
     if let Some(claims) = &c.claims {
         check_claims(claims).map_err(ApiError::bad_request)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some((policy, accepted)) = token_types_for(&s, ns, svc, iss).await? {
+            let given = c.token_type.as_deref().unwrap_or_default();
+            let given = given.strip_prefix("application/").unwrap_or(given);
+            if !accepted.iter().any(|t| t.eq_ignore_ascii_case(given)) {
+                return Ok(Json(json!({
+                    "decision": "deny",
+                    "policy": policy,
+                    "rule": null,
+                    "reason": "TokenType",
+                    "detail": format!(
+                        "{policy} accepts tokens of {iss} with typ {} only, not {}; the sidecar answers 401",
+                        accepted.join(" or "),
+                        if given.is_empty() { "none (pass --token-type)".to_string() } else { given.to_string() },
+                    ),
+                    "reported": [],
+                    "request": { "from": caller.as_ref().map(|(id, _)| id.to_string()), "to": format!("{ns}/{svc}") },
+                })));
+            }
+        }
     }
     let from = caller.as_ref().map(|(id, _)| id.to_string());
     let http_like = c.method.is_some() || c.path.is_some() || c.claims.is_some();
@@ -293,6 +329,37 @@ fn resolve_caller(
         "--from {from:?} is not a SPIFFE ID (spiffe://…), ns/<namespace>/sa/<service>, \
          or a registered service (`ward service list`)"
     ))
+}
+
+/// The `tokenType` a RequestAuthentication selecting `ns/svc` sets for
+/// issuer `iss`, with the policy's name; `None` when no rule limits it.
+async fn token_types_for(
+    s: &AppState,
+    ns: &str,
+    svc: &str,
+    iss: &str,
+) -> ApiResult<Option<(String, Vec<String>)>> {
+    for p in s.store.list_policies().await? {
+        let Ok(ward_policy::Document::Authentication(a)) =
+            ward_policy::parse_document(&p.spec_json)
+        else {
+            continue;
+        };
+        let selects = a.metadata.namespace == ns
+            && a.spec
+                .selector
+                .as_ref()
+                .is_none_or(|sel| sel.service == svc);
+        if !selects {
+            continue;
+        }
+        if let Some(r) = a.spec.jwt_rules.iter().find(|r| r.issuer == iss) {
+            if !r.token_type.is_empty() {
+                return Ok(Some((a.key(), r.token_type.clone())));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Claims of a validated token have a string `iss` and `sub` (they make the

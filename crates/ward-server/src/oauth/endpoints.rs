@@ -184,7 +184,7 @@ async fn authenticate(
         let v = Validation {
             issuer: Some(claimed.clone()),
             audience: Some(oauth.token_endpoint()),
-            typ: None,
+            typ: Vec::new(),
             required: vec!["iss", "sub", "aud", "exp", "jti"],
             leeway_secs: 30,
             max_size: 8 * 1024,
