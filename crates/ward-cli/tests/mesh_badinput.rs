@@ -282,3 +282,51 @@ async fn read_frame(io: &mut Pin<Box<dyn Io>>) -> (u32, Vec<u8>) {
         }
     }
 }
+
+/// An HTTP/2 request reaches the app as HTTP/2 by both paths: through an
+/// outbound sidecar (h2c from the app) and straight to the inbound port
+/// (h2 over mTLS, as a client with a ward certificate may send it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_reaches_the_app_as_http2_by_both_paths() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/tester");
+    let inbound = Target {
+        name: "inbound",
+        addr: pay_sc.inbound.clone(),
+        tls: Some(Arc::new(
+            mesh.client_config(common::id(&pay_sc.id), &[b"h2"]),
+        )),
+    };
+    let outbound = Target {
+        name: "outbound",
+        addr: fe.upstream("payments.default"),
+        tls: None,
+    };
+    for t in [&outbound, &inbound] {
+        let io = t.connect(b"h2").await;
+        let (h2, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut h2 = h2.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/whoami", t.addr))
+            .body(())
+            .unwrap();
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"hello"), true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", t.name);
+        let mut data = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = data.data().await {
+            let chunk = chunk.unwrap();
+            let _ = data.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["version"], "HTTP/2.0", "{}: {v}", t.name);
+        assert_eq!(v["method"], "POST", "{}: {v}", t.name);
+    }
+}

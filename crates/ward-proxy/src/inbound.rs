@@ -428,10 +428,14 @@ impl Inbound {
         authn: &Authn,
         outcome: &Outcome,
     ) -> Response<Body> {
+        // HTTP/2 reaches the app as HTTP/2 however it came: from an
+        // outbound sidecar (which says so, since ward-mux carries HTTP/1.1
+        // framing) or straight from a client speaking h2 to this port.
         let h2 = req
             .headers_mut()
             .remove(ORIG_PROTO)
             .is_some_and(|v| v == "h2")
+            || req.version() == Version::HTTP_2
             || is_grpc(req.headers());
         let host = if !h2 && !req.headers().contains_key(HOST) {
             host_of(&req).and_then(|h| HeaderValue::from_str(h).ok())
