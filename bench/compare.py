@@ -7,8 +7,9 @@ Every target carries the same path: load generator -> proxy A (plaintext
 in) -> mTLS (TLS 1.3, P-256, client certificate required) -> proxy B ->
 the harness's own upstream app (`ward-bench upstream`, 1 KiB responses).
 `direct` is the load generator against the app. `ward` runs as users run
-it (default flags, access log on, stderr to a file), `ward-quiet` with its
-logs at warn. `--app nginx` puts a 1-worker nginx (`return 200`, 1 KiB)
+it (default flags and log filter, stderr to a file; the access log is off
+by default, `--access-log` turns it on), `ward-quiet` with its logs at
+warn. `--app nginx` puts a 1-worker nginx (`return 200`, 1 KiB)
 in place of the harness's app. All proxies use the same
 certificates (issued by a ward server) and the same number of workers.
 A target that fails its correctness probe is not measured.
@@ -119,8 +120,8 @@ class Target:
 
 def start(procs, args, log_to=None, **kw):
     """Starts `args`. With `log_to`, as users run it: the default log
-    filter (the access log on) and stderr going to that file; otherwise
-    with logs at warn, discarded."""
+    filter and stderr going to that file; otherwise with logs at warn,
+    discarded."""
     if log_to:
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
         err = open(log_to, "w")

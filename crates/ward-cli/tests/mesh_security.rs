@@ -76,6 +76,21 @@ async fn inbound_refuses_clients_without_a_valid_certificate() {
     // No certificate: refused.
     let (ok, out) = s_client(&sc.inbound, None, &s.bundle_path());
     assert!(!ok, "{out}");
+    // TLS 1.2, even with a valid certificate: no handshake.
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &sc.inbound, "-tls1_2", "-cert"])
+        .arg(&c)
+        .arg("-key")
+        .arg(&k)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("alert"),
+        "TLS 1.2 accepted: {text}"
+    );
     // A certificate from another CA: refused.
     let other = common::server(&[]);
     let (oc, ok_) = (dir.path().join("o.pem"), dir.path().join("o.key"));

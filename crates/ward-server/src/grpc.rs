@@ -203,6 +203,12 @@ impl Identity for IdentityService {
                     "join token already used or expired: create a new one with `ward join-token create`",
                 )))
             }
+            Err(CaManagerError::Store(ward_store::StoreError::Full(e))) => {
+                tracing::error!(error = %e, "the disk under the data dir is full; writes fail until space is freed");
+                return Err(self.refuse("disk_full", Status::unavailable(
+                    "the control plane's disk is full: no certificate was issued; retry later (the current certificate stays valid)",
+                )));
+            }
             Err(e) => return Err(internal(e)),
         };
         self.state.metrics.issued(method);

@@ -25,7 +25,7 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The record already exists.
@@ -35,6 +35,10 @@ pub enum StoreError {
     /// before it could be consumed (a concurrent use won).
     #[error("the join token is no longer valid")]
     TokenUnavailable,
+    /// The disk under the database is full: writes fail until space is
+    /// freed; reads go on.
+    #[error("the disk under the database is full ({0})")]
+    Full(String),
     /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Database(String),
@@ -45,7 +49,17 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        // SQLITE_FULL (13) and ENOSPC: the disk, not the database.
+        let full = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "13")
+            || matches!(&e, sqlx::Error::Io(io) if io.raw_os_error() == Some(28));
+        if full {
+            StoreError::Full(e.to_string())
+        } else {
+            StoreError::Database(e.to_string())
+        }
     }
 }
 

@@ -92,7 +92,7 @@ async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<IssueJob>) {
                     .map_or(Err(StoreError::Database("batch aborted".into())), |r| {
                         std::mem::replace(r, Ok(()))
                     }),
-                Err(e) => Err(StoreError::Database(e.to_string())),
+                Err(e) => Err(e.clone()),
             };
             let _ = job.done.send(r);
         }

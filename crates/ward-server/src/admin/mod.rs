@@ -69,6 +69,14 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::Full(e) => {
+                tracing::error!(error = %e, "the disk under the data dir is full; writes fail until space is freed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "disk_full",
+                    "the disk under the server's data dir is full: nothing was changed; free space there and retry (reads and the mesh go on)",
+                )
+            }
             e => {
                 tracing::error!(error = %e, "storage error");
                 ApiError::new(
