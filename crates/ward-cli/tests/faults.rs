@@ -9,8 +9,11 @@ use std::time::Duration;
 use mesh_common::*;
 use ward_testkit::WardServer;
 
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf, tempfile::TempDir);
+/// A small tmpfs, unmounted when dropped (before its directory goes).
+struct Tmpfs {
+    at: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
     /// None when this user may not mount (the test needs root, as CI is).
@@ -23,13 +26,13 @@ impl Tmpfs {
             .arg(&at)
             .status()
             .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs(at, dir))
+        ok.then_some(Tmpfs { at, _dir: dir })
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }
 
@@ -51,7 +54,7 @@ async fn a_full_disk_fails_writes_clearly_and_nothing_else() {
         return;
     };
     init();
-    let data = disk.0.join("data");
+    let data = disk.at.join("data");
     let mut s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
     // Move the server onto the small disk: same flags, its data dir there.
     s.kill9();
@@ -62,7 +65,7 @@ async fn a_full_disk_fails_writes_clearly_and_nothing_else() {
     let url = format!("http://{}/whoami", fe.upstream("payments.default"));
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
 
-    let filler = fill(&disk.0);
+    let filler = fill(&disk.at);
     // Writes fail with a 503 that names the disk; nothing half-written.
     let out = s.cli(&["service", "add", "ledger"]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
