@@ -98,3 +98,84 @@ async fn a_full_disk_fails_writes_clearly_and_nothing_else() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.kill9();
 }
+
+/// A peer sidecar stopped with SIGSTOP while a request is in flight: that
+/// request fails within the documented 20–30 s (an unanswered PING), new
+/// requests to it fail too, and calls to another service through the same
+/// sidecar are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_peer_is_given_up_and_others_are_unaffected() {
+    init();
+    let s = WardServer::start(bin().to_str().unwrap(), &["--default-policy", "allow"]).unwrap();
+    let pay = app("payments");
+    let pay_sc = sidecar(&s, "payments", &pay.http, &[]);
+    let ledger = app("ledger");
+    let _ledger_sc = sidecar(&s, "ledger", &ledger.http, &[]);
+    let fe = sidecar(
+        &s,
+        "frontend",
+        "127.0.0.1:9",
+        &[
+            "--upstream",
+            "payments=127.0.0.1:0",
+            "--upstream",
+            "ledger=127.0.0.1:0",
+        ],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    wait_for_endpoint(&fe, "ledger").await;
+    let pay_url = format!("http://{}", fe.upstream("payments.default"));
+    let ledger_url = format!("http://{}/whoami", fe.upstream("ledger.default"));
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{pay_url}/whoami"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A slow request in flight, then the payments sidecar stops.
+    let in_flight = {
+        let (http, url) = (http.clone(), format!("{pay_url}/sleep/120000"));
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let status = http.get(url).send().await.map(|r| r.status().as_u16());
+            (status, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(pay_sc.proc.signal("-STOP"));
+    let stopped = std::time::Instant::now();
+    // Meanwhile the ledger answers as usual.
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let t = std::time::Instant::now();
+        let r = http.get(&ledger_url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "ledger slowed to {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, took) = tokio::time::timeout(Duration::from_secs(40), in_flight)
+        .await
+        .expect("the in-flight request was never given up")
+        .unwrap();
+    assert_eq!(status.ok(), Some(502), "after {took:?}");
+    assert!(took < Duration::from_secs(35), "given up after {took:?}");
+    // A new request to the stopped peer fails in bounded time too.
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(40),
+        http.get(format!("{pay_url}/whoami")).send(),
+    )
+    .await
+    .expect("a new request to the stopped peer hung");
+    assert_ne!(r.map(|r| r.status().as_u16()).unwrap_or(0), 200);
+    assert!(t.elapsed() < Duration::from_secs(35), "{:?}", t.elapsed());
+    assert_eq!(http.get(&ledger_url).send().await.unwrap().status(), 200);
+    assert!(pay_sc.proc.signal("-CONT"));
+}

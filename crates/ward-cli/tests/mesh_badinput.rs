@@ -330,3 +330,136 @@ async fn http2_reaches_the_app_as_http2_by_both_paths() {
         assert_eq!(v["method"], "POST", "{}: {v}", t.name);
     }
 }
+
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Writes the client preface and `frames` (up to `limit` bytes in all);
+/// true if the peer closed the connection (or reset it) before the end.
+async fn flood(io: &mut Pin<Box<dyn Io>>, first: Vec<u8>, frame: Vec<u8>, count: usize) -> bool {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(first);
+    if io.write_all(&out).await.is_err() {
+        return true;
+    }
+    let batch: Vec<u8> = frame.repeat(64);
+    for _ in 0..count / 64 {
+        let w = tokio::time::timeout(Duration::from_secs(5), io.write_all(&batch)).await;
+        if !matches!(w, Ok(Ok(()))) {
+            return true;
+        }
+    }
+    // Everything was written: the peer must still have closed.
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// HTTP/2 CONTINUATION and SETTINGS floods against the server's port and
+/// both sidecar listeners: each connection is cut off, memory stays
+/// bounded, and a normal request still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_and_settings_floods() {
+    let s = common::server(&["--default-policy", "allow"]);
+    let (_pay, pay_sc, fe) = payments_and_frontend(&s).await;
+    let mesh = mesh_tls(&s, "spiffe://ward.internal/ns/default/sa/tester");
+    let trust = ward_tls::ControlPlaneTrust::fingerprint(&s.fingerprint).unwrap();
+    let server_tls = ward_tls::client_config(trust, None, &[b"h2"]).unwrap();
+    let server_pid = s.child.as_ref().unwrap().id();
+    let targets = [
+        (
+            Target {
+                name: "server",
+                addr: s.addr.clone(),
+                tls: Some(Arc::new(server_tls)),
+            },
+            server_pid,
+        ),
+        (
+            Target {
+                name: "inbound",
+                addr: pay_sc.inbound.clone(),
+                tls: Some(Arc::new(
+                    mesh.client_config(common::id(&pay_sc.id), &[b"h2"]),
+                )),
+            },
+            pay_sc.proc.child.id(),
+        ),
+        (
+            Target {
+                name: "outbound",
+                addr: fe.upstream("payments.default"),
+                tls: None,
+            },
+            fe.proc.child.id(),
+        ),
+    ];
+    // A header block that never ends: HEADERS without END_HEADERS, then
+    // CONTINUATION frames of 1 KiB of literal headers, forever.
+    let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
+    block.extend_from_slice(&[0x41, 0x09]);
+    block.extend_from_slice(b"localhost"); // :authority
+    let headers = h2_frame(0x1, 0, 1, &block);
+    let mut lit = Vec::new();
+    while lit.len() < 1000 {
+        lit.extend_from_slice(&[0x00, 0x03]);
+        lit.extend_from_slice(b"x-a");
+        lit.extend_from_slice(&[0x07]);
+        lit.extend_from_slice(b"bbbbbbb");
+    }
+    let continuation = h2_frame(0x9, 0, 1, &lit);
+    // SETTINGS frames, each asking for an ACK.
+    let settings = h2_frame(0x4, 0, 0, &[0x00, 0x03, 0x00, 0x00, 0x00, 0x64]);
+    for (t, pid) in &targets {
+        let before = rss_kib(*pid);
+        let mut io = t.connect(b"h2").await;
+        assert!(
+            flood(&mut io, headers.clone(), continuation.clone(), 20_000).await,
+            "{}: 20 MiB of CONTINUATION and the connection stayed open",
+            t.name
+        );
+        // SETTINGS frames nobody reads the ACKs of: the peer may answer or
+        // close, but its memory stays bounded and it keeps serving others
+        // while this connection is still open.
+        let mut io = t.connect(b"h2").await;
+        let _ = flood(&mut io, Vec::new(), settings.clone(), 200_000).await;
+        let after = rss_kib(*pid);
+        assert!(
+            after < before + 32 * 1024,
+            "{}: RSS grew from {before} to {after} KiB",
+            t.name
+        );
+        serves(&s, &fe).await;
+        drop(io);
+    }
+    serves(&s, &fe).await;
+}
+
+/// A request through the mesh and one to the server both succeed.
+async fn serves(s: &ward_testkit::WardServer, fe: &Sidecar) {
+    let ok = reqwest::get(format!("http://{}/whoami", fe.upstream("payments.default")))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let health = s
+        .https()
+        .unwrap()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
