@@ -308,3 +308,31 @@ async fn stale_keys_and_a_hanging_issuer_hold_no_request() {
     );
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+/// The layer with a list of accepted token types: a token of another
+/// `typ` is refused with 401, each listed one passes, in any case.
+#[tokio::test]
+async fn layer_with_token_types() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1").unwrap();
+    let keys = JwkSet::from_json(&json!({ "keys": [key.public_jwk()] }).to_string()).unwrap();
+    let cache = Arc::new(JwksCache::fixed(keys));
+    let v = Validation::access_token(ISS, "payments").token_types(["JWT", "secevent+jwt"]);
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(JwtAuthLayer::new(cache, v));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({ "iss": ISS, "sub": "fe", "aud": "payments", "exp": now + 300, "iat": now, "jti": "t", "client_id": "fe" });
+    for (typ, want) in [
+        ("at+jwt", StatusCode::UNAUTHORIZED),
+        ("JWT", StatusCode::OK),
+        ("jwt", StatusCode::OK),
+        ("application/secevent+jwt", StatusCode::OK),
+    ] {
+        let t = key.sign(typ, &claims).unwrap();
+        let (s, _, ch) = call(app.clone(), Some(format!("Bearer {t}"))).await;
+        assert_eq!(s, want, "{typ}: {ch}");
+    }
+}
