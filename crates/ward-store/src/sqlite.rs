@@ -322,7 +322,7 @@ impl Store for SqliteStore {
     async fn list_join_tokens(&self, now: i64) -> Result<Vec<JoinToken>> {
         Ok(sqlx::query_as(
             "SELECT hash, namespace, service, spiffe_id, expires_at, uses_left, created_at FROM join_tokens \
-             WHERE uses_left > 0 AND expires_at > ? ORDER BY created_at, hash",
+             WHERE uses_left > 0 AND expires_at > ? ORDER BY created_at, rowid",
         )
         .bind(now)
         .fetch_all(&self.pool)
