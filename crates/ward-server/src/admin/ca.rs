@@ -28,9 +28,13 @@ fn cert_summary(der: &[u8]) -> Value {
 pub(super) async fn show(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let snap = s.ca.snapshot();
     let cas = s.store.list_cas().await?;
+    // The signing CAs of the published bundle: one just stored by a
+    // rotation is shown once it is published (an instant later), so that
+    // what this lists is always in the bundle clients fetch.
     let signing: Vec<Value> = cas
         .iter()
         .filter(|c| c.kind == "signing")
+        .filter(|c| snap.bundle.iter().any(|b| b.as_ref() == c.cert_der.as_slice()))
         .map(|c| {
             let mut v = cert_summary(&c.cert_der);
             v["state"] = json!(c.state);
