@@ -34,7 +34,11 @@ pub(super) async fn show(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value
     let signing: Vec<Value> = cas
         .iter()
         .filter(|c| c.kind == "signing")
-        .filter(|c| snap.bundle.iter().any(|b| b.as_ref() == c.cert_der.as_slice()))
+        .filter(|c| {
+            snap.bundle
+                .iter()
+                .any(|b| b.as_ref() == c.cert_der.as_slice())
+        })
         .map(|c| {
             let mut v = cert_summary(&c.cert_der);
             v["state"] = json!(c.state);
