@@ -2,7 +2,9 @@
 //! `fuzz/corpus/<target>/` and every crash reproducer in
 //! `fuzz/regressions/<target>/` goes through the same function its target
 //! calls (`fuzz/src/lib.rs`, included here), so what fuzzing found stays
-//! fixed. `cargo fuzz run <target>` (docs/security.md) is the fuzzing.
+//! fixed; the sidecar's two targets call ward-proxy's `fuzzing` entry
+//! points directly. `cargo fuzz run <target>` (docs/security.md) is the
+//! fuzzing.
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../fuzz/src/lib.rs"]
 mod harness;
@@ -45,4 +47,14 @@ fn csr_inputs() {
 #[test]
 fn spiffe_id_inputs() {
     assert!(replay("spiffe_id", harness::spiffe_id) > 1);
+}
+
+#[test]
+fn strict_h1_inputs() {
+    assert!(replay("strict_h1", ward_proxy::fuzzing::strict_h1) > 1);
+}
+
+#[test]
+fn mux_inputs() {
+    assert!(replay("mux", ward_proxy::fuzzing::mux_frames) > 1);
 }

@@ -1,7 +1,7 @@
-//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`), and
-//! the replay of their corpus in this crate's tests: hostile bytes into
-//! the strict HTTP/1 reader and into the `ward-mux` frame decoder. Not an
-//! API.
+//! Entry points for the fuzz targets in `fuzz/` and for the replay of
+//! their corpus (`ward-cli/tests/fuzz_regressions.rs`), feature
+//! `fuzzing`: hostile bytes into the strict HTTP/1 reader and into the
+//! `ward-mux` frame decoder. Not an API.
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,36 +73,4 @@ pub fn mux_frames(data: &[u8]) {
         streams.abort();
         peer.abort();
     });
-}
-
-#[cfg(test)]
-mod tests {
-    /// The fuzz corpus and crash reproducers of `target`, replayed.
-    fn replay(target: &str, run: fn(&[u8])) -> usize {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let mut n = 0;
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-                continue;
-            };
-            for e in entries {
-                let path = e.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                let outcome = std::panic::catch_unwind(|| run(&data));
-                assert!(outcome.is_ok(), "{target}: {} panicked", path.display());
-                n += 1;
-            }
-        }
-        n
-    }
-
-    #[test]
-    fn strict_h1_inputs() {
-        assert!(replay("strict_h1", super::strict_h1) > 1);
-    }
-
-    #[test]
-    fn mux_inputs() {
-        assert!(replay("mux", super::mux_frames) > 1);
-    }
 }

@@ -41,7 +41,7 @@ mod transport;
 mod upgrade;
 mod workload;
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
