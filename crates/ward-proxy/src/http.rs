@@ -216,15 +216,10 @@ impl std::error::Error for Reject {}
 pub(crate) struct Access(Option<(Instant, http::Method, String)>);
 
 impl Access {
-    pub(crate) fn capture<B>(req: &Request<B>) -> Access {
+    /// `start`: when the request arrived, as its duration is measured.
+    pub(crate) fn capture<B>(req: &Request<B>, start: Instant) -> Access {
         let on = tracing::enabled!(target: "ward::access", tracing::Level::INFO);
-        Access(on.then(|| {
-            (
-                Instant::now(),
-                req.method().clone(),
-                req.uri().path().to_string(),
-            )
-        }))
+        Access(on.then(|| (start, req.method().clone(), req.uri().path().to_string())))
     }
 
     /// The line of a request from a peer: who, what, and what decided it.

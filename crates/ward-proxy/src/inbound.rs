@@ -350,7 +350,7 @@ impl Inbound {
         start: Instant,
     ) -> Response<Body> {
         let shared = &self.shared;
-        let access = Access::capture(&req);
+        let access = Access::capture(&req, start);
         let authn = shared.authn.load_full();
         let outcome = authn
             .authenticate(req.headers(), peer.cert_sha256, &shared.revoked_tokens)

@@ -367,7 +367,7 @@ impl Outbound {
     async fn request(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let req = req.map(|b| Counted::new(b, &self.request_bytes));
-        let access = Access::capture(&req);
+        let access = Access::capture(&req, start);
         let map = self.shared.endpoints.load_full();
         let endpoints = self.endpoints(&map);
         let (resp, ep) = if upgrade::is_upgrade(&req) {
