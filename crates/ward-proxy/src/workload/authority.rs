@@ -29,7 +29,7 @@ const MAX_FRAME: usize = 16_384;
 /// ends the connection.
 const MAX_BLOCK: usize = 256 * 1024;
 /// Bytes asked of the socket per read.
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 8 * 1024;
 
 /// A client connection whose requests' `:authority` is made acceptable as
 /// the HTTP/2 server reads it; writes go straight through. Its buffers
@@ -205,18 +205,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewriting<T> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            if this.raw.capacity() - this.raw.len() < CHUNK {
-                this.raw.reserve(CHUNK);
-            }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
-                cx,
-                &mut this.raw
-            ))?;
-            if n == 0 {
+            // Read on the stack: a connection waiting for its client's next
+            // frame (most of a Workload API connection's life) then holds
+            // no buffer at all.
+            let mut chunk = [0u8; CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
                 this.eof = true;
                 continue;
             }
+            this.raw.extend_from_slice(read.filled());
             this.process()?;
             if this.raw.is_empty() {
                 this.raw = BytesMut::new();
@@ -340,5 +339,27 @@ mod tests {
             vec![(b":authority".to_vec(), b"localhost:1234".to_vec())]
         );
         assert_eq!(out[28], END_HEADERS | END_STREAM);
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_client_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut r = Rewriting::new(server);
+        let mut input = PREFACE.to_vec();
+        frame_head(&mut input, 0, 0x4, 0, [0; 4]);
+        {
+            use tokio::io::AsyncWriteExt;
+            client.write_all(&input).await.unwrap();
+        }
+        let mut got = vec![0u8; input.len()];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, input);
+        // Nothing more to read: the read is pending, as on an idle
+        // Workload API connection.
+        let mut more = [0u8; 16];
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut more)).await;
+        assert!(waiting.is_err(), "no bytes were sent");
+        assert_eq!((r.raw.capacity(), r.out.capacity()), (0, 0));
     }
 }
