@@ -195,6 +195,15 @@ pub(crate) struct ProxyArgs {
     /// for running without a control plane.
     #[arg(long = "upstream")]
     pub upstreams: Vec<ward_proxy::Upstream>,
+    /// How HTTP/1.1 and TCP go to other sidecars: `mux` (ward-mux/2) or
+    /// `hbone` (HTTP/2 CONNECT, as Istio ambient; falls back to mux with
+    /// a peer that does not speak it). Sidecars accept both.
+    #[arg(long, default_value = "mux")]
+    pub peer_transport: ward_proxy::PeerTransport,
+    /// Also accept HBONE alone on this address (Istio's port 15008, ALPN
+    /// h2); the inbound port accepts it too.
+    #[arg(long)]
+    pub hbone: Option<SocketAddr>,
     /// Admin listener: /live /ready /metrics /config /certs /shutdown.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,

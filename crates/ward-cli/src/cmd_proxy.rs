@@ -28,6 +28,8 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             app_protocol: a.app_protocol,
             advertise: a.advertise,
             upstreams: a.upstreams,
+            hbone: a.hbone,
+            peer_transport: a.peer_transport,
         }),
         workload: workload(a.workload),
         admin: Some(a.admin),

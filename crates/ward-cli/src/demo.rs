@@ -86,6 +86,8 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
                 app_protocol: Protocol::Http,
                 advertise: None,
                 upstreams,
+                hbone: None,
+                peer_transport: Default::default(),
             }),
             workload: None,
             admin: Some("127.0.0.1:0".parse()?),

@@ -29,6 +29,31 @@ impl std::str::FromStr for Protocol {
     }
 }
 
+/// How this sidecar carries HTTP/1.1 and TCP to other sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTransport {
+    /// `ward-mux/2`: ward's own framing, many exchanges on one connection;
+    /// TCP on connections of its own.
+    #[default]
+    Mux,
+    /// HBONE (HTTP/2 CONNECT, as Istio ambient): HTTP/1.1 and TCP both
+    /// as streams on one connection. A peer that does not speak it is
+    /// reached over `ward-mux` instead.
+    Hbone,
+}
+
+impl std::str::FromStr for PeerTransport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mux" => Ok(PeerTransport::Mux),
+            "hbone" => Ok(PeerTransport::Hbone),
+            _ => Err(format!("{s:?} is not a peer transport (mux or hbone)")),
+        }
+    }
+}
+
 /// One `--upstream NAME[.NS]=LISTEN_ADDR[,protocol=P]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Upstream {
@@ -138,6 +163,11 @@ pub struct DataPlane {
     pub advertise: Option<String>,
     /// Outbound ports.
     pub upstreams: Vec<Upstream>,
+    /// A listener for HBONE alone (Istio's 15008), beside the inbound
+    /// port, which also accepts it.
+    pub hbone: Option<SocketAddr>,
+    /// How HTTP/1.1 and TCP go to other sidecars.
+    pub peer_transport: PeerTransport,
 }
 
 /// The SPIFFE Workload API and certificate files for local workloads.

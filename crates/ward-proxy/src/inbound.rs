@@ -22,6 +22,7 @@ use crate::authn::{Authn, Outcome};
 use crate::config::Protocol;
 use crate::gated::Gated;
 use crate::h1conn::Idle;
+use crate::hbone;
 use crate::http::{
     boxed, count_response, is_grpc, status_class, Access, Body, Counted, OnStop, Reject, ReqBody,
     DRAIN_GRACE, ORIG_PROTO, PEER_ID, XFCC,
@@ -74,15 +75,36 @@ struct Peer {
     remote: SocketAddr,
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>) {
+/// Which of the sidecar's ports a listener is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// Every protocol between sidecars, by ALPN.
+    Inbound,
+    /// HBONE alone, with ALPN `h2` (Istio's 15008).
+    Hbone,
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    port: Port,
+    conns: Arc<Semaphore>,
+) {
     transport::mesh_listener(&listener);
-    let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(&[
-        ALPN_H2,
-        mux::ALPNS[0],
-        mux::ALPNS[1],
-        b"http/1.1",
-        ALPN_TCP,
-    ])));
+    let alpns: &[&[u8]] = match port {
+        // A client that offers HBONE (which only ward's own sidecars and
+        // HBONE clients do) gets it.
+        Port::Inbound => &[
+            ALPN_H2,
+            hbone::ALPN,
+            mux::ALPNS[0],
+            mux::ALPNS[1],
+            b"http/1.1",
+            ALPN_TCP,
+        ],
+        Port::Hbone => &[hbone::ALPN_PORT],
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(shared.tls.server_config(alpns)));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let Some(dp) = shared.cfg.data_plane.as_ref() else {
@@ -109,7 +131,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, conns: Arc
         shared: shared.clone(),
     });
     accept_loop(&shared, listener, conns, "inbound", move |tcp, remote| {
-        handle(ctx.clone(), acceptor.clone(), tcp, remote)
+        handle(ctx.clone(), acceptor.clone(), port, tcp, remote)
     })
     .await
 }
@@ -128,7 +150,13 @@ fn client_left(e: &std::io::Error) -> bool {
     )
 }
 
-async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) {
+async fn handle(
+    ctx: Arc<Inbound>,
+    acceptor: TlsAcceptor,
+    port: Port,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) {
     let m = &ctx.shared.metrics;
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -206,7 +234,27 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         remote,
     });
     let alpn = conn.alpn_protocol();
+    let protocol = match alpn {
+        _ if port == Port::Hbone => "hbone",
+        Some(hbone::ALPN) => "hbone",
+        Some(b"ward-mux/2") => "ward-mux/2",
+        Some(b"ward-mux/1") => "ward-mux/1",
+        Some(ALPN_H2) => "h2",
+        Some(b"http/1.1") => "http/1.1",
+        Some(ALPN_TCP) => "ward-tcp/1",
+        _ => "none",
+    };
+    ctx.shared
+        .metrics
+        .peer_connections
+        .get_or_create(&crate::metrics::ProtocolLabels {
+            direction: "inbound",
+            protocol,
+        })
+        .inc();
     let mode = match alpn {
+        _ if port == Port::Hbone => Mode::Hbone,
+        Some(hbone::ALPN) => Mode::Hbone,
         Some(ALPN_TCP) => {
             tcp_to_app(ctx, tls, peer).await;
             return;
@@ -217,6 +265,10 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
             None => Mode::Http2,
         },
     };
+    if let Mode::Hbone = mode {
+        serve_hbone(ctx, tls, peer).await;
+        return;
+    }
     if ctx.app_protocol == Protocol::Tcp {
         // HTTP framing towards an app that speaks raw TCP would corrupt both.
         tracing::warn!(peer = %peer.id, "HTTP from a peer to a TCP service: configure the caller's upstream with protocol=tcp");
@@ -229,6 +281,7 @@ async fn handle(ctx: Arc<Inbound>, acceptor: TlsAcceptor, tcp: TcpStream, remote
         // requests use the pools.
         Mode::Http1 => serve_http(ctx, tls, peer, Some(Idle::new(1)), budget, OnStop::Now).await,
         Mode::Http2 => serve_http(ctx, tls, peer, None, budget, OnStop::Now).await,
+        Mode::Hbone => unreachable!("served above"),
     }
 }
 
@@ -238,6 +291,8 @@ enum Mode {
     Streams(mux::Version),
     Http1,
     Http2,
+    /// HBONE: tunnels carrying what the app speaks.
+    Hbone,
 }
 
 /// Serves the HTTP/1.1 streams of a `ward-mux` connection, each as a
@@ -305,6 +360,45 @@ async fn serve_streams(
                 }
             }
         }
+    }
+}
+
+/// Serves the HBONE tunnels of a connection: each carries raw TCP to a
+/// `tcp` app and HTTP/1.1 (authorized request by request) to the others,
+/// with an app connection of its own. Stopping sends GOAWAY; tunnels
+/// already open finish their exchange.
+async fn serve_hbone(
+    ctx: Arc<Inbound>,
+    tls: tokio_rustls::server::TlsStream<Transport>,
+    peer: Arc<Peer>,
+) {
+    let budget = Arc::new(CancelBudget::default());
+    let mut stop = ctx.shared.shutdown.subscribe();
+    let tripped = budget.tripped();
+    let stopping = async move {
+        stopped(&mut stop).await;
+    };
+    let serve = hbone::serve(tls, stopping, |tunnel, _authority| {
+        let (ctx, peer, budget) = (ctx.clone(), peer.clone(), budget.clone());
+        async move {
+            if ctx.app_protocol == Protocol::Tcp {
+                tcp_to_app(ctx, tunnel, peer).await;
+            } else {
+                serve_http(
+                    ctx,
+                    tunnel,
+                    peer,
+                    Some(Idle::new(1)),
+                    budget,
+                    OnStop::AfterRequest,
+                )
+                .await;
+            }
+        }
+    });
+    tokio::select! {
+        _ = serve => {}
+        _ = tripped => {}
     }
 }
 
@@ -610,11 +704,10 @@ impl Inbound {
     }
 }
 
-async fn tcp_to_app(
-    ctx: Arc<Inbound>,
-    mut tls: tokio_rustls::server::TlsStream<Transport>,
-    peer: Arc<Peer>,
-) {
+async fn tcp_to_app<IO>(ctx: Arc<Inbound>, mut tls: IO, peer: Arc<Peer>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let shared = &ctx.shared;
     let preq = PolicyRequest {
         namespace: &shared.cfg.namespace,

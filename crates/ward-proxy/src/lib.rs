@@ -29,6 +29,7 @@ mod config;
 mod control;
 mod gated;
 mod h1conn;
+mod hbone;
 mod http;
 mod identity;
 mod inbound;
@@ -57,7 +58,9 @@ use tokio::sync::{watch, Semaphore};
 use ward_policy::{DefaultAction, PolicySet};
 use ward_tls::{MeshTls, Trust};
 
-pub use config::{DataPlane, Mode, Protocol, ProxyConfig, Standalone, Upstream, WorkloadConfig};
+pub use config::{
+    DataPlane, Mode, PeerTransport, Protocol, ProxyConfig, Standalone, Upstream, WorkloadConfig,
+};
 use identity::Current;
 use state::{Shared, MAX_CONNECTIONS};
 
@@ -72,6 +75,7 @@ pub struct Proxy {
 /// The bound listeners of a data plane.
 struct Listeners {
     inbound: TcpListener,
+    hbone: Option<TcpListener>,
     upstreams: Vec<(Upstream, TcpListener)>,
     advertise: String,
 }
@@ -82,6 +86,8 @@ pub struct Bound {
     pub spiffe_id: String,
     /// Absent for an agent.
     pub inbound: Option<SocketAddr>,
+    /// The HBONE-only listener, when asked for.
+    pub hbone: Option<SocketAddr>,
     pub advertise: String,
     pub admin: Option<SocketAddr>,
     pub upstreams: HashMap<String, SocketAddr>,
@@ -169,6 +175,9 @@ impl Proxy {
         Ok(Bound {
             spiffe_id: self.shared.id.to_string(),
             inbound: dp.map(|l| l.inbound.local_addr()).transpose()?,
+            hbone: dp
+                .and_then(|l| l.hbone.as_ref().map(|h| h.local_addr()))
+                .transpose()?,
             advertise: dp.map(|l| l.advertise.clone()).unwrap_or_default(),
             admin: self.admin.as_ref().map(|a| a.local_addr()).transpose()?,
             upstreams: match dp {
@@ -206,14 +215,26 @@ impl Proxy {
         let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = Vec::new();
         if let Some(Listeners {
-            inbound, upstreams, ..
+            inbound,
+            hbone,
+            upstreams,
+            ..
         }) = data_plane
         {
             tasks.push(tokio::spawn(inbound::serve(
                 shared.clone(),
                 inbound,
+                inbound::Port::Inbound,
                 conns.clone(),
             )));
+            if let Some(l) = hbone {
+                tasks.push(tokio::spawn(inbound::serve(
+                    shared.clone(),
+                    l,
+                    inbound::Port::Hbone,
+                    conns.clone(),
+                )));
+            }
             for (u, l) in upstreams {
                 tasks.push(tokio::spawn(outbound::serve(
                     shared.clone(),
@@ -257,6 +278,14 @@ impl Listeners {
         let inbound = TcpListener::bind(dp.inbound)
             .await
             .with_context(|| format!("binding --inbound {}", dp.inbound))?;
+        let hbone = match dp.hbone {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding --hbone {a}"))?,
+            ),
+            None => None,
+        };
         let mut upstreams = Vec::new();
         for u in &dp.upstreams {
             let l = TcpListener::bind(u.listen)
@@ -270,6 +299,7 @@ impl Listeners {
         };
         Ok(Listeners {
             inbound,
+            hbone,
             upstreams,
             advertise,
         })

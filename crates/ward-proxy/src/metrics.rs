@@ -61,6 +61,12 @@ pub(crate) struct TlsVersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProtocolLabels {
+    pub direction: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ConnEndLabels {
     pub direction: &'static str,
     pub reason: &'static str,
@@ -151,6 +157,8 @@ pub(crate) struct Metrics {
     pub tls_versions: Family<TlsVersionLabels, Counter>,
     pub resumptions: Family<DirectionLabels, Counter>,
     pub peer_connections_closed: ConnectionEnds,
+    /// Connections from other sidecars, by the protocol they negotiated.
+    pub peer_connections: Family<ProtocolLabels, Counter>,
     /// Log lines dropped because the log writer fell behind, brought up to
     /// date from `log_drops` whenever the metrics are read.
     log_lines_dropped: Counter,
@@ -168,6 +176,7 @@ impl Metrics {
         let tls_versions = Family::<TlsVersionLabels, Counter>::default();
         let resumptions = Family::<DirectionLabels, Counter>::default();
         let peer_connections_closed = ConnectionEnds::default();
+        let peer_connections = Family::<ProtocolLabels, Counter>::default();
         let log_lines_dropped = Counter::default();
         let durations: Durations = Family::new_with_constructor(duration_histogram);
         let request_bytes = Family::<PeerLabels, Counter>::default();
@@ -197,6 +206,11 @@ impl Metrics {
             "ward_proxy_peer_connections_closed",
             "Shared connections between sidecars (ward-mux) that ended, by direction and reason",
             peer_connections_closed.0.clone(),
+        );
+        registry.register(
+            "ward_proxy_peer_connections",
+            "mTLS connections from other sidecars, by direction and the protocol negotiated (ALPN; hbone on the HBONE port)",
+            peer_connections.clone(),
         );
         registry.register(
             "ward_proxy_tls_resumptions",
@@ -246,6 +260,7 @@ impl Metrics {
             tls_versions,
             resumptions,
             peer_connections_closed,
+            peer_connections,
             log_lines_dropped,
             log_drops: std::sync::OnceLock::new(),
         }

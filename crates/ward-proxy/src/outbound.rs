@@ -29,8 +29,9 @@ use ward_identity::SpiffeId;
 use ward_tls::MeshTls;
 
 use crate::abuse::CancelBudget;
-use crate::config::{Protocol, Upstream};
+use crate::config::{PeerTransport, Protocol, Upstream};
 use crate::h1conn::{Idle, Retire, SendError};
+use crate::hbone;
 use crate::http::{
     boxed, caller_body_failed, count_response, empty, is_grpc, status_class, Access, Body, Counted,
     OnStop, Reject, ReqBody, ORIG_PROTO,
@@ -144,6 +145,8 @@ struct Pools {
     links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Links>>>>,
     h1_tls: TlsConnector,
     tcp: TlsConnector,
+    /// Whether HTTP/1.1 and TCP go over HBONE where the peer speaks it.
+    hbone: bool,
 }
 
 impl Pools {
@@ -166,10 +169,18 @@ impl Pools {
                 shared: shared.clone(),
                 expected: expected.clone(),
             });
-        let h1_tls = TlsConnector::from(Arc::new(shared.tls.client_config(
-            expected.clone(),
-            &[mux::ALPNS[0], mux::ALPNS[1], b"http/1.1"],
-        )));
+        let hbone = shared
+            .cfg
+            .data_plane
+            .as_ref()
+            .is_some_and(|d| d.peer_transport == PeerTransport::Hbone);
+        let alpns: &[&[u8]] = if hbone {
+            &[hbone::ALPN, mux::ALPNS[0], mux::ALPNS[1], b"http/1.1"]
+        } else {
+            &[mux::ALPNS[0], mux::ALPNS[1], b"http/1.1"]
+        };
+        let h1_tls =
+            TlsConnector::from(Arc::new(shared.tls.client_config(expected.clone(), alpns)));
         Pools {
             generation,
             http,
@@ -177,6 +188,7 @@ impl Pools {
             links: Mutex::new(HashMap::new()),
             h1_tls,
             tcp,
+            hbone,
         }
     }
 
@@ -199,8 +211,8 @@ impl Pools {
             }
         }
         links.conns.retain(|c| !c.is_closed());
-        if let Some(stream) = links.conns.iter().find_map(|c| c.open()) {
-            return Ok(PeerIo::Mux(stream));
+        if let Some(stream) = links.conns.iter().find_map(|c| c.open(ep)) {
+            return Ok(stream);
         }
         let tls = match dial(shared, &self.h1_tls, expected, ep).await {
             Ok(tls) => tls,
@@ -210,33 +222,83 @@ impl Pools {
             }
         };
         links.failed = None;
-        let Some(version) = mux::Version::of(tls.get_ref().1.alpn_protocol()) else {
-            return Ok(PeerIo::Tls(Box::new(tls)));
+        let alpn = tls.get_ref().1.alpn_protocol();
+        let conn = if alpn == Some(hbone::ALPN) {
+            let (conn, driver) = hbone::connect(tls).await?;
+            tokio::spawn(driver);
+            PeerConn::Hbone(conn)
+        } else {
+            let Some(version) = mux::Version::of(alpn) else {
+                return Ok(PeerIo::Tls(Box::new(tls)));
+            };
+            let (conn, driver) = mux::connector(tls, version);
+            let ends = shared.metrics.peer_connections_closed.clone();
+            tokio::spawn(async move {
+                let end = driver.await;
+                ends.count("outbound", end.label());
+            });
+            PeerConn::Mux(conn)
         };
-        let (conn, driver) = mux::connector(tls, version);
-        let ends = shared.metrics.peer_connections_closed.clone();
-        tokio::spawn(async move {
-            let end = driver.await;
-            ends.count("outbound", end.label());
-        });
         let stream = conn
-            .open()
+            .open(ep)
             .ok_or_else(|| io::Error::other("a new connection refused a stream"))?;
         links.conns.push(conn);
-        Ok(PeerIo::Mux(stream))
+        Ok(stream)
+    }
+
+    /// A TCP connection to `ep` as an HBONE tunnel, when this sidecar
+    /// uses HBONE and the peer speaks it; `None` otherwise (the caller
+    /// dials a TCP connection of its own).
+    async fn open_tunnel(
+        &self,
+        shared: &Shared,
+        expected: &SpiffeId,
+        ep: &str,
+    ) -> io::Result<Option<PeerIo>> {
+        if !self.hbone {
+            return Ok(None);
+        }
+        // A shared link that is not HBONE means the peer does not speak it.
+        match self.open_h1(shared, expected, ep).await? {
+            io @ PeerIo::Hbone(_) => Ok(Some(io)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A shared connection to another sidecar.
+enum PeerConn {
+    Mux(mux::Connector),
+    Hbone(hbone::Connector),
+}
+
+impl PeerConn {
+    fn open(&self, ep: &str) -> Option<PeerIo> {
+        match self {
+            PeerConn::Mux(c) => c.open().map(PeerIo::Mux),
+            PeerConn::Hbone(c) => c.open(ep).map(PeerIo::Hbone),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            PeerConn::Mux(c) => c.is_closed(),
+            PeerConn::Hbone(c) => c.is_closed(),
+        }
     }
 }
 
 /// The shared connections to one endpoint, and the last dial's failure.
 #[derive(Default)]
 struct Links {
-    conns: Vec<mux::Connector>,
+    conns: Vec<PeerConn>,
     failed: Option<(Instant, io::ErrorKind, String)>,
 }
 
-/// An HTTP/1.1 link to another sidecar.
+/// An HTTP/1.1 link (or, over HBONE, a TCP connection) to another sidecar.
 pub(crate) enum PeerIo {
     Mux(mux::Stream),
+    Hbone(hbone::Tunnel),
     Tls(Box<TlsStream<Transport>>),
 }
 
@@ -244,6 +306,7 @@ impl Retire for PeerIo {
     fn retired(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
         match self {
             PeerIo::Mux(s) => Some(s.retired()),
+            PeerIo::Hbone(s) => Some(s.retired()),
             PeerIo::Tls(_) => None,
         }
     }
@@ -257,6 +320,7 @@ impl AsyncRead for PeerIo {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerIo::Mux(s) => Pin::new(s).poll_read(cx, buf),
+            PeerIo::Hbone(s) => Pin::new(s).poll_read(cx, buf),
             PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -270,18 +334,21 @@ impl AsyncWrite for PeerIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             PeerIo::Mux(s) => Pin::new(s).poll_write(cx, buf),
+            PeerIo::Hbone(s) => Pin::new(s).poll_write(cx, buf),
             PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerIo::Mux(s) => Pin::new(s).poll_flush(cx),
+            PeerIo::Hbone(s) => Pin::new(s).poll_flush(cx),
             PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerIo::Mux(s) => Pin::new(s).poll_shutdown(cx),
+            PeerIo::Hbone(s) => Pin::new(s).poll_shutdown(cx),
             PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -593,7 +660,20 @@ impl Outbound {
                 tracing::warn!(service = %self.expected, "no endpoint for the upstream service");
                 return;
             };
-            match dial(&self.shared, &self.pools().tcp, &self.expected, &ep).await {
+            let pools = self.pools();
+            match pools.open_tunnel(&self.shared, &self.expected, &ep).await {
+                Ok(Some(mut tunnel)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, error = %e, "upstream connection failed");
+                    self.balancer.mark_down(&ep);
+                    continue;
+                }
+            }
+            match dial(&self.shared, &pools.tcp, &self.expected, &ep).await {
                 Ok(mut tls) => {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
                     return;
