@@ -159,9 +159,10 @@ def allow_a(tmp):
     return pol
 
 
-def ward_pair(tmp, procs, app, workers, name="ward", quiet=False):
+def ward_pair(tmp, procs, app, workers, name="ward", quiet=False, a_flags=()):
     """A ward pair as users run it (default flags, stderr to a file), or
-    with `quiet` its logs at warn (`ward-quiet`)."""
+    with `quiet` its logs at warn (`ward-quiet`); `a_flags` are added to
+    proxy A's."""
     logs = lambda side: None if quiet else f"{tmp}/{name}-{side}.log"
     pol = allow_a(tmp)
     bp = free_port()
@@ -170,13 +171,19 @@ def ward_pair(tmp, procs, app, workers, name="ward", quiet=False):
     b.stdout.readline()
     ap = free_port()
     a = start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
-                      "--upstream", f"b=127.0.0.1:{ap},endpoint=127.0.0.1:{bp},id=spiffe://ward.internal/ns/default/sa/b"], log_to=logs("a"))
+                      "--upstream", f"b=127.0.0.1:{ap},endpoint=127.0.0.1:{bp},id=spiffe://ward.internal/ns/default/sa/b", *a_flags], log_to=logs("a"))
     a.stdout.readline()
     return Target(name, f"127.0.0.1:{ap}", bp, [a.pid], [b.pid])
 
 
 def ward_quiet_pair(tmp, procs, app, workers):
     return ward_pair(tmp, procs, app, workers, name="ward-quiet", quiet=True)
+
+
+def ward_hbone_pair(tmp, procs, app, workers):
+    """The ward pair with A sending over HBONE (HTTP/2 CONNECT) instead of
+    ward-mux/2; default flags otherwise."""
+    return ward_pair(tmp, procs, app, workers, name="ward-hbone", a_flags=("--peer-transport", "hbone"))
 
 
 def nginx_app(tmp, procs):
@@ -422,7 +429,7 @@ def main():
             app = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0"])
             app_addr = json.loads(app.stdout.readline())["http"]
         targets = [Target("direct", app_addr)]
-        for make in (ward_pair, ward_quiet_pair, nginx_pair, haproxy_pair):
+        for make in (ward_pair, ward_quiet_pair, ward_hbone_pair, nginx_pair, haproxy_pair):
             t = make(tmp, procs, app_addr, a.workers)
             time.sleep(0.5)
             why = probe(t, tmp)
@@ -455,12 +462,13 @@ def main():
             report["targets"][t.name] = e
         for t in targets:
             report["targets"][t.name]["fixed_rate"] = oha_rate(t.entry, a.seconds, a.rate)
-        # Handshakes and idle connections do not log per request.
+        # Handshakes and idle connections do not log per request, and go
+        # to proxy B, which is the same for every ward pair.
         for t in targets[1:]:
-            if t.name != "ward-quiet":
+            if t.name not in ("ward-quiet", "ward-hbone"):
                 report["targets"][t.name]["handshakes"] = handshakes(t, tmp, a.seconds)
         for t in targets[1:]:
-            if t.name != "ward-quiet":
+            if t.name not in ("ward-quiet", "ward-hbone"):
                 report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
         report["grpc_tcp"] = grpc_tcp(tmp, procs, a)
         ratios(report)
@@ -495,23 +503,29 @@ def grpc_tcp(tmp, procs, a):
     start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
                   "--upstream", f"b=127.0.0.1:{ug},endpoint=127.0.0.1:{bg},{bid}",
                   "--upstream", f"b.tcp=127.0.0.1:{ut},protocol=tcp,endpoint=127.0.0.1:{bt},{bid}"]).stdout.readline()
+    # TCP over HBONE, to the same B.
+    uh = free_port()
+    start(procs, [WARD, *common, "--cert", f"{tmp}/a.pem", "--key", f"{tmp}/a.key", "--service", "a", "--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9",
+                  "--peer-transport", "hbone", "--upstream", f"b.tcp=127.0.0.1:{uh},protocol=tcp,endpoint=127.0.0.1:{bt},{bid}"]).stdout.readline()
     time.sleep(1)
     # Interleaved rounds like the other metrics, half as long each; the
     # ratio is the median of each round's ward / direct.
     s = str(max(2, a.seconds // 2))
-    loads = (("grpc_unary_per_sec", "grpc-load", grpc_app, f"127.0.0.1:{ug}"),
-             ("tcp_mb_per_sec", "tcp-load", tcp_app, f"127.0.0.1:{ut}"))
-    samples = {key: {"direct": [], "ward": [], "ratio": []} for key, *_ in loads}
+    loads = (("grpc_unary_per_sec", "grpc-load", grpc_app, [("ward", f"127.0.0.1:{ug}")]),
+             ("tcp_mb_per_sec", "tcp-load", tcp_app, [("ward", f"127.0.0.1:{ut}"), ("ward-hbone", f"127.0.0.1:{uh}")]))
+    samples = {key: {"direct": [], "ratio": [], **{n: [] for n, _ in through}} for key, _, _, through in loads}
     for r in range(a.rounds):
         for key, cmd, direct, through in loads:
             got = samples[key]
-            for name, target in (("direct", direct), ("ward", through)):
+            for name, target in (("direct", direct), *through):
                 got[name].append(json.loads(sh(BENCH, cmd, "--target", target, "--seconds", s))[key])
             got["ratio"].append(got["ward"][-1] / got["direct"][-1])
-            print(f"round {r + 1} {key}: direct {got['direct'][-1]}, ward {got['ward'][-1]}", file=sys.stderr)
+            print(f"round {r + 1} {key}: " + ", ".join(f"{n} {got[n][-1]}" for n in got if n != "ratio"), file=sys.stderr)
     out = {key: {name: med(v) for name, v in got.items() if name != "ratio"} for key, got in samples.items()}
     out["grpc_ratio"] = round(statistics.median(samples["grpc_unary_per_sec"]["ratio"]), 3)
     out["tcp_ratio"] = round(statistics.median(samples["tcp_mb_per_sec"]["ratio"]), 3)
+    t = samples["tcp_mb_per_sec"]
+    out["tcp_hbone_vs_mux"] = round(statistics.median(h / m for h, m in zip(t["ward-hbone"], t["ward"])), 3)
     return out
 
 
@@ -536,6 +550,14 @@ def ratios(r):
         # What the default access log costs, against logs at warn.
         out["default_throughput_vs_quiet"] = rps(w) / rps(q)
         out["default_cpu_per_request_vs_quiet"] = w["cpu_ms_per_1000_requests"]["median"] / q["cpu_ms_per_1000_requests"]["median"]
+    h = t.get("ward-hbone")
+    if h:
+        # HBONE against ward-mux/2 between the same sidecars.
+        out["hbone_throughput_vs_mux"] = rps(h) / rps(w)
+        out["hbone_cpu_per_request_vs_mux"] = h["cpu_ms_per_1000_requests"]["median"] / w["cpu_ms_per_1000_requests"]["median"]
+        out["hbone_p99_at_rate_vs_mux"] = h["fixed_rate"]["p99_ms"] / w["fixed_rate"]["p99_ms"]
+        out["hbone_peak_rss_a_vs_mux"] = h["peak_rss_kib"]["a"] / w["peak_rss_kib"]["a"]
+        out["hbone_peak_rss_b_vs_mux"] = h["peak_rss_kib"]["b"] / w["peak_rss_kib"]["b"]
     spread = lambda x: (x["throughput_rps"]["max"] - x["throughput_rps"]["min"]) / x["throughput_rps"]["median"]
     for name in t:
         if name != "direct":
@@ -564,7 +586,8 @@ def write(r, out_dir):
     gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
     lines += ["", f"gRPC unary (median of {r['rounds']} rounds): direct {f(gu['direct']['median'])}/s, ward pair {f(gu['ward']['median'])}/s "
               f"(ward / direct per round, median: {g['grpc_ratio']}×); "
-              f"TCP: direct {tm['direct']['median']:.1f} MB/s, ward pair {tm['ward']['median']:.1f} MB/s ({g['tcp_ratio']}×)", "",
+              f"TCP: direct {tm['direct']['median']:.1f} MB/s, ward pair {tm['ward']['median']:.1f} MB/s ({g['tcp_ratio']}×), "
+              f"over HBONE {tm['ward-hbone']['median']:.1f} MB/s ({g['tcp_hbone_vs_mux']}× a connection of its own)", "",
               "Ratios: " + ", ".join(f"{k} {v}" for k, v in r.get("ratios", {}).items())]
     md = "\n".join(lines) + "\n"
     open(base + ".md", "w").write(md)
