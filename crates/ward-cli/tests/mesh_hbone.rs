@@ -100,6 +100,34 @@ async fn http_and_tcp_between_sidecars_over_hbone() {
     assert_eq!(connections(&tcp_sc, "ward-tcp/1").await, 0.0);
 }
 
+type Files = (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf);
+
+/// A certificate and key for `spiffe_id` issued by `ward cert issue` into
+/// `dir`, with the server's bundle: what the Python client presents.
+fn issue_files(
+    s: &ward_testkit::WardServer,
+    dir: &std::path::Path,
+    name: &str,
+    spiffe_id: &str,
+) -> Files {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    s.cli_json(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        spiffe_id,
+        "--out-cert",
+        cert.to_str().unwrap(),
+        "--out-key",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
+    (cert, key, s.bundle_path())
+}
+
 fn python() -> String {
     std::env::var("WARD_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -108,7 +136,7 @@ fn python() -> String {
 fn hbone_client(
     addr: &str,
     alpn: &str,
-    files: &(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+    files: &Files,
     peer: &str,
     authority: &str,
     mode: &str,
@@ -143,19 +171,7 @@ async fn python_h2_speaks_hbone_to_a_sidecar() {
         &["--app-protocol", "tcp", "--hbone", "127.0.0.1:0"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("fe.pem"), dir.path().join("fe.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        FRONTEND,
-        "--out-cert",
-        cert.to_str().unwrap(),
-        "--out-key",
-        key.to_str().unwrap(),
-    ])
-    .unwrap();
-    let files = (cert, key, s.bundle_path());
+    let files = issue_files(&s, dir.path(), "fe", FRONTEND);
     let hbone_port = |sc: &Sidecar| {
         sc.proc.ready["proxy"]["hbone"]
             .as_str()
@@ -200,22 +216,11 @@ async fn python_h2_speaks_hbone_to_a_sidecar() {
 
     // A caller no policy allows gets a 403 inside the tunnel.
     let other = "spiffe://ward.internal/ns/default/sa/stranger";
-    let (c2, k2) = (dir.path().join("o.pem"), dir.path().join("o.key"));
-    s.cli_json(&[
-        "cert",
-        "issue",
-        "--spiffe-id",
-        other,
-        "--out-cert",
-        c2.to_str().unwrap(),
-        "--out-key",
-        k2.to_str().unwrap(),
-    ])
-    .unwrap();
+    let stranger = issue_files(&s, dir.path(), "o", other);
     let v = hbone_client(
         &hbone_port(&pay_sc),
         "h2",
-        &(c2, k2, s.bundle_path()),
+        &stranger,
         &pay_sc.id,
         &pay.http,
         "http",
