@@ -65,32 +65,36 @@ async fn concurrent_gets(url: &str) -> Vec<(u16, String)> {
 
 /// A frontend sidecar with one upstream, from the files in `dir`.
 fn frontend_sidecar(dir: &Path, upstream: &str) -> Proc {
+    frontend_sidecar_with(dir, upstream, &[])
+}
+
+/// [`frontend_sidecar`] with `extra` flags.
+fn frontend_sidecar_with(dir: &Path, upstream: &str, extra: &[&str]) -> Proc {
     let f = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    Proc::spawn(
-        bin(),
-        &[
-            "--output",
-            "json",
-            "--trust-bundle",
-            &f("bundle.pem"),
-            "proxy",
-            "--cert",
-            &f("frontend.pem"),
-            "--key",
-            &f("frontend.key"),
-            "--service",
-            "frontend",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:9",
-            "--admin",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-        ],
-    )
-    .unwrap()
+    let (bundle, cert, key) = (f("bundle.pem"), f("frontend.pem"), f("frontend.key"));
+    let mut args = vec![
+        "--output",
+        "json",
+        "--trust-bundle",
+        &bundle,
+        "proxy",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--service",
+        "frontend",
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        "127.0.0.1:9",
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(bin(), &args).unwrap()
 }
 
 /// A CA, the frontend's files in a directory, and a listener for a
@@ -177,6 +181,19 @@ async fn a_peer_that_goes_silent_is_given_up() {
 /// no frame kind `/1` lacks (PING) is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_sidecar_is_spoken_to_in_ward_mux_1() {
+    against_a_ward_mux_1_peer(&[]).await;
+}
+
+/// A sidecar told to use HBONE speaks ward-mux to a peer that does not
+/// offer HBONE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hbone_sidecar_falls_back_to_ward_mux() {
+    against_a_ward_mux_1_peer(&["--peer-transport", "hbone"]).await;
+}
+
+/// A frontend sidecar started with `extra` against a hand-written peer
+/// that offers only `ward-mux/1`.
+async fn against_a_ward_mux_1_peer(extra: &[&str]) {
     let (_s, dir, acceptor, old) = frontend_files_and_peer(b"ward-mux/1").await;
     let addr = old.local_addr().unwrap();
     // (connections, ALPNs, frame kinds seen)
@@ -225,11 +242,12 @@ async fn an_older_sidecar_is_spoken_to_in_ward_mux_1() {
             });
         }
     });
-    let fe = frontend_sidecar(
+    let fe = frontend_sidecar_with(
         dir.path(),
         &format!(
             "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
         ),
+        extra,
     );
     for answer in concurrent_gets(&payments_url(&fe, "/old")).await {
         assert_eq!(answer, (200, "v1".to_string()));
