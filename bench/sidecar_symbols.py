@@ -8,9 +8,9 @@ HTTP/1.1 load through both sidecars, full mTLS handshakes at B, shutdown),
 then the pair of bench/mesh.py, whose sidecars join a control plane
 (join token, certificate issuance, configuration watch), then a `ward
 agent` driven by `ward-bench workload` (the SPIFFE Workload API), and
-writes the symbols of the `ward` binary that executed: the standalone
-pair's first, in the order callgrind reports them, then what the
-control-plane pair adds, then what the agent adds.
+writes the symbols of the `ward` binary that executed, grouped so that
+each kind of process finds the functions it runs side by side (see
+`grouped`).
 
     cargo build --release -p ward-cli -p ward-bench
     python3 bench/sidecar_symbols.py > crates/ward-cli/link/sidecar-symbols.txt
@@ -125,13 +125,34 @@ exec {binary} "$@"
         if time.time() > deadline:
             sys.exit("a callgrind output was not completed: " + ", ".join(p for p in outputs if not complete(p)))
         time.sleep(1)
-    seen = set()
-    for path in outputs:
-        for name in executed(path, binary):
-            if name not in seen:
-                seen.add(name)
-                print(name)
-    print(f"{len(seen)} functions", file=sys.stderr)
+    for name in grouped(outputs[:2], outputs[2:len(outputs) - len(agents)], agents, binary):
+        print(name)
+
+
+def grouped(standalone, control_plane, agents, binary):
+    """The functions in an order that keeps each kind of process's own
+    together: the standalone pair's that the agent does not run, then
+    those it does, then the control-plane pair's additions the agent runs,
+    then the agent's own, then the rest of the control-plane pair's. A
+    standalone sidecar runs the first two groups, an agent the middle
+    three, a sidecar with a control plane all but the agent's own."""
+    def names(paths):
+        out, seen = [], set()
+        for path in paths:
+            for name in executed(path, binary):
+                if name not in seen:
+                    seen.add(name)
+                    out.append(name)
+        return out
+    pair = names(standalone)
+    cp = [n for n in names(control_plane) if n not in set(pair)]
+    agent = set(names(agents))
+    known = set(pair) | set(cp)
+    order = ([n for n in pair if n not in agent] + [n for n in pair if n in agent]
+             + [n for n in cp if n in agent] + sorted(agent - known)
+             + [n for n in cp if n not in agent])
+    print(f"{len(order)} functions ({len(agent)} run by the agent)", file=sys.stderr)
+    return order
 
 
 if __name__ == "__main__":
