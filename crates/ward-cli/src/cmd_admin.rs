@@ -178,6 +178,12 @@ pub(crate) async fn status(g: &Global) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
     println!("connected proxies: {}", proxies.len());
+    if let (Some(cap), Some(limit)) = (
+        v["sidecar_capacity"].as_u64(),
+        v["open_files"]["limit"].as_u64(),
+    ) {
+        println!("sidecars it can hold at its open-file limit ({limit}): {cap}");
+    }
     for p in &proxies {
         println!(
             "  {} since {}",

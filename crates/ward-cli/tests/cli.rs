@@ -862,3 +862,42 @@ fn policies_apply_all_or_nothing() {
     let audit = s.cli_json(&["audit"]).unwrap().to_string();
     assert!(audit.contains("policy.apply") && audit.contains("policy.delete"));
 }
+
+/// The hard open-file limit of this process (what a child inherits).
+fn hard_open_files() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(4)?.parse().ok()
+}
+
+#[test]
+fn the_server_raises_its_open_file_limit_and_says_how_many_sidecars_fit() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(hard) = hard_open_files() else {
+        return;
+    };
+    // Started with a soft limit of 512, as many systems give a process.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("ward-low-limit");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -Sn 512 && exec {} \"$@\"\n", bin()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = ward_testkit::WardServer::start(wrapper.to_str().unwrap(), &[]).unwrap();
+    let st = s.cli_json(&["status"]).unwrap();
+    assert_eq!(st["open_files"]["limit"].as_u64(), Some(hard), "{st}");
+    let cap = st["sidecar_capacity"].as_u64().unwrap();
+    let in_use = st["open_files"]["in_use"].as_u64().unwrap();
+    assert_eq!(cap, hard - in_use - 256, "{st}");
+    let dd = s.data_dir.to_str().unwrap();
+    let out = ward_testkit::ward(&wrapper, &["--data-dir", dd, "status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "sidecars it can hold at its open-file limit ({hard}): "
+        )),
+        "{table}"
+    );
+}

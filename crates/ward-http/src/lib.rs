@@ -16,7 +16,9 @@
 //! ```
 #![warn(missing_docs)]
 
+mod limits;
 mod process;
+pub use limits::{open_files, raise_open_files, OpenFiles};
 pub use process::ProcessCollector;
 
 use std::time::Duration;

@@ -100,6 +100,10 @@ impl Proxy {
     /// port and socket. A join token in [`Mode::ControlPlane`] is used
     /// here, if the state dir holds no valid certificate, and not kept.
     pub async fn build(mut cfg: ProxyConfig) -> anyhow::Result<Proxy> {
+        // A descriptor per connection, in and out.
+        if let Err(e) = ward_http::raise_open_files() {
+            tracing::warn!(error = %e, "the open-file limit could not be raised");
+        }
         let svid = identity::obtain(&mut cfg).await?;
         let leaf = svid.chain.first().ok_or_else(|| anyhow!("empty chain"))?;
         let peer = ward_tls::peer_identity(Some(std::slice::from_ref(leaf)))

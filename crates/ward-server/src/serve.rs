@@ -151,6 +151,12 @@ impl Server {
             serde_json::to_vec_pretty(&info).map_err(|e| StartError::Config(e.to_string()))?;
         files.write_public(&files.server_info(), &json)?;
         tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "configuration");
+        // Every connected sidecar holds a descriptor (`ward status` says
+        // how many the limit leaves room for).
+        match ward_http::raise_open_files() {
+            Ok(limit) => tracing::info!(limit, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "the open-file limit could not be raised"),
+        }
         Ok(Server {
             listener,
             local_addr,

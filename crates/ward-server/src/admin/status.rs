@@ -14,6 +14,10 @@ use super::certificates::cert_json;
 use super::{now, ApiResult};
 use crate::state::AppState;
 
+/// Descriptors kept for what is not a sidecar: the database, admin and
+/// CLI connections, OAuth clients, the data dir's files.
+const RESERVED_FILES: u64 = 256;
+
 #[derive(Deserialize)]
 pub(super) struct StatusQuery {
     within_secs: Option<i64>,
@@ -49,6 +53,13 @@ pub(super) async fn status(
         .map(|(id, since)| json!({ "spiffe_id": id, "since": since }))
         .collect();
     let snap = s.ca.snapshot();
+    let files = ward_http::open_files();
+    // Descriptors not held by sidecars' watch connections, and how many
+    // more sidecars the rest of the limit holds (one connection each).
+    let capacity = files.map(|f| {
+        let others = f.in_use.saturating_sub(watchers.len() as u64);
+        f.limit.saturating_sub(others + RESERVED_FILES)
+    });
     Ok(Json(json!({
         "healthy": true,
         "trust_domain": snap.trust_domain.as_str(),
@@ -58,6 +69,8 @@ pub(super) async fn status(
         "connected_proxies": watchers,
         "certificates_near_expiry": near,
         "near_expiry_window_secs": within,
+        "open_files": files.map(|f| json!({ "limit": f.limit, "in_use": f.in_use })),
+        "sidecar_capacity": capacity,
     })))
 }
 
