@@ -147,6 +147,15 @@ pub(crate) struct ServerArgs {
     /// replicas [default: https://<listen address>].
     #[arg(long)]
     pub issuer: Option<String>,
+    /// A YAML file of settings: any flag above (and the global ones) by
+    /// its long name, e.g. `svid-ttl: 12h`, `dns-name: [a, b]`; flags and
+    /// environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (file, environment and flags;
+    /// no secrets) as YAML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Args, Debug)]

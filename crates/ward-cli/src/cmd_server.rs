@@ -23,6 +23,10 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     config.default_policy = a.default_policy;
     config.token_ttl = a.token_ttl;
     config.issuer = a.issuer;
+    if a.print_config {
+        print!("{}", effective(g, &config)?);
+        return Ok(());
+    }
     let server = ward_server::Server::build(config).await?;
     let addr = server.local_addr();
     let files = server.files().clone();
@@ -54,4 +58,56 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     }
     server.run().await?;
     Ok(())
+}
+
+/// The configuration in force, as YAML keyed like the `--config` file, with
+/// any password in the database URL replaced.
+fn effective(g: &Global, c: &ward_server::Config) -> anyhow::Result<String> {
+    let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let v = json!({
+        "data-dir": c.data_dir.display().to_string(),
+        "listen": c.listen.to_string(),
+        "trust-domain": c.trust_domain,
+        "database": c.database.as_deref().map(redact_password),
+        "svid-ttl": d(c.svid_ttl),
+        "ca-ttl": d(c.ca_ttl),
+        "dns-name": c.dns_names,
+        "upstream-ca-cert": c.upstream_ca.as_ref().map(|(p, _)| p.display().to_string()),
+        "upstream-ca-key": c.upstream_ca.as_ref().map(|(_, p)| p.display().to_string()),
+        "default-policy": c.default_policy,
+        "token-ttl": d(c.token_ttl),
+        "issuer": c.issuer,
+        "log-format": format!("{:?}", g.log_format).to_lowercase(),
+    });
+    Ok(serde_yaml_ng::to_string(&v)?)
+}
+
+/// `scheme://user:password@host/…` with the password as `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_password_is_not_printed() {
+        assert_eq!(
+            super::redact_password("postgres://ward:s3cret@db:5432/ward"),
+            "postgres://ward:***@db:5432/ward"
+        );
+        assert_eq!(
+            super::redact_password("/var/lib/ward/ward.db"),
+            "/var/lib/ward/ward.db"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod cmd_cert;
 mod cmd_oauth;
 mod cmd_proxy;
 mod cmd_server;
+mod config_file;
 mod demo;
 mod dispatch;
 mod logging;
@@ -21,7 +22,11 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    let args = match cli::Cli::try_parse() {
+    let argv = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => return config_error(&e),
+    };
+    let args = match cli::Cli::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => return usage_error(e),
     };
@@ -76,15 +81,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A `--config` file that cannot be read or has a wrong setting (exit 2,
+/// as a usage error).
+fn config_error(message: &str) -> std::process::ExitCode {
+    let hint = "fix the file: its keys are the long flags of `ward server --help`";
+    if json_asked() {
+        eprintln!("{}", serde_json::json!({ "error": message, "hint": hint }));
+    } else {
+        eprintln!("error: {message}\nhint: {hint}");
+    }
+    std::process::ExitCode::from(2)
+}
+
+/// Whether the command line asks for `--output json`.
+fn json_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json")
+}
+
 /// A command line clap refused: its own output (exit 2; help and version
 /// exit 0), or one JSON object on stderr when `--output json` was asked.
 fn usage_error(e: clap::Error) -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let json = args
-        .windows(2)
-        .any(|w| w[0] == "--output" && w[1] == "json")
-        || args.iter().any(|a| a == "--output=json");
-    if !json || !e.use_stderr() {
+    if !json_asked() || !e.use_stderr() {
         e.exit();
     }
     let rendered = e.render().to_string();

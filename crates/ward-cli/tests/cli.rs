@@ -901,3 +901,90 @@ fn the_server_raises_its_open_file_limit_and_says_how_many_sidecars_fit() {
         "{table}"
     );
 }
+
+#[test]
+fn a_config_file_sets_the_server_and_flags_and_environment_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ward.yaml");
+    let from_file = dir.path().join("from-file");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir: {}\ntrust-domain: example.org\nsvid-ttl: 2h\ntoken-ttl: 10m\ndns-name: [a.example, b.example]\nissuer: null\n",
+            from_file.display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    // --print-config: the file, then a flag and an environment variable
+    // over it.
+    let print = |extra: &[&str], env: Option<(&str, &std::path::Path)>| {
+        let mut c = Command::new(bin());
+        c.args(["server", "--config", f, "--print-config"])
+            .args(extra);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+        v
+    };
+    let v = print(&[], None);
+    assert_eq!(v["trust-domain"], "example.org");
+    assert_eq!(v["svid-ttl"], "2h");
+    assert_eq!(v["dns-name"], serde_json::json!(["a.example", "b.example"]));
+    assert_eq!(v["data-dir"], from_file.to_str().unwrap());
+    let v = print(&["--svid-ttl", "3h"], None);
+    assert_eq!(v["svid-ttl"], "3h");
+    assert_eq!(v["token-ttl"], "10m");
+    // What it prints is a configuration file that gives the same.
+    let printed = dir.path().join("printed.yaml");
+    let out = Command::new(bin())
+        .args(["server", "--config", f, "--print-config"])
+        .output()
+        .unwrap();
+    std::fs::write(&printed, &out.stdout).unwrap();
+    let again = Command::new(bin())
+        .args([
+            "server",
+            "--config",
+            printed.to_str().unwrap(),
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&out.stdout),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let from_env = dir.path().join("from-env");
+    let v = print(&[], Some(("WARD_DATA_DIR", &from_env)));
+    assert_eq!(v["data-dir"], from_env.to_str().unwrap());
+
+    // A server started with it runs with the file's settings (the
+    // listen address given as a flag).
+    std::fs::write(&file, "trust-domain: example.org\nsvid-ttl: 2h\n").unwrap();
+    let s = ward_testkit::WardServer::start(bin(), &["--config", f]).unwrap();
+    let st = s.cli_json(&["status"]).unwrap();
+    assert_eq!(st["trust_domain"], "example.org");
+
+    // A misspelt setting is refused by name, before anything starts.
+    std::fs::write(&file, "svid-tll: 2h\n").unwrap();
+    let out = Command::new(bin())
+        .args(["server", "--config", f])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no setting \"svid-tll\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
