@@ -118,7 +118,7 @@ pub(crate) struct ServerArgs {
     /// Trust domain, set once when the data dir is initialized [default: ward.internal].
     #[arg(long)]
     pub trust_domain: Option<String>,
-    /// Database: a SQLite path or sqlite:// URL [default: <data-dir>/ward.db].
+    /// Database: a SQLite path or sqlite:// URL, or a postgres:// URL shared by replicas [default: <data-dir>/ward.db].
     #[arg(long)]
     pub database: Option<String>,
     /// Lifetime of issued X509-SVIDs, e.g. 24h, 20s.

@@ -89,11 +89,6 @@ impl Config {
         if self.root_ttl < self.ca_ttl {
             return Err("the root lifetime must be at least --ca-ttl".into());
         }
-        if let Some(db) = &self.database {
-            if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-                return Err("PostgreSQL storage is not available in this build yet; use the default SQLite database".into());
-            }
-        }
         if let Some(td) = &self.trust_domain {
             ward_identity::TrustDomain::new(td).map_err(|e| format!("--trust-domain: {e}"))?;
         }
@@ -110,13 +105,25 @@ impl Config {
             .unwrap_or_else(|| format!("https://{addr}"))
     }
 
-    /// The SQLite file to use.
-    pub fn database_path(&self) -> PathBuf {
+    /// The database to use: a PostgreSQL URL, or else a SQLite file.
+    pub fn database(&self) -> Database {
         match &self.database {
-            Some(db) => PathBuf::from(db.strip_prefix("sqlite://").unwrap_or(db)),
-            None => self.data_dir.join("ward.db"),
+            Some(db) if db.starts_with("postgres://") || db.starts_with("postgresql://") => {
+                Database::Postgres(db.clone())
+            }
+            Some(db) => Database::Sqlite(PathBuf::from(db.strip_prefix("sqlite://").unwrap_or(db))),
+            None => Database::Sqlite(self.data_dir.join("ward.db")),
         }
     }
+}
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, for one server.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL, for any number of replicas.
+    Postgres(String),
 }
 
 fn hostname() -> Option<String> {

@@ -26,6 +26,6 @@ mod serve;
 mod state;
 
 pub use ca::CaManagerError;
-pub use config::Config;
+pub use config::{Config, Database};
 pub use datadir::{DataDirFiles, FileError, ServerInfo};
 pub use serve::Server;

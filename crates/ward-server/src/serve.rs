@@ -18,10 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use ward_api::v1::identity_server::IdentityServer;
 use ward_identity::{SpiffeId, TrustDomain, DEFAULT_TRUST_DOMAIN};
-use ward_store::{AuditEvent, SqliteStore, Store};
+use ward_store::{AuditEvent, PostgresStore, SqliteStore, Store};
 
-use crate::ca::CaManager;
-use crate::config::Config;
+use crate::ca::{CaManager, CaManagerError};
+use crate::config::{Config, Database};
 use crate::datadir::{random_token, DataDirFiles, DataDirLock, ServerInfo};
 use crate::error::StartError;
 use crate::grpc::IdentityService;
@@ -67,7 +67,10 @@ impl Server {
             tracing::info!(path = %files.admin_token().display(), "admin token created");
         }
 
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path()).await?);
+        let store: Arc<dyn Store> = match config.database() {
+            Database::Sqlite(path) => Arc::new(SqliteStore::open(&path).await?),
+            Database::Postgres(url) => Arc::new(PostgresStore::open(&url).await?),
+        };
         let wanted = config
             .trust_domain
             .clone()
@@ -99,7 +102,16 @@ impl Server {
             upstream,
             files.clone(),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            CaManagerError::Ca(ward_ca::CaError::Unseal) => StartError::Config(format!(
+                "{}: this key-encryption key cannot open the CA keys stored in the database; \
+                 every server on one database needs the same kek.key: copy it (with admin.token) \
+                 from a server already using this database, or restore it from a backup",
+                files.kek().display()
+            )),
+            e => e.into(),
+        })?;
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             StartError::Config(format!(

@@ -1,13 +1,17 @@
 //! ward's storage: the [`Store`] trait the control plane is written
-//! against, and its SQLite implementation ([`SqliteStore`]).
+//! against, and its two implementations: [`SqliteStore`] (one file, the
+//! default) and [`PostgresStore`] (shared by several control-plane
+//! replicas).
 //!
 //! Every method is one transaction; an acknowledged write has been synced
-//! to disk (SQLite in WAL mode with `synchronous=FULL`), so it survives a
-//! crash or `kill -9`. Certificate issuance, the hot write path, is batched
-//! by a group-commit writer: concurrent issuances share one fsync.
+//! to disk (SQLite in WAL mode with `synchronous=FULL`; PostgreSQL with
+//! `synchronous_commit=on`), so it survives a crash or `kill -9`. On
+//! SQLite, certificate issuance, the hot write path, is batched by a
+//! group-commit writer: concurrent issuances share one fsync (PostgreSQL
+//! groups concurrent commits itself).
 //!
-//! Nothing here knows SQL dialects but the backend modules, so a PostgreSQL
-//! backend can implement the same trait and pass the same tests.
+//! Both backends run the same SQL (`sql.rs`, compiled once per backend)
+//! and pass the same test suite.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), ward_store::StoreError> {
@@ -19,9 +23,13 @@
 #![warn(missing_docs)]
 
 mod model;
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use model::*;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
@@ -49,11 +57,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        // SQLITE_FULL (13) and ENOSPC: the disk, not the database.
+        // SQLITE_FULL (13), PostgreSQL's disk_full (53100) and ENOSPC:
+        // the disk, not the database.
         let full = e
             .as_database_error()
             .and_then(|d| d.code())
-            .is_some_and(|c| c == "13")
+            .is_some_and(|c| c == "13" || c == "53100")
             || matches!(&e, sqlx::Error::Io(io) if io.raw_os_error() == Some(28));
         if full {
             StoreError::Full(e.to_string())

@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 use ward_api::v1::identity_client::IdentityClient;
 use ward_tls::ControlPlaneTrust;
 
+pub mod postgres;
+
 /// A certificate issued by [`WardServer::issue`].
 pub struct Issued {
     pub chain: Vec<CertificateDer<'static>>,
@@ -28,6 +30,26 @@ impl Issued {
     pub fn pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.chain.clone(), self.key.clone_key())
     }
+}
+
+/// Copies `kek.key` and `admin.token` from one data dir to a new one,
+/// keeping them 0600 in a 0700 directory.
+pub fn copy_secrets(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(to)?;
+    for f in ["kek.key", "admin.token"] {
+        let bytes = std::fs::read(from.join(f)).with_context(|| format!("reading {f}"))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to.join(f))?;
+        std::io::Write::write_all(&mut out, &bytes)?;
+    }
+    Ok(())
 }
 
 /// A `ward server` process on a temporary data dir.
@@ -46,19 +68,38 @@ impl WardServer {
     /// Starts `ward server` with `extra` flags on a new data dir.
     pub fn start(bin: &str, extra: &[&str]) -> anyhow::Result<WardServer> {
         let tmp = tempfile::tempdir()?;
-        let data_dir = tmp.path().join("data");
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        WardServer::start_in(PathBuf::from(bin), tmp, extra)
+    }
+
+    /// Starts on `tmp/data`, which `tmp` keeps until the server drops.
+    fn start_in(
+        bin: PathBuf,
+        tmp: tempfile::TempDir,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<WardServer> {
         let mut s = WardServer {
-            bin: PathBuf::from(bin),
+            bin,
             child: None,
             addr: String::new(),
             url: String::new(),
             fingerprint: String::new(),
-            data_dir,
+            data_dir: tmp.path().join("data"),
             _tmp: Some(tmp),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
         };
         s.spawn("127.0.0.1:0")?;
         Ok(s)
+    }
+
+    /// Starts another replica on the same database (the same `extra`
+    /// flags, which must name a shared `--database`): a data dir of its own
+    /// holding copies of this one's key-encryption key and admin token, as
+    /// docs/operations.md tells operators to do.
+    pub fn replica(&self) -> anyhow::Result<WardServer> {
+        let tmp = tempfile::tempdir()?;
+        copy_secrets(&self.data_dir, &tmp.path().join("data"))?;
+        WardServer::start_in(self.bin.clone(), tmp, self.extra_args.clone())
     }
 
     /// (Re)starts the process on the same data dir.

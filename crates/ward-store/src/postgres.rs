@@ -1,0 +1,94 @@
+//! The PostgreSQL backend: one database shared by any number of
+//! control-plane replicas. Every write is a transaction committed with
+//! `synchronous_commit=on`; concurrent commits share WAL flushes inside
+//! PostgreSQL, so there is no group-commit writer here.
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::{Result, StoreError};
+
+// The shared SQL, compiled for this backend (see sql.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "sql.rs"]
+mod sql;
+use sql::Issue;
+
+type Db = sqlx::Postgres;
+type ThisStore = PostgresStore;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`)
+    /// and brings the schema up to date. Replicas starting together run
+    /// the migrations once: sqlx holds an advisory lock while it migrates.
+    pub async fn open(url: &str) -> Result<PostgresStore> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("the PostgreSQL URL: {e}")))?
+            .application_name("ward")
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Database(format!("PostgreSQL: {e}")))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes the pool, waiting for in-flight writes.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Commits one issuance in its own transaction.
+    async fn issue(&self, issue: Issue) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sql::issue_one(&mut tx, &issue).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// PostgreSQL checks its pages itself; this checks that the database
+    /// answers and holds ward's schema.
+    async fn check(&self) -> Result<()> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Database(
+                "the database holds no ward schema".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::PostgresStore;
+    use crate::Store;
+
+    async fn open() -> (ward_testkit::postgres::TestDatabase, Arc<dyn Store>) {
+        let db = ward_testkit::postgres::TestDatabase::create().await;
+        let s = PostgresStore::open(db.url()).await.unwrap();
+        (db, Arc::new(s))
+    }
+
+    crate::suite::store_suite!(open);
+}

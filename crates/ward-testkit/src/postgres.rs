@@ -1,0 +1,112 @@
+//! A PostgreSQL database of a test's own, on the throw-away cluster that
+//! `scripts/test` (or CI) starts and names in `WARD_TEST_POSTGRES`.
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+
+/// The variable naming the test cluster: `postgres://user@host:port`.
+pub const ENV: &str = "WARD_TEST_POSTGRES";
+
+/// A fresh, empty database, dropped with this guard.
+pub struct TestDatabase {
+    base: String,
+    name: String,
+    url: String,
+}
+
+fn base_url() -> String {
+    match std::env::var(ENV) {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "{ENV} is not set: the PostgreSQL tests need a cluster to create databases in; \
+             run ./scripts/test, which starts a throw-away one, or set {ENV}=postgres://USER@127.0.0.1:PORT"
+        ),
+    }
+}
+
+/// `url` with its database replaced by `db`, its parameters kept.
+fn with_database(url: &str, db: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let query = url[end..].find('?').map_or("", |i| &url[end + i..]);
+    format!("{}/{db}{query}", &url[..end])
+}
+
+impl TestDatabase {
+    /// Creates a database with a name no other test uses.
+    pub async fn create() -> TestDatabase {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = base_url();
+        let name = format!(
+            "ward_test_{}_{}_{:08x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand_u32()
+        );
+        let mut conn = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {ENV}={base}: {e}"));
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+        let url = with_database(&base, &name);
+        TestDatabase { base, name, url }
+    }
+
+    /// The URL to hand to `ward server --database` or `PostgresStore::open`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&base).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_database_in_a_url_is_replaced() {
+        use super::with_database;
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5/postgres", "d"),
+            "postgres://u@127.0.0.1:5/d"
+        );
+        assert_eq!(with_database("postgres://u@h:5", "d"), "postgres://u@h:5/d");
+        assert_eq!(
+            with_database("postgres://u@h:5/x?a=b", "d"),
+            "postgres://u@h:5/d?a=b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5?sslmode=disable", "d"),
+            "postgres://u:p@h:5/d?sslmode=disable"
+        );
+    }
+}
