@@ -1,7 +1,9 @@
 //! Several `ward server` replicas on one PostgreSQL database (the cluster
 //! `scripts/test` starts): every write made through one is read through the
-//! other, a join token stays single-use across them, and a replica whose
-//! key-encryption key cannot open the stored keys refuses to start.
+//! other, a change made through one reaches the watch streams of the
+//! other within 1 s, a join token stays single-use across them, and a
+//! replica whose key-encryption key cannot open the stored keys refuses to
+//! start.
 mod common;
 
 use std::process::{Command, Stdio};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 use tonic::Code;
+use ward_api::v1::{WatchRequest, WatchResponse};
 use ward_testkit::postgres::TestDatabase;
 use ward_testkit::WardServer;
 
@@ -74,7 +77,13 @@ async fn replicas_on_one_postgres_database_share_every_write() {
         .sign_certificate(sign_req(csr(&web).0, ""))
         .await
         .expect_err("a revoked certificate cannot renew");
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Refused at the handshake once the other replica's feed has told it,
+    // or by the stored record before that.
+    assert!(
+        matches!(e.code(), Code::Unauthenticated | Code::PermissionDenied),
+        "{e:?}"
+    );
+    assert!(e.message().contains("revoked"), "{e:?}");
 
     // One audit log: the other replica's changes are in it.
     let audit = b.cli_json(&["audit", "--limit", "1000"]).unwrap();
@@ -82,6 +91,106 @@ async fn replicas_on_one_postgres_database_share_every_write() {
     for a in ["service.add", "policy.apply", "cert.revoke"] {
         assert!(actions.iter().any(|x| x == a), "{a} missing: {actions:?}");
     }
+}
+
+/// Waits up to `within` for a message on `stream` that `ok` accepts.
+async fn pushed_within(
+    stream: &mut tonic::Streaming<WatchResponse>,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&WatchResponse) -> bool,
+) -> WatchResponse {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let m = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{what} not pushed within {within:?}"))
+            .unwrap()
+            .unwrap();
+        if ok(&m) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_reaches_the_watchers_of_the_other() {
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&db);
+    a.cli_json(&["service", "add", "web"]).unwrap();
+    let web = id("spiffe://ward.internal/ns/default/sa/web");
+    let (req, key) = csr(&web);
+    let first = a
+        .grpc(None)
+        .await
+        .unwrap()
+        .sign_certificate(sign_req(req, &token(&a, "web", &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut w = a.grpc(Some((chain(&first), key))).await.unwrap();
+    let mut stream = w.watch(WatchRequest::default()).await.unwrap().into_inner();
+    let start = pushed_within(
+        &mut stream,
+        Duration::from_secs(5),
+        "the first state",
+        |_| true,
+    )
+    .await;
+    assert!(start.policies_json.is_empty());
+    let authorities = start.bundle.as_ref().unwrap().x509_authorities.len();
+
+    // A policy for web applied through b.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: web-deny }\n\
+         spec:\n  selector: { service: web }\n  action: DENY\n  rules: [{}]\n",
+    )
+    .unwrap();
+    b.cli_json(&["policy", "apply", "-f", f.to_str().unwrap()])
+        .unwrap();
+    pushed_within(
+        &mut stream,
+        Duration::from_secs(1),
+        "a policy applied on b",
+        |m| m.policies_json.iter().any(|p| p.contains("web-deny")),
+    )
+    .await;
+
+    // A certificate revoked through b.
+    let other = b
+        .issue("spiffe://ward.internal/ns/default/sa/web", &[])
+        .unwrap();
+    let serial = other.out["serial"].as_str().unwrap().to_string();
+    b.cli_json(&["cert", "revoke", &serial]).unwrap();
+    pushed_within(
+        &mut stream,
+        Duration::from_secs(1),
+        "a revocation on b",
+        |m| m.revoked_serials.contains(&serial),
+    )
+    .await;
+
+    // A CA rotation and a signing-key rotation through b.
+    let jwks = start.jwks_json.clone();
+    b.cli_json(&["ca", "rotate"]).unwrap();
+    pushed_within(
+        &mut stream,
+        Duration::from_secs(1),
+        "a CA rotation on b",
+        |m| m.bundle.as_ref().unwrap().x509_authorities.len() > authorities,
+    )
+    .await;
+    b.cli_json(&["signing-key", "rotate"]).unwrap();
+    pushed_within(
+        &mut stream,
+        Duration::from_secs(1),
+        "a signing-key rotation on b",
+        |m| m.jwks_json != jwks,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -119,7 +119,7 @@ impl KeySet {
         })
     }
 
-    async fn reload(&self) -> Result<(), StartError> {
+    pub(crate) async fn reload(&self) -> Result<(), StartError> {
         let recs = self.records().await?;
         let active = recs
             .iter()
@@ -134,6 +134,10 @@ impl KeySet {
             .filter_map(|k| serde_json::from_str(&k.public_jwk).ok())
             .collect();
         let jwks = json!({ "keys": published });
+        let current = self.keys.load();
+        if current.jwks == jwks && current.active.kid() == active.kid {
+            return Ok(()); // nothing changed (another replica's news we had)
+        }
         let verify = JwkSet::from_json(&jwks.to_string()).map_err(jwt_err)?;
         self.keys.store(Arc::new(Keys {
             active: Arc::new(key),

@@ -15,6 +15,7 @@ mod ca;
 mod config;
 mod datadir;
 mod error;
+mod feed;
 mod grpc;
 mod jwt_svid;
 mod keys;

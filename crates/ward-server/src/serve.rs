@@ -71,6 +71,9 @@ impl Server {
             Database::Sqlite(path) => Arc::new(SqliteStore::open(&path).await?),
             Database::Postgres(url) => Arc::new(PostgresStore::open(&url).await?),
         };
+        // Followed from before anything is loaded, so that no change made by
+        // another replica in between is missed.
+        let changes = store.changes().await?;
         let wanted = config
             .trust_domain
             .clone()
@@ -143,6 +146,9 @@ impl Server {
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
         });
         state.mesh.settle_after(crate::mesh::ENDPOINTS_SETTLE);
+        if let Some(changes) = changes {
+            crate::feed::spawn(state.clone(), changes);
+        }
         let mut names = config.dns_names.clone();
         if !local_addr.ip().is_unspecified() {
             names.push(local_addr.ip().to_string());

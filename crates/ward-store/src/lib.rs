@@ -192,4 +192,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs the backend's integrity check; Ok(()) when the database is sound.
     async fn integrity_check(&self) -> Result<()>;
+
+    /// The changes committed by any process sharing this database, each as
+    /// the audit action of the write (`policy.apply`, `ca.rotate`, ...), so
+    /// that a control-plane replica can reload what another one changed;
+    /// `"*"` when some may have been missed (the feed reconnected). `None`
+    /// for a database only this process uses.
+    async fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
 }

@@ -5,8 +5,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 
 use crate::{Result, StoreError};
 
@@ -18,6 +19,11 @@ use sql::Issue;
 
 type Db = sqlx::Postgres;
 type ThisStore = PostgresStore;
+/// Every audited write announces its action on [`CHANNEL`] when it
+/// commits (PostgreSQL delivers a NOTIFY only if the transaction commits).
+const NOTIFY: Option<&str> = Some("SELECT pg_notify('ward_changes', $1)");
+/// The channel replicas listen on.
+const CHANNEL: &str = "ward_changes";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -60,6 +66,50 @@ impl PostgresStore {
         sql::issue_one(&mut tx, &issue).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Follows [`CHANNEL`] on a connection of its own. After the
+    /// connection was lost and is back, sends `"*"`: what was announced in
+    /// between is gone, so the receiver reloads everything.
+    async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut lost = false;
+            loop {
+                if lost {
+                    // Reconnects (and listens again) if it can.
+                    if sqlx::query("SELECT 1")
+                        .execute(&mut listener)
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    lost = false;
+                    if tx.send("*".into()).await.is_err() {
+                        return;
+                    }
+                }
+                let action = match listener.try_recv().await {
+                    Ok(Some(n)) => n.payload().to_string(),
+                    // Lost and reconnected at once.
+                    Ok(None) => "*".to_string(),
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the change feed from PostgreSQL was cut; reconnecting");
+                        lost = true;
+                        continue;
+                    }
+                };
+                if tx.send(action).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     /// PostgreSQL checks its pages itself; this checks that the database

@@ -2,8 +2,9 @@
 //! PostgreSQL have in common (`$N` parameters, `ON CONFLICT`, `RETURNING`).
 //! Each backend module compiles this file as its own `sql` module, after
 //! naming its sqlx database `Db` and its store `ThisStore`; the store
-//! supplies what differs: how an issuance is committed (`issue`) and how
-//! the database checks itself (`check`).
+//! supplies what differs: how an issuance is committed (`issue`), how
+//! the database checks itself (`check`), and the statement (`NOTIFY`, if
+//! any) that announces a committed change to other processes.
 use sqlx::Transaction;
 
 use super::{Db, ThisStore};
@@ -86,9 +87,17 @@ impl Audited<'_> {
         Ok(())
     }
 
+    /// Records the audit entries and commits; where other processes share
+    /// the database, each entry's action is announced to them on commit.
     async fn commit(mut self) -> Result<()> {
         for e in self.audit {
             insert_audit(&mut self.tx, e).await?;
+            if let Some(notify) = super::NOTIFY {
+                sqlx::query(notify)
+                    .bind(&e.action)
+                    .execute(self.conn())
+                    .await?;
+            }
         }
         self.tx.commit().await?;
         Ok(())
@@ -603,5 +612,9 @@ impl Store for ThisStore {
 
     async fn integrity_check(&self) -> Result<()> {
         self.check().await
+    }
+
+    async fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        self.listen().await
     }
 }

@@ -17,6 +17,8 @@ use sql::Issue;
 
 type Db = sqlx::Sqlite;
 type ThisStore = SqliteStore;
+/// One server per file: nobody else to tell about changes.
+const NOTIFY: Option<&str> = None;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -74,6 +76,10 @@ impl SqliteStore {
             .await
             .map_err(|_| closed())?;
         wait.await.map_err(|_| closed())?
+    }
+
+    async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {
+        Ok(None)
     }
 
     async fn check(&self) -> Result<()> {

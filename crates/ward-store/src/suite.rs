@@ -350,11 +350,33 @@ pub(crate) async fn clients_keys_and_token_revocation(s: Arc<dyn Store>) {
     assert_eq!(page, log[2..4].to_vec(), "paged by id");
 }
 
+pub(crate) async fn committed_changes_are_announced(s: Arc<dyn Store>) {
+    let Some(mut rx) = s.changes().await.unwrap() else {
+        return; // a database of one process: nobody to tell
+    };
+    // Nothing removed: rolled back, not announced.
+    assert!(!s
+        .remove_service("default", "none", &ev("service.remove"))
+        .await
+        .unwrap());
+    s.apply_policies(
+        &[("default".into(), "p".into(), "{}".into())],
+        1,
+        &[ev("policy.apply")],
+    )
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("announced within 5 s");
+    assert_eq!(got.as_deref(), Some("policy.apply"));
+}
+
 /// Declares one `#[tokio::test]` per suite function, each on a fresh store
 /// from `$open` (an async fn returning a guard and the store).
 macro_rules! store_suite {
     ($open:ident) => {
-        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation);
+        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced);
     };
     (@tests $open:ident, $($name:ident),*) => {
         $(

@@ -85,6 +85,20 @@ impl OAuth {
         self.keys.jwks()
     }
 
+    /// Reloads the revoked token ids from the store (another replica
+    /// revoked one), telling watchers if the set changed.
+    pub(crate) async fn reload_revoked(
+        &self,
+        store: &dyn ward_store::Store,
+    ) -> Result<(), ward_store::StoreError> {
+        let set: HashSet<String> = store.revoked_tokens(now()).await?.into_iter().collect();
+        if **self.revoked.load() != set {
+            self.revoked.store(Arc::new(set));
+            self.changed.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
     pub(crate) fn revoked_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = self.revoked.load().iter().cloned().collect();
         v.sort();
