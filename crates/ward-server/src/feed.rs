@@ -21,13 +21,16 @@ enum Reload {
     Trust,
     SigningKeys,
     RevokedTokens,
+    /// Where the other replicas' sidecars are.
+    Endpoints,
 }
 
-const ALL: [Reload; 4] = [
+const ALL: [Reload; 5] = [
     Reload::Policies,
     Reload::Trust,
     Reload::SigningKeys,
     Reload::RevokedTokens,
+    Reload::Endpoints,
 ];
 
 fn reloads(action: &str) -> &'static [Reload] {
@@ -38,6 +41,7 @@ fn reloads(action: &str) -> &'static [Reload] {
         "cert" if action == "cert.revoke" => &[Reload::Trust],
         "signing-key" => &[Reload::SigningKeys],
         "token" if action == "token.revoke" => &[Reload::RevokedTokens],
+        "endpoint" => &[Reload::Endpoints],
         _ => &[],
     }
 }
@@ -89,6 +93,9 @@ async fn reload(state: &AppState, what: Reload) -> Result<(), String> {
             .reload_revoked(state.store.as_ref())
             .await
             .map_err(|e| e.to_string())?,
+        Reload::Endpoints => crate::shared_endpoints::reload(state)
+            .await
+            .map_err(|e| e.to_string())?,
     }
     Ok(())
 }
@@ -105,6 +112,7 @@ mod tests {
         assert_eq!(reloads("cert.revoke"), [Reload::Trust]);
         assert_eq!(reloads("signing-key.rotate"), [Reload::SigningKeys]);
         assert_eq!(reloads("token.revoke"), [Reload::RevokedTokens]);
+        assert_eq!(reloads("endpoint.change"), [Reload::Endpoints]);
         assert_eq!(reloads("*"), ALL);
         for quiet in [
             "cert.issue",

@@ -24,6 +24,7 @@ mod metrics;
 mod oauth;
 mod registry;
 mod serve;
+mod shared_endpoints;
 mod state;
 
 pub use ca::CaManagerError;

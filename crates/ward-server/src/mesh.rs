@@ -1,6 +1,6 @@
 //! What the mesh needs beyond the CA: where each service's sidecars are,
 //! and the authorization policies. Both are pushed on the watch stream.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +16,16 @@ use ward_store::PolicyRecord;
 /// partial, and sidecars keep the endpoints they knew as well.
 pub(crate) const ENDPOINTS_SETTLE: Duration = Duration::from_secs(15);
 
+/// (SPIFFE ID, address) pairs.
+pub(crate) type EndpointSet = BTreeSet<(String, String)>;
+
 pub(crate) struct Mesh {
     /// SPIFFE ID → address → number of open streams advertising it.
     endpoints: Mutex<BTreeMap<String, BTreeMap<String, usize>>>,
+    /// The endpoints other replicas on the same database have.
+    remote: ArcSwap<EndpointSet>,
+    /// Woken when this replica's own endpoints change.
+    pub local_changed: tokio::sync::Notify,
     /// [`ENDPOINTS_SETTLE`] has passed since the start.
     settled: AtomicBool,
     policies: ArcSwap<Vec<PolicyRecord>>,
@@ -48,6 +55,8 @@ impl Mesh {
     pub(crate) fn new(policies: Vec<PolicyRecord>, default_action: DefaultAction) -> Arc<Mesh> {
         Arc::new(Mesh {
             endpoints: Mutex::new(BTreeMap::new()),
+            remote: ArcSwap::from_pointee(EndpointSet::new()),
+            local_changed: tokio::sync::Notify::new(),
             settled: AtomicBool::new(false),
             compiled: ArcSwap::from_pointee(compile(&policies, default_action)),
             by_target: ArcSwap::from_pointee(index(&policies)),
@@ -72,6 +81,7 @@ impl Mesh {
                 .entry(addr.to_string())
                 .or_default() += 1;
         }
+        self.local_changed.notify_one();
         self.bump();
         EndpointGuard {
             mesh: self.clone(),
@@ -94,6 +104,7 @@ impl Mesh {
                 }
             }
         }
+        self.local_changed.notify_one();
         self.bump();
     }
 
@@ -112,16 +123,40 @@ impl Mesh {
         !self.settled.load(Ordering::Relaxed)
     }
 
-    /// (SPIFFE ID, addresses) of every service with a live sidecar.
+    /// (SPIFFE ID, addresses) of every service with a live sidecar, on
+    /// this replica or another.
     pub(crate) fn endpoints(&self) -> Vec<(String, Vec<String>)> {
+        let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (id, addr) in self
+            .local_endpoints()
+            .into_iter()
+            .chain(self.remote.load().iter().cloned())
+        {
+            all.entry(id).or_default().insert(addr);
+        }
+        all.into_iter()
+            .map(|(id, a)| (id, a.into_iter().collect()))
+            .collect()
+    }
+
+    /// The endpoints of the sidecars connected to this replica.
+    pub(crate) fn local_endpoints(&self) -> EndpointSet {
         self.endpoints
             .lock()
             .map(|eps| {
                 eps.iter()
-                    .map(|(id, a)| (id.clone(), a.keys().cloned().collect()))
+                    .flat_map(|(id, a)| a.keys().map(|addr| (id.clone(), addr.clone())))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Sets what the other replicas have; tells watchers if it changed.
+    pub(crate) fn set_remote(&self, remote: EndpointSet) {
+        if **self.remote.load() != remote {
+            self.remote.store(Arc::new(remote));
+            self.bump();
+        }
     }
 
     pub(crate) fn policies(&self) -> Arc<Vec<PolicyRecord>> {

@@ -144,10 +144,14 @@ impl Server {
             metrics: Metrics::new(),
             watchers: Watchers::default(),
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
+            replica: crate::shared_endpoints::replica_id(),
         });
         state.mesh.settle_after(crate::mesh::ENDPOINTS_SETTLE);
+        // Other processes share the database: follow their changes and
+        // share endpoints with them.
         if let Some(changes) = changes {
             crate::feed::spawn(state.clone(), changes);
+            crate::shared_endpoints::spawn(state.clone());
         }
         let mut names = config.dns_names.clone();
         if !local_addr.ip().is_unspecified() {

@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     pub mesh: Arc<Mesh>,
     pub oauth: Arc<crate::oauth::OAuth>,
     pub jwt_svids: Arc<crate::jwt_svid::JwtSvids>,
+    /// This process's name among the replicas sharing its database.
+    pub replica: String,
 }
 
 /// How the peer of a connection authenticated, decided once right after

@@ -193,6 +193,23 @@ pub trait Store: Send + Sync + 'static {
     /// Runs the backend's integrity check; Ok(()) when the database is sound.
     async fn integrity_check(&self) -> Result<()>;
 
+    /// Brings this replica's part of the shared endpoint table up to date
+    /// (adds `add`, removes `remove`, as (SPIFFE ID, address) pairs) and
+    /// marks the replica seen at `now`; other replicas are told when
+    /// something changed.
+    async fn sync_endpoints(
+        &self,
+        replica: &str,
+        now: i64,
+        add: &[(String, String)],
+        remove: &[(String, String)],
+    ) -> Result<()>;
+    /// The (SPIFFE ID, address) pairs of the replicas seen since `since`,
+    /// other than `except`.
+    async fn list_endpoints(&self, since: i64, except: &str) -> Result<Vec<(String, String)>>;
+    /// Forgets the replicas not seen since `before`, with their endpoints.
+    async fn prune_replicas(&self, before: i64) -> Result<u64>;
+
     /// The changes committed by any process sharing this database, each as
     /// the audit action of the write (`policy.apply`, `ca.rotate`, ...), so
     /// that a control-plane replica can reload what another one changed;

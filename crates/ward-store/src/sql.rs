@@ -614,6 +614,80 @@ impl Store for ThisStore {
         self.check().await
     }
 
+    async fn sync_endpoints(
+        &self,
+        replica: &str,
+        now: i64,
+        add: &[(String, String)],
+        remove: &[(String, String)],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO replicas (id, seen_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(replica)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (id, addr) in add {
+            sqlx::query(
+                "INSERT INTO endpoints (replica, spiffe_id, addr) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(replica)
+            .bind(id)
+            .bind(addr)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, addr) in remove {
+            sqlx::query(
+                "DELETE FROM endpoints WHERE replica = $1 AND spiffe_id = $2 AND addr = $3",
+            )
+            .bind(replica)
+            .bind(id)
+            .bind(addr)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(notify) = super::NOTIFY.filter(|_| !add.is_empty() || !remove.is_empty()) {
+            sqlx::query(notify)
+                .bind("endpoint.change")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_endpoints(&self, since: i64, except: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT e.spiffe_id, e.addr FROM endpoints e JOIN replicas r ON r.id = e.replica \
+             WHERE r.seen_at >= $1 AND e.replica <> $2 ORDER BY e.spiffe_id, e.addr",
+        )
+        .bind(since)
+        .bind(except)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn prune_replicas(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM endpoints WHERE replica IN (SELECT id FROM replicas WHERE seen_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM replicas WHERE seen_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.listen().await
     }

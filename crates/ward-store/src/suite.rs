@@ -372,11 +372,46 @@ pub(crate) async fn committed_changes_are_announced(s: Arc<dyn Store>) {
     assert_eq!(got.as_deref(), Some("policy.apply"));
 }
 
+pub(crate) async fn replicas_share_endpoints_while_seen(s: Arc<dyn Store>) {
+    let ep = |id: &str, addr: &str| (id.to_string(), addr.to_string());
+    let web = "spiffe://td/ns/default/sa/web";
+    s.sync_endpoints(
+        "r1",
+        100,
+        &[ep(web, "10.0.0.1:1"), ep(web, "10.0.0.2:1")],
+        &[],
+    )
+    .await
+    .unwrap();
+    s.sync_endpoints("r2", 100, &[ep(web, "10.0.0.3:1")], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_endpoints(90, "r2").await.unwrap(),
+        [ep(web, "10.0.0.1:1"), ep(web, "10.0.0.2:1")],
+        "the other replicas' endpoints, not its own"
+    );
+    s.sync_endpoints("r1", 110, &[], &[ep(web, "10.0.0.1:1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_endpoints(90, "r2").await.unwrap(),
+        [ep(web, "10.0.0.2:1")]
+    );
+    // r2 last seen at 100: gone from a view that wants 105 or later.
+    assert!(s.list_endpoints(105, "r1").await.unwrap().is_empty());
+    assert_eq!(s.prune_replicas(105).await.unwrap(), 1);
+    assert_eq!(
+        s.list_endpoints(0, "x").await.unwrap(),
+        [ep(web, "10.0.0.2:1")]
+    );
+}
+
 /// Declares one `#[tokio::test]` per suite function, each on a fresh store
 /// from `$open` (an async fn returning a guard and the store).
 macro_rules! store_suite {
     ($open:ident) => {
-        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced);
+        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced, replicas_share_endpoints_while_seen);
     };
     (@tests $open:ident, $($name:ident),*) => {
         $(
