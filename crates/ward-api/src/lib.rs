@@ -32,10 +32,59 @@ use std::sync::Arc;
 
 use tonic::transport::{Channel, Endpoint};
 
-/// A gRPC channel to the control plane at `addr` (`host:port`) over TLS
-/// with `tls` (which decides how the server is verified and which client
-/// certificate is shown). HTTP/2 is negotiated by ALPN; the channel
-/// reconnects by itself when the connection drops.
+/// How long one replica of the control plane gets to accept a TCP
+/// connection before the next is tried.
+const CONNECT_EACH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Connects to one of the control-plane replicas `addrs` (`host:port`,
+/// comma-separated). The first try goes to the replica that answered last
+/// time for this list, or, the first time, to one picked by process id,
+/// so that sidecars spread over the replicas; a replica that refuses or
+/// does not answer within 2 s is passed over for the next.
+pub async fn connect_tcp(addrs: &str) -> std::io::Result<tokio::net::TcpStream> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(std::io::Error::other("no control-plane address given"));
+    }
+    let start = LAST
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(addrs).copied()))
+        .unwrap_or(std::process::id() as usize % list.len());
+    let mut errors = Vec::new();
+    for i in 0..list.len() {
+        let at = (start + i) % list.len();
+        let addr = list[at];
+        match tokio::time::timeout(CONNECT_EACH, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                if let Ok(mut m) = LAST.lock() {
+                    m.get_or_insert_with(HashMap::new)
+                        .insert(addrs.to_string(), at);
+                }
+                if i > 0 {
+                    tracing::info!(server = addr, "connected to another control-plane replica");
+                }
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+            Err(_) => errors.push(format!("{addr}: no answer within {CONNECT_EACH:?}")),
+        }
+    }
+    Err(std::io::Error::other(errors.join("; ")))
+}
+
+/// A gRPC channel to the control plane at `addr` (`host:port`, or several
+/// replicas comma-separated: see [`connect_tcp`]) over TLS with `tls`
+/// (which decides how the server is verified and which client certificate
+/// is shown). HTTP/2 is negotiated by ALPN; the channel reconnects by
+/// itself when the connection drops, to another replica if its own is gone.
 pub async fn connect(
     addr: &str,
     tls: rustls::ClientConfig,
@@ -48,7 +97,7 @@ pub async fn connect(
         let tls = tls.clone();
         let addr = addr.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let tcp = connect_tcp(&addr).await?;
             tcp.set_nodelay(true)?;
             // The name is not used for verification (the SPIFFE ID is);
             // it only fills the SNI field.
@@ -133,5 +182,28 @@ where
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_tcp;
+
+    #[tokio::test]
+    async fn a_replica_that_refuses_is_passed_over_and_the_one_that_answered_is_kept() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        // A port nothing listens on: bound, then closed.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let list = format!("{dead_addr}, {live_addr}");
+        for _ in 0..3 {
+            let tcp = connect_tcp(&list).await.unwrap();
+            assert_eq!(tcp.peer_addr().unwrap().to_string(), live_addr);
+        }
+        let e = connect_tcp(&dead_addr).await.unwrap_err();
+        assert!(e.to_string().contains(&dead_addr), "{e}");
+        assert!(connect_tcp(" , ").await.is_err());
     }
 }

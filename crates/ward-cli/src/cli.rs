@@ -27,7 +27,8 @@ pub(crate) struct Global {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Output,
-    /// Control plane URL, e.g. https://127.0.0.1:8443.
+    /// Control plane URL, e.g. https://127.0.0.1:8443; several replicas
+    /// comma-separated (sidecars spread over them and fail over).
     #[arg(long, global = true, env = "WARD_SERVER")]
     pub server: Option<String>,
     /// File holding the admin token (or set WARD_ADMIN_TOKEN).

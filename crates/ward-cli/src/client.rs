@@ -14,7 +14,8 @@ use crate::output::Hinted;
 /// An authenticated admin API client.
 pub(crate) struct Api {
     http: reqwest::Client,
-    base: String,
+    /// The replicas, tried in order while one cannot be connected to.
+    bases: Vec<String>,
     token: Option<String>,
 }
 
@@ -22,10 +23,24 @@ fn data_dir_files(g: &Global) -> Option<DataDirFiles> {
     g.data_dir.as_deref().map(DataDirFiles::new)
 }
 
-/// The server's URL: --server, WARD_SERVER, or the data dir's server.json.
+/// The server's URL: the first of [`server_urls`].
 pub(crate) fn server_url(g: &Global) -> anyhow::Result<String> {
+    Ok(server_urls(g)?.swap_remove(0))
+}
+
+/// The server's URLs: --server or WARD_SERVER (one URL, or several
+/// replicas comma-separated), or the data dir's server.json.
+pub(crate) fn server_urls(g: &Global) -> anyhow::Result<Vec<String>> {
     if let Some(s) = &g.server {
-        return Ok(s.trim_end_matches('/').to_string());
+        let urls: Vec<String> = s
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            bail!("--server is empty: give a URL such as https://127.0.0.1:8443, or several comma-separated");
+        }
+        return Ok(urls);
     }
     if let Some(files) = data_dir_files(g) {
         let path = files.server_info();
@@ -38,7 +53,7 @@ pub(crate) fn server_url(g: &Global) -> anyhow::Result<String> {
         })?;
         let info: ServerInfo =
             serde_json::from_slice(&raw).with_context(|| format!("parsing {}", path.display()))?;
-        return Ok(info.url);
+        return Ok(vec![info.url]);
     }
     bail!(
         "no server given: pass --server URL (or set WARD_SERVER), or --data-dir of a local server"
@@ -88,7 +103,7 @@ fn admin_token(g: &Global) -> anyhow::Result<Option<String>> {
 impl Api {
     /// A client for the server the global flags point at.
     pub(crate) fn new(g: &Global) -> anyhow::Result<Api> {
-        let base = server_url(g)?;
+        let bases = server_urls(g)?;
         let tls = ward_tls::client_config(trust(g)?, None, &[b"h2", b"http/1.1"])?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -97,7 +112,7 @@ impl Api {
             .context("building the HTTP client")?;
         Ok(Api {
             http,
-            base,
+            bases,
             token: admin_token(g)?,
         })
     }
@@ -110,15 +125,27 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| unreachable(&self.base, &e))?;
+        let mut bases = self.bases.iter().peekable();
+        let resp = loop {
+            let Some(base) = bases.next() else {
+                bail!("no server given");
+            };
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => break resp,
+                // Not sent: another replica can take it.
+                Err(e) if e.is_connect() && bases.peek().is_some() => {
+                    tracing::info!(server = %base, error = %e, "replica unreachable; trying the next");
+                }
+                Err(e) => return Err(unreachable(base, &e)),
+            }
+        };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {

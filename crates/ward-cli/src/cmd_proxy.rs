@@ -3,7 +3,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::cli::{AgentArgs, Global, Output, ProxyArgs, SampleAppArgs, WorkloadArgs};
-use crate::client::{server_url, trust};
+use crate::client::{server_urls, trust};
 
 pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
     let mode = match (&a.cert, &a.key) {
@@ -101,11 +101,11 @@ fn control_plane(
     join_token: &Option<String>,
     join_token_file: &Option<std::path::PathBuf>,
 ) -> anyhow::Result<ward_proxy::Mode> {
-    let url = server_url(g)?;
-    let server = url
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string();
+    let server = server_urls(g)?
+        .iter()
+        .map(|u| u.trim_start_matches("https://"))
+        .collect::<Vec<_>>()
+        .join(",");
     let join_token = match (join_token, join_token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
         (None, Some(f)) => Some(

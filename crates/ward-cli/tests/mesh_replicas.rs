@@ -37,3 +37,155 @@ async fn sidecars_on_different_replicas_find_each_other() {
     .await;
     assert!(gone, "{}", admin_json(&fe, "/config").await);
 }
+
+/// The SPIFFE IDs `ward status` on `s` lists as connected.
+fn connected(s: &WardServer) -> Vec<String> {
+    let v = s.cli_json(&["status"]).unwrap();
+    v["connected_proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["spiffe_id"].as_str().map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mesh_given_both_replicas_carries_on_when_one_is_killed_mid_writes() {
+    let db = TestDatabase::create().await;
+    let a = WardServer::start(bin().to_str().unwrap(), &["--database", db.url()]).unwrap();
+    let b = a.replica().unwrap();
+    apply(&a, ALLOW_FRONTEND);
+    let both = format!("{},{}", a.url, b.url);
+    let pay = app("payments");
+    let pay_sc = sidecar(&a, "payments", &pay.http, &["--server", &both]);
+    let fe = sidecar(
+        &a,
+        "frontend",
+        "127.0.0.1:9",
+        &["--upstream", "payments=127.0.0.1:0", "--server", &both],
+    );
+    wait_for_endpoint(&fe, "payments").await;
+    let url = format!("http://{}/whoami", fe.upstream("payments.default"));
+
+    // The sidecars picked their replicas; the one with more of them is
+    // killed, so that at least one sidecar has to move.
+    let on_a = connected(&a).len();
+    assert_eq!(on_a + connected(&b).len(), 2);
+    let (mut a, b) = if on_a >= 1 { (a, b) } else { (b, a) };
+
+    // Mesh traffic all along: 4 clients in a loop until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("HTTP {}", r.status())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+
+    // 200 concurrent admin writes through a, which is killed once some
+    // have been acknowledged.
+    let http = a.https().unwrap();
+    let token = a.admin_token();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writes = Vec::new();
+    for i in 0..200 {
+        let (http, token, base, acked) =
+            (http.clone(), token.clone(), a.url.clone(), acked.clone());
+        writes.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/api/v1/services"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "name": format!("svc-{i}") }))
+                .send()
+                .await;
+            let ok = matches!(r, Ok(r) if r.status() == 201);
+            if ok {
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok.then_some(format!("svc-{i}"))
+        }));
+    }
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.kill9();
+    let mut acknowledged = Vec::new();
+    for w in writes {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some writes were acknowledged before the kill"
+    );
+    let listed = b.cli_json(&["service", "list"]).unwrap().to_string();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|n| !listed.contains(&format!("\"{n}\"")))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+
+    // Both sidecars follow b within 5 s of the kill.
+    let moved = wait_until(Duration::from_secs(5), || async {
+        let c = connected(&b);
+        c.contains(&pay_sc.id) && c.contains(&fe.id)
+    })
+    .await;
+    assert!(moved, "connected to b: {:?}", connected(&b));
+
+    // A policy applied through b afterwards: both sidecars have it within
+    // 1 s, and payments' sidecar enforces it.
+    let before = |sc: &Sidecar| {
+        let sc = sc.admin.clone();
+        async move {
+            reqwest::get(format!("http://{sc}/config"))
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["policies"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (p0, f0) = (before(&pay_sc).await, before(&fe).await);
+    let t = std::time::Instant::now();
+    apply(
+        &b,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin }\nspec:\n  action: DENY\n  rules: [{ to: [{ operation: { paths: [\"/admin\"] } }] }]\n",
+    );
+    let both_have_it = wait_until(Duration::from_secs(1), || async {
+        before(&pay_sc).await > p0 && before(&fe).await > f0
+    })
+    .await;
+    assert!(both_have_it, "not on both sidecars after {:?}", t.elapsed());
+    let denied = reqwest::get(format!("http://{}/admin", fe.upstream("payments.default")))
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 50, "only {ok} mesh requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} mesh requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

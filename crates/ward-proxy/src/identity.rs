@@ -221,7 +221,7 @@ pub(crate) async fn discover_trust_domain(
 ) -> anyhow::Result<TrustDomain> {
     let tls = ward_tls::client_config(trust.clone(), None, &[b"h2"])?;
     let tls = std::sync::Arc::new(tls);
-    let tcp = tokio::net::TcpStream::connect(server)
+    let tcp = ward_api::connect_tcp(server)
         .await
         .with_context(|| format!("connecting to {server}"))?;
     let name = rustls_pki_types::ServerName::try_from("ward-server")?;
