@@ -255,3 +255,70 @@ async fn a_replica_whose_key_encryption_key_differs_refuses_to_start() {
     a.issue("spiffe://ward.internal/ns/default/sa/web", &[])
         .unwrap();
 }
+
+fn count(s: &WardServer, action: &str) -> usize {
+    let v = s.cli_json(&["audit", "--limit", "10000"]).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .count()
+}
+
+#[tokio::test]
+async fn replicas_starting_and_rotating_together_do_it_once() {
+    let db = TestDatabase::create().await;
+    // Secrets from a server of its own (SQLite), then two replicas started
+    // at the same moment on the empty PostgreSQL database.
+    let seed = server(&[]);
+    let flags = ["--database", db.url()];
+    let (a, b) = std::thread::scope(|t| {
+        let a = t.spawn(|| seed.replica_with(&flags));
+        let b = t.spawn(|| seed.replica_with(&flags));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert_eq!(a.fingerprint, b.fingerprint, "one root CA");
+    assert_eq!(count(&a, "ca.root.create"), 1);
+    assert_eq!(count(&a, "signing-key.create"), 2, "one pair per purpose");
+
+    // Both asked to rotate the CA and the signing keys at once.
+    let call = |s: &WardServer, path: &'static str| {
+        let (http, token, url) = (s.https().unwrap(), s.admin_token(), s.url.clone());
+        async move {
+            let r = http
+                .post(format!("{url}{path}"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let activations = count(&a, "ca.signing.activate");
+    let (ra, rb) = tokio::join!(call(&a, "/api/v1/ca/rotate"), call(&b, "/api/v1/ca/rotate"));
+    assert_eq!(
+        count(&b, "ca.signing.activate"),
+        activations + 1,
+        "rotated once"
+    );
+    assert_eq!(ra["active_serial"], rb["active_serial"], "{ra} {rb}");
+
+    let rotations = count(&a, "signing-key.rotate");
+    let (ka, kb) = tokio::join!(
+        call(&a, "/api/v1/signing-keys/rotate"),
+        call(&b, "/api/v1/signing-keys/rotate")
+    );
+    assert_eq!(
+        count(&b, "signing-key.rotate"),
+        rotations + 1,
+        "rotated once"
+    );
+    assert_eq!(ka, kb);
+
+    // The scheduled maintenance on both replicas then finds nothing to do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(&a, "ca.signing.activate"), activations + 1);
+    assert_eq!(count(&a, "signing-key.rotate"), rotations + 1);
+}

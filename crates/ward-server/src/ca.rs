@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use ward_ca::rotation::{self, Action, SigningCaInfo, State};
 use ward_ca::{CaMaterial, IssuedCert, Kek, SigningAuthority};
 use ward_identity::{SpiffeId, TrustDomain};
@@ -64,6 +64,9 @@ pub enum CaManagerError {
     BundleFile(#[from] FileError),
 }
 
+/// The lock replicas take turns under to change the CA set.
+const CA_LOCK: &str = "ward:ca";
+
 /// Keys and schedule, without the published state.
 struct CaCore {
     td: TrustDomain,
@@ -77,7 +80,6 @@ pub(crate) struct CaManager {
     files: DataDirFiles,
     active: ArcSwap<ActiveCa>,
     snapshot: watch::Sender<Arc<TrustSnapshot>>,
-    rotate_lock: Mutex<()>,
 }
 
 fn unix(t: time::OffsetDateTime) -> i64 {
@@ -123,6 +125,8 @@ impl CaManager {
         upstream: Option<CaMaterial>,
         files: DataDirFiles,
     ) -> Result<Arc<CaManager>, CaManagerError> {
+        // Replicas starting together on an empty database create one root.
+        let lock = store.lock(CA_LOCK).await?;
         let cas = store.list_cas().await?;
         let root = cas.iter().find(|c| c.kind == "root");
         match (root, &upstream) {
@@ -155,6 +159,7 @@ impl CaManager {
             ca_ttl,
         };
         core.run_schedule(false).await?;
+        drop(lock);
         let (active, _) = core.load_active().await?;
         let (snapshot, _) = watch::channel(Arc::new(TrustSnapshot {
             version: 0,
@@ -169,7 +174,6 @@ impl CaManager {
             files,
             active: ArcSwap::from_pointee(active),
             snapshot,
-            rotate_lock: Mutex::new(()),
         };
         mgr.publish().await?;
         Ok(Arc::new(mgr))
@@ -193,10 +197,17 @@ impl CaManager {
 
     /// Runs the rotation schedule (or a forced rotation) until nothing is
     /// due, then republishes. Returns whether the CA set changed.
+    ///
+    /// Replicas sharing a database take turns (see `turns`): a rotation
+    /// one made is seen by the others, not repeated.
     pub(crate) async fn reconcile(&self, forced: bool) -> Result<bool, CaManagerError> {
-        let _guard = self.rotate_lock.lock().await;
-        let changed = self.core.run_schedule(forced).await?;
-        if changed {
+        let turn = crate::turns::take(self.core.store.as_ref(), CA_LOCK).await?;
+        let rotate_now = forced && !turn.rotated_recently();
+        let changed = self.core.run_schedule(rotate_now).await?;
+        if rotate_now {
+            turn.rotated().await?;
+        }
+        if changed || forced {
             self.publish().await?;
         }
         Ok(changed)

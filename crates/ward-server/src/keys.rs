@@ -69,6 +69,8 @@ impl KeySet {
             }),
             changed: watch::channel(0).0,
         };
+        // Replicas starting together on an empty database create one pair.
+        let lock = set.store.lock(&set.lock_name()).await?;
         if set.records().await?.is_empty() {
             let active = set.new_key("active")?;
             let next = set.new_key("next")?;
@@ -82,6 +84,7 @@ impl KeySet {
                 .update_signing_keys(&[active, next], &[], &[], &ev)
                 .await?;
         }
+        drop(lock);
         set.reload().await?;
         Ok(set)
     }
@@ -153,7 +156,27 @@ impl KeySet {
     /// JWKS until every token it signed has expired), pre-publishes a new
     /// one, and drops retired keys whose tokens are all gone. Returns the
     /// newly active key id.
+    ///
+    /// Replicas take turns (see `turns`): a rotation asked for together
+    /// with one another replica made returns the key that one activated.
     pub(crate) async fn rotate(&self, actor: &str) -> Result<String, StartError> {
+        let name = self.lock_name();
+        let turn = crate::turns::take(self.store.as_ref(), &name).await?;
+        if turn.rotated_recently() {
+            self.reload().await?;
+            return Ok(self.load().active.kid().to_string());
+        }
+        let kid = self.rotate_locked(actor).await?;
+        turn.rotated().await?;
+        Ok(kid)
+    }
+
+    /// The lock replicas take turns under to change these keys.
+    fn lock_name(&self) -> String {
+        format!("ward:signing-keys:{}", self.purpose)
+    }
+
+    async fn rotate_locked(&self, actor: &str) -> Result<String, StartError> {
         let recs = self.records().await?;
         let t = now();
         let mut states = Vec::new();
@@ -193,12 +216,13 @@ impl KeySet {
     /// time (run periodically).
     pub(crate) async fn maintain(&self) -> Result<(), StartError> {
         let t = now();
+        let _lock = self.store.lock(&self.lock_name()).await?;
         let recs = self.records().await?;
         if recs
             .iter()
             .any(|k| k.state == "active" && t - k.created_at > KEY_ROTATION_SECS)
         {
-            self.rotate("server").await?;
+            self.rotate_locked("server").await?;
             return Ok(());
         }
         let delete: Vec<String> = recs

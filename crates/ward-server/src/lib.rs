@@ -26,6 +26,7 @@ mod registry;
 mod serve;
 mod shared_endpoints;
 mod state;
+mod turns;
 
 pub use ca::CaManagerError;
 pub use config::{Config, Database};

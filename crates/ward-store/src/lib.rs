@@ -72,6 +72,27 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A lock held across every process sharing the database until dropped
+/// (see [`Store::lock`]).
+#[must_use = "the lock is released when this is dropped"]
+pub struct StoreLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl StoreLock {
+    pub(crate) fn new(held: impl Send + Sync + 'static) -> StoreLock {
+        StoreLock {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreLock")
+    }
+}
+
 /// Result alias for storage calls.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -209,6 +230,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_endpoints(&self, since: i64, except: &str) -> Result<Vec<(String, String)>>;
     /// Forgets the replicas not seen since `before`, with their endpoints.
     async fn prune_replicas(&self, before: i64) -> Result<u64>;
+
+    /// Waits for, then holds, the lock `name` among every process sharing
+    /// this database (a PostgreSQL advisory lock; within the process for
+    /// SQLite): so that of several replicas due to rotate the CA or a
+    /// signing key at once, one does and the others see it done.
+    async fn lock(&self, name: &str) -> Result<StoreLock>;
 
     /// The changes committed by any process sharing this database, each as
     /// the audit action of the write (`policy.apply`, `ca.rotate`, ...), so

@@ -68,6 +68,21 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Takes the advisory lock named `name` on a connection of its own,
+    /// which the guard gives back (unlocked) when dropped.
+    async fn lock_named(&self, name: &str) -> Result<crate::StoreLock> {
+        let key = lock_key(name);
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(crate::StoreLock::new(AdvisoryLock {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
     /// Follows [`CHANNEL`] on a connection of its own. After the
     /// connection was lost and is back, sends `"*"`: what was announced in
     /// between is gone, so the receiver reloads everything.
@@ -125,6 +140,48 @@ impl PostgresStore {
         }
         Ok(())
     }
+}
+
+/// A held advisory lock: released on drop, by `pg_advisory_unlock` on
+/// the connection that took it, or, where no runtime is left to run that,
+/// by closing the connection (PostgreSQL drops a session's locks with it).
+struct AdvisoryLock {
+    conn: Option<sqlx::pool::PoolConnection<Db>>,
+    key: i64,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let key = self.key;
+                rt.spawn(async move {
+                    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await;
+                    if unlocked.is_err() {
+                        drop(conn.detach());
+                    }
+                });
+            }
+            Err(_) => drop(conn.detach()),
+        }
+    }
+}
+
+/// A stable 64-bit key for a lock name (FNV-1a), the same in every
+/// replica and every version.
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 #[cfg(test)]

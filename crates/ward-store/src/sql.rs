@@ -688,6 +688,10 @@ impl Store for ThisStore {
         Ok(n)
     }
 
+    async fn lock(&self, name: &str) -> Result<crate::StoreLock> {
+        self.lock_named(name).await
+    }
+
     async fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.listen().await
     }

@@ -1,6 +1,8 @@
 //! The SQLite backend: one file, WAL journal, `synchronous=FULL`.
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -30,6 +32,8 @@ const MAX_BATCH: usize = 512;
 pub struct SqliteStore {
     pool: SqlitePool,
     issue_tx: mpsc::Sender<IssueJob>,
+    /// One server per file: [`crate::Store::lock`] is within the process.
+    locks: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 struct IssueJob {
@@ -58,7 +62,11 @@ impl SqliteStore {
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         let (issue_tx, issue_rx) = mpsc::channel(4096);
         tokio::spawn(group_commit(pool.clone(), issue_rx));
-        Ok(SqliteStore { pool, issue_tx })
+        Ok(SqliteStore {
+            pool,
+            issue_tx,
+            locks: Default::default(),
+        })
     }
 
     /// Closes the pool, waiting for in-flight writes.
@@ -76,6 +84,17 @@ impl SqliteStore {
             .await
             .map_err(|_| closed())?;
         wait.await.map_err(|_| closed())?
+    }
+
+    async fn lock_named(&self, name: &str) -> Result<crate::StoreLock> {
+        let lock = self
+            .locks
+            .lock()
+            .map_err(|_| StoreError::Database("lock table poisoned".into()))?
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        Ok(crate::StoreLock::new(lock.lock_owned().await))
     }
 
     async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {

@@ -407,11 +407,35 @@ pub(crate) async fn replicas_share_endpoints_while_seen(s: Arc<dyn Store>) {
     );
 }
 
+pub(crate) async fn a_lock_has_one_holder_at_a_time(s: Arc<dyn Store>) {
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, held) = (s.clone(), held.clone());
+        tasks.push(tokio::spawn(async move {
+            let _lock = s.lock("rotation").await.unwrap();
+            let now = held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(now, 0, "two holders at once");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Another name is not held by this one.
+    let _a = s.lock("a").await.unwrap();
+    let _b = tokio::time::timeout(std::time::Duration::from_secs(5), s.lock("b"))
+        .await
+        .expect("locks of other names are independent")
+        .unwrap();
+}
+
 /// Declares one `#[tokio::test]` per suite function, each on a fresh store
 /// from `$open` (an async fn returning a guard and the store).
 macro_rules! store_suite {
     ($open:ident) => {
-        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced, replicas_share_endpoints_while_seen);
+        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced, replicas_share_endpoints_while_seen, a_lock_has_one_holder_at_a_time);
     };
     (@tests $open:ident, $($name:ident),*) => {
         $(

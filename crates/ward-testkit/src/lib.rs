@@ -97,9 +97,15 @@ impl WardServer {
     /// holding copies of this one's key-encryption key and admin token, as
     /// docs/operations.md tells operators to do.
     pub fn replica(&self) -> anyhow::Result<WardServer> {
+        self.replica_with(&self.extra_args)
+    }
+
+    /// Like [`WardServer::replica`], with flags `extra` of its own.
+    pub fn replica_with<S: AsRef<str>>(&self, extra: &[S]) -> anyhow::Result<WardServer> {
         let tmp = tempfile::tempdir()?;
         copy_secrets(&self.data_dir, &tmp.path().join("data"))?;
-        WardServer::start_in(self.bin.clone(), tmp, self.extra_args.clone())
+        let extra = extra.iter().map(|s| s.as_ref().to_string()).collect();
+        WardServer::start_in(self.bin.clone(), tmp, extra)
     }
 
     /// (Re)starts the process on the same data dir.
