@@ -6,7 +6,7 @@ mod mesh_common;
 use std::time::Duration;
 
 use mesh_common::*;
-use ward_testkit::postgres::TestDatabase;
+use ward_testkit::postgres::{Cluster, TestDatabase};
 use ward_testkit::{wait_until, WardServer};
 
 #[tokio::test]
@@ -36,6 +36,55 @@ async fn sidecars_on_different_replicas_find_each_other() {
     })
     .await;
     assert!(gone, "{}", admin_json(&fe, "/config").await);
+}
+
+/// Mesh traffic all along: 4 clients in a loop until finished.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(url: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), stop.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    let (mut ok, mut failed) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("HTTP {}", r.status())),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops, and asserts that every request went through.
+    async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(ok > 50, "only {ok} mesh requests went through");
+        assert!(
+            failed.is_empty(),
+            "{} of {} mesh requests failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
 }
 
 /// The SPIFFE IDs `ward status` on `s` lists as connected.
@@ -73,24 +122,7 @@ async fn a_mesh_given_both_replicas_carries_on_when_one_is_killed_mid_writes() {
     assert_eq!(on_a + connected(&b).len(), 2);
     let (mut a, b) = if on_a >= 1 { (a, b) } else { (b, a) };
 
-    // Mesh traffic all along: 4 clients in a loop until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), stop.clone());
-        load.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("HTTP {}", r.status())),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(&url);
 
     // 200 concurrent admin writes through a, which is killed once some
     // have been acknowledged.
@@ -173,19 +205,68 @@ async fn a_mesh_given_both_replicas_carries_on_when_one_is_killed_mid_writes() {
         .unwrap();
     assert_eq!(denied.status(), 403);
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for l in load {
-        let (o, f) = l.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(ok > 50, "only {ok} mesh requests went through");
-    assert!(
-        failed.is_empty(),
-        "{} of {} mesh requests failed: {:?}",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(5)]
+    load.finish().await;
+}
+
+#[tokio::test]
+async fn the_mesh_carries_on_while_postgres_is_down_and_writes_resume_after() {
+    let pg = Cluster::start();
+    let s = WardServer::start(bin().to_str().unwrap(), &["--database", pg.url()]).unwrap();
+    apply(&s, ALLOW_FRONTEND);
+    let (_pay, _pay_sc, fe) = payments_and_frontend(&s).await;
+    let load = Load::start(&format!(
+        "http://{}/whoami",
+        fe.upstream("payments.default")
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.stop();
+    // A write fails with 503, naming the database and saying what to do.
+    let http = s.https().unwrap();
+    let r = http
+        .post(format!("{}/api/v1/services", s.url))
+        .bearer_auth(s.admin_token())
+        .json(&serde_json::json!({ "name": "during" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("PostgreSQL at 127.0.0.1:"), "{msg}");
+    assert!(msg.contains("nothing was changed"), "{msg}");
+    assert_eq!(body["error"], "database_unavailable");
+    // What the server holds in memory is still served.
+    let jwks = http
+        .get(format!("{}/oauth2/jwks", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    pg.resume();
+    // Writes succeed again, without a restart.
+    let back = wait_until(Duration::from_secs(15), || async {
+        s.cli(&["service", "add", "after"]).status.success()
+    })
+    .await;
+    assert!(back, "writes did not come back after PostgreSQL did");
+    let v = s.cli_json(&["service", "list"]).unwrap().to_string();
+    assert!(v.contains("\"after\"") && !v.contains("\"during\""), "{v}");
+    // And the mesh follows a change made after it.
+    apply(
+        &s,
+        "apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: { name: no-admin }\nspec:\n  action: DENY\n  rules: [{ to: [{ operation: { paths: [\"/admin\"] } }] }]\n",
     );
+    let admin = format!("http://{}/admin", fe.upstream("payments.default"));
+    let denied = wait_until(Duration::from_secs(5), || async {
+        reqwest::get(&admin).await.is_ok_and(|r| r.status() == 403)
+    })
+    .await;
+    assert!(
+        denied,
+        "the policy applied after the outage is not enforced"
+    );
+    load.finish().await;
 }

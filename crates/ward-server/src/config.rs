@@ -126,6 +126,22 @@ pub enum Database {
     Postgres(String),
 }
 
+impl Database {
+    /// What it is, for messages, without credentials: the SQLite file, or
+    /// `PostgreSQL at host:port/db`.
+    pub fn label(&self) -> String {
+        match self {
+            Database::Sqlite(p) => format!("SQLite at {}", p.display()),
+            Database::Postgres(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                let rest = rest.split('?').next().unwrap_or(rest);
+                format!("PostgreSQL at {rest}")
+            }
+        }
+    }
+}
+
 fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim().to_ascii_lowercase();

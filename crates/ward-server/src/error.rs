@@ -28,3 +28,19 @@ impl StartError {
         StartError::File(FileError::io(path, source))
     }
 }
+
+/// The server's database, for messages; set once at start.
+static DATABASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub(crate) fn set_database_label(label: String) {
+    let _ = DATABASE.set(label);
+}
+
+/// What to tell a caller whose write could not reach the database.
+pub(crate) fn database_unavailable() -> String {
+    format!(
+        "the database ({}) cannot be reached: nothing was changed; retry once it is back \
+         (the mesh, and what the server holds in memory, go on)",
+        DATABASE.get().map_or("not yet opened", String::as_str)
+    )
+}

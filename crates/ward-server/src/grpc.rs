@@ -209,6 +209,13 @@ impl Identity for IdentityService {
                     "the control plane's disk is full: no certificate was issued; retry later (the current certificate stays valid)",
                 )));
             }
+            Err(CaManagerError::Store(ward_store::StoreError::Unavailable(e))) => {
+                tracing::warn!(error = %e, "the database cannot be reached; no certificate issued");
+                return Err(self.refuse("database_unavailable", Status::unavailable(format!(
+                    "{} (no certificate was issued; the current one stays valid)",
+                    crate::error::database_unavailable()
+                ))));
+            }
             Err(e) => return Err(internal(e)),
         };
         self.state.metrics.issued(method);

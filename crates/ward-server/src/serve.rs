@@ -67,6 +67,7 @@ impl Server {
             tracing::info!(path = %files.admin_token().display(), "admin token created");
         }
 
+        crate::error::set_database_label(config.database().label());
         let store: Arc<dyn Store> = match config.database() {
             Database::Sqlite(path) => Arc::new(SqliteStore::open(&path).await?),
             Database::Postgres(url) => Arc::new(PostgresStore::open(&url).await?),

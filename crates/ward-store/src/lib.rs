@@ -47,7 +47,12 @@ pub enum StoreError {
     /// freed; reads go on.
     #[error("the disk under the database is full ({0})")]
     Full(String),
-    /// The database failed or is unreachable.
+    /// The database cannot be reached (PostgreSQL stopped, restarting or
+    /// cut off): nothing was changed; the same call succeeds once it is
+    /// back, without a restart.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
+    /// The database failed.
     #[error("database error: {0}")]
     Database(String),
     /// The database schema is newer than this binary or damaged.
@@ -64,8 +69,20 @@ impl From<sqlx::Error> for StoreError {
             .and_then(|d| d.code())
             .is_some_and(|c| c == "13" || c == "53100")
             || matches!(&e, sqlx::Error::Io(io) if io.raw_os_error() == Some(28));
+        // No connection to be had, or the one in use went away:
+        // PostgreSQL's connection_exception class (08) and shutdown or
+        // start-up states (57P01-57P03).
+        let unavailable = matches!(
+            &e,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+        ) || e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03"));
         if full {
             StoreError::Full(e.to_string())
+        } else if unavailable {
+            StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Database(e.to_string())
         }

@@ -83,6 +83,62 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A PostgreSQL cluster of a test's own (for a test that stops and starts
+/// it), run by `scripts/postgres`; stopped when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres");
+
+fn script(cmd: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(SCRIPT)
+        .arg(cmd)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {SCRIPT}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/postgres {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Cluster {
+    /// Initializes and starts a cluster on an OS-chosen loopback port.
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = script("start", dir.path());
+        Cluster { dir, url }
+    }
+
+    /// `postgres://…/postgres`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops it (fast shutdown: connections are closed).
+    pub fn stop(&self) {
+        script("stop", self.dir.path());
+    }
+
+    /// Starts it again on the same port.
+    pub fn resume(&self) {
+        script("resume", self.dir.path());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(SCRIPT)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     let _ = std::fs::File::open("/dev/urandom")

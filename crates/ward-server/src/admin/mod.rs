@@ -77,6 +77,14 @@ impl From<StoreError> for ApiError {
                     "the disk under the server's data dir is full: nothing was changed; free space there and retry (reads and the mesh go on)",
                 )
             }
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "the database cannot be reached; writes fail until it is back");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    crate::error::database_unavailable(),
+                )
+            }
             e => {
                 tracing::error!(error = %e, "storage error");
                 ApiError::new(
@@ -91,6 +99,9 @@ impl From<StoreError> for ApiError {
 
 impl From<crate::error::StartError> for ApiError {
     fn from(e: crate::error::StartError) -> ApiError {
+        if let crate::error::StartError::Store(e) = e {
+            return ApiError::from(e);
+        }
         tracing::error!(error = %e, "signing-key error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
