@@ -15,11 +15,16 @@
 //!   ValidateJWTSVID per second (next to the same validation in-process
 //!   on one core), the first X509-SVID to a new caller, and the agent's
 //!   RSS with 100 open streams.
+//! - `ward-bench store [--rows N] [--postgres URL] [--seconds N]`:
+//!   certificate issuance and listing with N issued-certificate rows
+//!   (default 1,000,000) against an empty store in the same run, on SQLite
+//!   and PostgreSQL, and the time to prune N expired rows.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod harness;
+mod store;
 mod workload;
 
 use anyhow::Context;
@@ -54,6 +59,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Some("store") => {
+            let rows = flag("--rows")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            let pg = flag("--postgres");
+            let report = runtime(2)?.block_on(store::run(
+                rows,
+                pg.as_deref(),
+                Duration::from_secs(seconds),
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Some("upstream") => {
             let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
             let tcp = flag("--tcp-listen");
@@ -81,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: ward-bench sign|token|workload|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N]");
+            eprintln!("usage: ward-bench sign|token|workload|store|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL]");
             std::process::exit(2);
         }
     }

@@ -316,8 +316,13 @@ fn spawn_maintenance(state: Arc<AppState>, identity: Arc<ServerIdentity>) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             interval.tick().await;
+            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                prune(&state).await;
+            }
             if let Err(e) = state.ca.reconcile(false).await {
                 tracing::error!(error = %e, "CA rotation failed; will retry");
             }
@@ -333,6 +338,22 @@ fn spawn_maintenance(state: Arc<AppState>, identity: Arc<ServerIdentity>) {
             }
         }
     });
+}
+
+/// How often expired rows are deleted, and how long after expiry.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Deletes certificates, revoked token ids, assertion ids and join tokens
+/// that expired over [`PRUNE_AFTER`] ago, so the tables stay the size of
+/// the live fleet.
+async fn prune(state: &AppState) {
+    let before = ward_ca::now().unix_timestamp() - PRUNE_AFTER.as_secs() as i64;
+    match state.store.prune_expired(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "expired rows pruned"),
+        Err(e) => tracing::warn!(error = %e, "pruning expired rows failed; will retry"),
+    }
 }
 
 /// Verifies a client's chain against the current bundle, once per

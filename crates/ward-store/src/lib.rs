@@ -110,6 +110,9 @@ impl std::fmt::Debug for StoreLock {
     }
 }
 
+/// Rows deleted per transaction by [`Store::prune_expired`].
+pub const PRUNE_BATCH: i64 = 10_000;
+
 /// Result alias for storage calls.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -247,6 +250,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_endpoints(&self, since: i64, except: &str) -> Result<Vec<(String, String)>>;
     /// Forgets the replicas not seen since `before`, with their endpoints.
     async fn prune_replicas(&self, before: i64) -> Result<u64>;
+
+    /// Deletes what expired before `before`: certificates, revoked token
+    /// ids, used assertion ids and join tokens, in batches of
+    /// [`PRUNE_BATCH`] rows so that no transaction holds the database for
+    /// long. Returns how many rows went.
+    async fn prune_expired(&self, before: i64) -> Result<u64>;
 
     /// Waits for, then holds, the lock `name` among every process sharing
     /// this database (a PostgreSQL advisory lock; within the process for

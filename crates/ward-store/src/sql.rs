@@ -312,18 +312,37 @@ impl Store for ThisStore {
 
     async fn list_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>> {
         let limit = if q.limit <= 0 { 1000 } else { q.limit };
-        Ok(sqlx::query_as(
+        // Only the filters asked for are in the SQL, so that each can use
+        // its index (`$1 IS NULL OR …` would make the planner scan).
+        let mut sql = String::from(
             "SELECT serial, spiffe_id, issuer_serial, not_before, not_after, revoked_at, created_at, der \
-             FROM certificates \
-             WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR not_after > $2) AND ($3 IS NULL OR not_after < $3) \
-             ORDER BY created_at DESC, serial LIMIT $4",
-        )
-        .bind(&q.spiffe_id)
-        .bind(q.valid_at)
-        .bind(q.expiring_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+             FROM certificates WHERE 1 = 1",
+        );
+        let filters = [
+            (q.spiffe_id.is_some(), "spiffe_id ="),
+            (q.valid_at.is_some(), "not_after >"),
+            (q.expiring_before.is_some(), "not_after <"),
+        ];
+        let mut n = 0;
+        for (_, cond) in filters.iter().filter(|(asked, _)| *asked) {
+            n += 1;
+            sql.push_str(&format!(" AND {cond} ${n}"));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, serial LIMIT ${}",
+            n + 1
+        ));
+        let mut query = sqlx::query_as(&sql);
+        if let Some(id) = &q.spiffe_id {
+            query = query.bind(id);
+        }
+        if let Some(t) = q.valid_at {
+            query = query.bind(t);
+        }
+        if let Some(t) = q.expiring_before {
+            query = query.bind(t);
+        }
+        Ok(query.bind(limit).fetch_all(&self.pool).await?)
     }
 
     async fn revoke_certificate(&self, serial: &str, now: i64, audit: &AuditEvent) -> Result<bool> {
@@ -336,12 +355,16 @@ impl Store for ThisStore {
     }
 
     async fn revoked_serials(&self, now: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+        // Sorted here: an ORDER BY would lead SQLite to walk the primary
+        // key over every row instead of the index of revoked ones.
+        let mut serials: Vec<String> = sqlx::query_scalar(
+            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1",
         )
         .bind(now)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        serials.sort_unstable();
+        Ok(serials)
     }
 
     async fn last_leaf_not_after(&self, issuer_serial: &str) -> Result<Option<i64>> {
@@ -686,6 +709,35 @@ impl Store for ThisStore {
             .rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn prune_expired(&self, before: i64) -> Result<u64> {
+        const BATCHES: [&str; 4] = [
+            "DELETE FROM certificates WHERE serial IN \
+             (SELECT serial FROM certificates WHERE not_after < $1 LIMIT $2)",
+            "DELETE FROM revoked_tokens WHERE jti IN \
+             (SELECT jti FROM revoked_tokens WHERE expires_at < $1 LIMIT $2)",
+            "DELETE FROM used_assertions WHERE jti IN \
+             (SELECT jti FROM used_assertions WHERE expires_at < $1 LIMIT $2)",
+            "DELETE FROM join_tokens WHERE hash IN \
+             (SELECT hash FROM join_tokens WHERE expires_at < $1 LIMIT $2)",
+        ];
+        let mut total = 0;
+        for sql in BATCHES {
+            loop {
+                let n = sqlx::query(sql)
+                    .bind(before)
+                    .bind(crate::PRUNE_BATCH)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                total += n;
+                if n < crate::PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn lock(&self, name: &str) -> Result<crate::StoreLock> {

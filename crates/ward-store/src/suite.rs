@@ -431,11 +431,64 @@ pub(crate) async fn a_lock_has_one_holder_at_a_time(s: Arc<dyn Store>) {
         .unwrap();
 }
 
+pub(crate) async fn expired_rows_are_pruned_and_the_rest_kept(s: Arc<dyn Store>) {
+    for (serial, not_after) in [("old", 50), ("edge", 100), ("new", 500)] {
+        s.record_issued(&cert(serial, not_after), None, 0, &ev("cert.issue"))
+            .await
+            .unwrap();
+    }
+    s.revoke_token("t-old", 50, &ev("token.revoke"))
+        .await
+        .unwrap();
+    s.revoke_token("t-new", 500, &ev("token.revoke"))
+        .await
+        .unwrap();
+    assert!(s.use_assertion("a-old", 50, 0).await.unwrap());
+    let tok = |h: u8, expires_at: i64| JoinToken {
+        hash: vec![h; 32],
+        namespace: "default".into(),
+        service: "a".into(),
+        spiffe_id: "spiffe://td/ns/default/sa/a".into(),
+        expires_at,
+        uses_left: 1,
+        created_at: 0,
+    };
+    s.create_join_token(&tok(1, 50), &ev("join-token.create"))
+        .await
+        .unwrap();
+    s.create_join_token(&tok(2, 500), &ev("join-token.create"))
+        .await
+        .unwrap();
+
+    assert_eq!(s.prune_expired(100).await.unwrap(), 4);
+    let left: Vec<_> = s
+        .list_certificates(&CertQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.serial)
+        .collect();
+    assert_eq!(left, ["edge", "new"], "expiring at the cut-off is kept");
+    assert_eq!(s.revoked_tokens(0).await.unwrap(), ["t-new"]);
+    assert!(
+        s.use_assertion("a-old", 500, 0).await.unwrap(),
+        "pruned, so new"
+    );
+    assert!(s.find_join_token(&[1; 32]).await.unwrap().is_none());
+    assert!(s.find_join_token(&[2; 32]).await.unwrap().is_some());
+    assert_eq!(s.prune_expired(100).await.unwrap(), 0);
+    assert_eq!(
+        s.list_audit(0, 100).await.unwrap().len(),
+        7,
+        "the audit log is kept"
+    );
+}
+
 /// Declares one `#[tokio::test]` per suite function, each on a fresh store
 /// from `$open` (an async fn returning a guard and the store).
 macro_rules! store_suite {
     ($open:ident) => {
-        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced, replicas_share_endpoints_while_seen, a_lock_has_one_holder_at_a_time);
+        $crate::suite::store_suite!(@tests $open, services_and_audit, token_consumption_is_atomic_with_issuance, policies_are_versioned, revocation_and_cas, join_tokens_list_in_order_and_revoke_by_prefix, certificate_queries, clients_keys_and_token_revocation, committed_changes_are_announced, replicas_share_endpoints_while_seen, a_lock_has_one_holder_at_a_time, expired_rows_are_pruned_and_the_rest_kept);
     };
     (@tests $open:ident, $($name:ident),*) => {
         $(
