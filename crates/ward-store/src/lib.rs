@@ -13,6 +13,11 @@
 //! Both backends run the same SQL (`sql.rs`, compiled once per backend)
 //! and pass the same test suite.
 //!
+//! Migrations only add (tables, indexes, columns with defaults), so a
+//! server of an older release keeps working on a database a newer one
+//! has migrated: replicas can be upgraded one at a time, and an upgrade
+//! rolled back by running the older binary again.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), ward_store::StoreError> {
 //! use ward_store::{SqliteStore, Store};

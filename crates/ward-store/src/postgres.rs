@@ -25,8 +25,6 @@ const NOTIFY: Option<&str> = Some("SELECT pg_notify('ward_changes', $1)");
 /// The channel replicas listen on.
 const CHANNEL: &str = "ward_changes";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -48,7 +46,11 @@ impl PostgresStore {
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Database(format!("PostgreSQL: {e}")))?;
-        MIGRATOR
+        // A database already migrated by a newer release (a replica
+        // upgraded first) is used as it is: migrations only add.
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -198,4 +200,17 @@ mod tests {
     }
 
     crate::suite::store_suite!(open);
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_release_opens() {
+        let db = ward_testkit::postgres::TestDatabase::create().await;
+        let s = PostgresStore::open(db.url()).await.unwrap();
+        // PostgreSQL spells bytes '\x00'.
+        sqlx::query(&crate::suite::NEWER_MIGRATION.replace("X'00'", "'\\x00'"))
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        s.close().await;
+        PostgresStore::open(db.url()).await.unwrap();
+    }
 }

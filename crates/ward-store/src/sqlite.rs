@@ -22,8 +22,6 @@ type ThisStore = SqliteStore;
 /// One server per file: nobody else to tell about changes.
 const NOTIFY: Option<&str> = None;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 /// Most issuances committed together by one fsync.
 const MAX_BATCH: usize = 512;
 
@@ -56,7 +54,11 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(opts)
             .await?;
-        MIGRATOR
+        // A database already migrated by a newer release (a replica
+        // upgraded first) is used as it is: migrations only add.
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -168,4 +170,17 @@ mod tests {
     }
 
     crate::suite::store_suite!(open);
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_release_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let s = SqliteStore::open(&path).await.unwrap();
+        sqlx::query(crate::suite::NEWER_MIGRATION)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        s.close().await;
+        SqliteStore::open(&path).await.unwrap();
+    }
 }

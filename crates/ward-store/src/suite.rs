@@ -484,6 +484,11 @@ pub(crate) async fn expired_rows_are_pruned_and_the_rest_kept(s: Arc<dyn Store>)
     );
 }
 
+/// Marks the database as migrated by a newer release than this one.
+pub(crate) const NEWER_MIGRATION: &str =
+    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+     VALUES (99990101000000, 'from a newer release', TRUE, X'00', 1)";
+
 /// Declares one `#[tokio::test]` per suite function, each on a fresh store
 /// from `$open` (an async fn returning a guard and the store).
 macro_rules! store_suite {

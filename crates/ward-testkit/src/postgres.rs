@@ -124,9 +124,47 @@ impl Cluster {
         script("stop", self.dir.path());
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port. After [`Cluster::kill9`], the
+    /// killed server's processes may take a moment to go: retried.
     pub fn resume(&self) {
+        for _ in 0..50 {
+            let ok = std::process::Command::new(SCRIPT)
+                .arg("resume")
+                .arg(self.dir.path())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         script("resume", self.dir.path());
+    }
+
+    /// SIGKILL to the server and every process of it, as in a crash: no
+    /// shutdown checkpoint, recovery from the WAL at the next start.
+    pub fn kill9(&self) {
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
+        // The children first, found by their parent in /proc.
+        let children: Vec<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+                (ppid == pid.to_string()).then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .args(&children)
+            .status();
     }
 }
 
