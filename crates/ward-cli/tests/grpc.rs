@@ -361,3 +361,120 @@ fn client_certificates_are_checked_at_the_handshake() {
         "{err}"
     );
 }
+
+fn sid(svc: &str) -> String {
+    format!("spiffe://ward.internal/ns/default/sa/{svc}")
+}
+
+/// A gRPC client with a certificate of `svc`.
+async fn client_of(
+    s: &ward_testkit::WardServer,
+    svc: &str,
+) -> ward_api::v1::identity_client::IdentityClient<tonic::transport::Channel> {
+    let tok = token(s, svc, &[]);
+    let (req, key) = csr(&id(&sid(svc)));
+    let resp = s
+        .grpc(None)
+        .await
+        .unwrap()
+        .sign_certificate(sign_req(req, &tok))
+        .await
+        .unwrap()
+        .into_inner();
+    s.grpc(Some((chain(&resp), key))).await.unwrap()
+}
+
+fn watch_req(advertise: &str, upstreams: &[String]) -> WatchRequest {
+    WatchRequest {
+        advertise: advertise.into(),
+        upstreams: upstreams.to_vec(),
+    }
+}
+
+/// The next message within `ms`, if any.
+async fn next_within(
+    stream: &mut tonic::Streaming<ward_api::v1::WatchResponse>,
+    ms: u64,
+) -> Option<ward_api::v1::WatchResponse> {
+    tokio::time::timeout(Duration::from_millis(ms), stream.message())
+        .await
+        .ok()
+        .map(|m| m.unwrap().unwrap())
+}
+
+/// A watch stream carries the endpoints of the watcher's upstreams and the
+/// policies of its own service only, and a change that concerns neither
+/// sends it nothing.
+#[tokio::test]
+async fn a_watcher_gets_only_what_concerns_it() {
+    let s = server(&[]);
+    for svc in ["a", "b", "c"] {
+        s.cli_json(&["service", "add", svc]).unwrap();
+    }
+    let (mut ca, mut cb, mut cc) = (
+        client_of(&s, "a").await,
+        client_of(&s, "b").await,
+        client_of(&s, "c").await,
+    );
+    let _b = cb
+        .watch(watch_req("127.0.0.1:2", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let _c = cc
+        .watch(watch_req("127.0.0.1:3", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut a = ca
+        .watch(watch_req("127.0.0.1:1", &[sid("b")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_within(&mut a, 5000).await.expect("the first state");
+    let ids: Vec<_> = first
+        .endpoints
+        .iter()
+        .map(|e| e.spiffe_id.clone())
+        .collect();
+    assert_eq!(ids, [sid("b")], "only its upstream, not c nor itself");
+    while next_within(&mut a, 300).await.is_some() {}
+
+    // Another service's policy, another service's endpoint: nothing sent.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let policy = |name: &str, svc: &str| {
+        std::fs::write(
+            &f,
+            format!("apiVersion: ward/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name} }}\nspec:\n  selector: {{ service: {svc} }}\n  action: DENY\n  rules: [{{}}]\n"),
+        )
+        .unwrap();
+        s.cli_json(&["policy", "apply", "-f", f.to_str().unwrap()])
+            .unwrap();
+    };
+    policy("c-only", "c");
+    let mut c2 = client_of(&s, "c").await;
+    let _c2 = c2
+        .watch(watch_req("127.0.0.1:4", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    if let Some(m) = next_within(&mut a, 1000).await {
+        panic!("sent a change that does not concern it: {m:?}");
+    }
+
+    // Its upstream's endpoint, its own service's policy: sent.
+    let mut b2 = client_of(&s, "b").await;
+    let _b2 = b2
+        .watch(watch_req("127.0.0.1:5", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = next_within(&mut a, 5000).await.expect("b's new endpoint");
+    assert_eq!(m.endpoints[0].addresses, ["127.0.0.1:2", "127.0.0.1:5"]);
+    assert!(m.policies_json.is_empty());
+    policy("a-only", "a");
+    let m = next_within(&mut a, 5000).await.expect("its own policy");
+    assert_eq!(m.policies_json.len(), 1);
+    assert!(m.policies_json[0].contains("a-only"));
+}

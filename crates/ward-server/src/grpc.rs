@@ -289,8 +289,12 @@ impl Identity for IdentityService {
         let tokens = WatchStream::new(self.state.oauth.changed.subscribe()).map(|_| ());
         let oauth_keys = WatchStream::new(self.state.oauth.keys.changed.subscribe()).map(|_| ());
         let svid_keys = WatchStream::new(self.state.jwt_svids.keys.changed.subscribe()).map(|_| ());
-        // Every source fires at once on subscription; send each version once.
-        let mut last = None;
+        // Only the endpoints of the services it calls.
+        let upstreams: std::collections::HashSet<String> = upstreams.into_iter().collect();
+        // Every source fires at once on subscription, and most changes
+        // concern other watchers (another service's policy or endpoints):
+        // send only what differs from what this watcher last got.
+        let mut last: Option<WatchResponse> = None;
         let stream = ca
             .merge(mesh)
             .merge(tokens)
@@ -298,19 +302,28 @@ impl Identity for IdentityService {
             .merge(svid_keys)
             .filter_map(move |()| {
                 let _keep = (&guard, &endpoint);
-                let mut r = to_response(&state, &id);
+                let mut r = to_response(&state, &id, &upstreams);
                 r.unregistered_upstreams = unregistered.clone();
-                if last == Some(r.version) {
+                if last.as_ref().is_some_and(|l| {
+                    WatchResponse {
+                        version: r.version,
+                        ..l.clone()
+                    } == r
+                }) {
                     return None;
                 }
-                last = Some(r.version);
+                last = Some(r.clone());
                 Some(Ok(r))
             });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
+fn to_response(
+    state: &AppState,
+    watcher: &str,
+    upstreams: &std::collections::HashSet<String>,
+) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
@@ -330,6 +343,7 @@ fn to_response(state: &AppState, watcher: &str) -> WatchResponse {
             .mesh
             .endpoints()
             .into_iter()
+            .filter(|(spiffe_id, _)| upstreams.contains(spiffe_id))
             .map(|(spiffe_id, addresses)| ServiceEndpoints {
                 spiffe_id,
                 addresses,
