@@ -15,6 +15,12 @@
 //!   ValidateJWTSVID per second (next to the same validation in-process
 //!   on one core), the first X509-SVID to a new caller, and the agent's
 //!   RSS with 100 open streams.
+//! - `ward-bench fleet [--sidecars N] [--services S] [--baseline-ward PATH]`:
+//!   N sidecar-side watch streams (real certificates, real mTLS) on one
+//!   `ward server`; per kind of change (one service's policy, an endpoint,
+//!   a revocation, a JWKS and a CA rotation) the server's CPU, the bytes
+//!   sent to the sidecars it concerns and to the others, and the time
+//!   until all concerned have it; the server's RSS per connected sidecar.
 //! - `ward-bench store [--rows N] [--postgres URL] [--seconds N]`:
 //!   certificate issuance and listing with N issued-certificate rows
 //!   (default 1,000,000) against an empty store in the same run, on SQLite
@@ -23,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod fleet;
 mod harness;
 mod store;
 mod workload;
@@ -56,6 +63,19 @@ fn main() -> anyhow::Result<()> {
         Some("workload") => {
             let report =
                 runtime(1)?.block_on(workload::run(&ward, Duration::from_secs(seconds)))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Some("fleet") => {
+            let sidecars = flag("--sidecars")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2000);
+            let services = flag("--services")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            let baseline = flag("--baseline-ward");
+            let report =
+                runtime(2)?.block_on(fleet::run(&ward, baseline.as_deref(), sidecars, services))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -99,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: ward-bench sign|token|workload|store|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL]");
+            eprintln!("usage: ward-bench sign|token|workload|store|fleet|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL] [--sidecars N] [--services S] [--baseline-ward PATH]");
             std::process::exit(2);
         }
     }

@@ -37,7 +37,7 @@ fn req<T>(msg: T) -> Request<T> {
     r
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
+pub(crate) fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
