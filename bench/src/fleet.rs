@@ -62,11 +62,18 @@ async fn post(
 }
 
 /// Issues a certificate for `svc` through the CSR path.
+/// A certificate issued for `svc` through the CSR path.
+struct Issued {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    serial: String,
+}
+
 async fn certificate(
     c: &mut ward_api::v1::identity_client::IdentityClient<tonic::transport::Channel>,
     svc: &str,
     token: &str,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+) -> anyhow::Result<Issued> {
     let id = ward_identity::SpiffeId::parse(&format!("{NS}{svc}"))?;
     let (csr, key) = ward_ca::testing::csr_for(&id);
     let resp = c
@@ -76,13 +83,21 @@ async fn certificate(
         })
         .await?
         .into_inner();
-    Ok((
-        resp.cert_chain
+    Ok(Issued {
+        chain: resp
+            .cert_chain
             .into_iter()
             .map(CertificateDer::from)
             .collect(),
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    ))
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        serial: resp.serial,
+    })
+}
+
+/// A single-use join token for `svc`.
+async fn join_token(s: &WardServer, http: &reqwest::Client, svc: &str) -> anyhow::Result<String> {
+    let t = post(s, http, "/api/v1/join-tokens", json!({ "service": svc })).await?;
+    Ok(t["token"].as_str().unwrap_or_default().to_string())
 }
 
 /// One measured change: from `start`, until every watcher for which
@@ -195,7 +210,7 @@ async fn one(
     }));
     let mut streams = Vec::with_capacity(sidecars);
     let t = Instant::now();
-    for (i, (chain, key)) in certs {
+    for (i, Issued { chain, key, .. }) in certs {
         let svc = i % services;
         let req = WatchRequest {
             advertise: format!(
@@ -299,21 +314,9 @@ async fn one(
 
     // 2. One endpoint added (a new sidecar of svc-1).
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
-    let tok = post(
-        &s,
-        &http,
-        "/api/v1/join-tokens",
-        json!({ "service": "svc-1" }),
-    )
-    .await?;
-    let mut anon2 = anon.clone();
-    let (chain, key) = certificate(
-        &mut anon2,
-        "svc-1",
-        tok["token"].as_str().unwrap_or_default(),
-    )
-    .await?;
-    let mut extra = s.grpc(Some((chain, key))).await?;
+    let tok = join_token(&s, &http, "svc-1").await?;
+    let new = certificate(&mut anon.clone(), "svc-1", &tok).await?;
+    let mut extra = s.grpc(Some((new.chain, new.key))).await?;
     let _extra = extra
         .watch(WatchRequest {
             advertise: "10.9.9.9:15006".into(),
@@ -338,24 +341,8 @@ async fn one(
 
     // 3. A revocation.
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
-    let tok = post(
-        &s,
-        &http,
-        "/api/v1/join-tokens",
-        json!({ "service": "svc-2" }),
-    )
-    .await?;
-    let id = ward_identity::SpiffeId::parse(&format!("{NS}svc-2"))?;
-    let (csr, _) = ward_ca::testing::csr_for(&id);
-    let serial = anon
-        .clone()
-        .sign_certificate(SignCertificateRequest {
-            csr,
-            join_token: tok["token"].as_str().unwrap_or_default().into(),
-        })
-        .await?
-        .into_inner()
-        .serial;
+    let tok = join_token(&s, &http, "svc-2").await?;
+    let serial = certificate(&mut anon.clone(), "svc-2", &tok).await?.serial;
     post(
         &s,
         &http,

@@ -68,7 +68,7 @@ fn effective(g: &Global, c: &ward_server::Config) -> anyhow::Result<String> {
         "data-dir": c.data_dir.display().to_string(),
         "listen": c.listen.to_string(),
         "trust-domain": c.trust_domain,
-        "database": c.database.as_deref().map(redact_password),
+        "database": c.database.as_ref().map(|_| c.database().redacted()),
         "svid-ttl": d(c.svid_ttl),
         "ca-ttl": d(c.ca_ttl),
         "dns-name": c.dns_names,
@@ -80,34 +80,4 @@ fn effective(g: &Global, c: &ward_server::Config) -> anyhow::Result<String> {
         "log-format": format!("{:?}", g.log_format).to_lowercase(),
     });
     Ok(serde_yaml_ng::to_string(&v)?)
-}
-
-/// `scheme://user:password@host/…` with the password as `***`.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(x) => x,
-        None => return url.to_string(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_database_password_is_not_printed() {
-        assert_eq!(
-            super::redact_password("postgres://ward:s3cret@db:5432/ward"),
-            "postgres://ward:***@db:5432/ward"
-        );
-        assert_eq!(
-            super::redact_password("/var/lib/ward/ward.db"),
-            "/var/lib/ward/ward.db"
-        );
-    }
 }

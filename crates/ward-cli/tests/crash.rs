@@ -9,6 +9,22 @@ use std::time::Duration;
 use common::*;
 use ward_store::Store;
 
+/// Every acknowledged certificate is in `store`.
+async fn assert_none_lost(store: &dyn Store, acked: &[String]) {
+    let mut missing = Vec::new();
+    for serial in acked {
+        if store.get_certificate(serial).await.unwrap().is_none() {
+            missing.push(serial.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged certificates lost",
+        missing.len(),
+        acked.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_issuance_loses_no_acknowledged_certificate() {
     let mut s = server(&[]);
@@ -49,18 +65,7 @@ async fn kill9_during_issuance_loses_no_acknowledged_certificate() {
         .await
         .unwrap();
     store.integrity_check().await.unwrap();
-    let mut missing = Vec::new();
-    for serial in &acked {
-        if store.get_certificate(serial).await.unwrap().is_none() {
-            missing.push(serial.clone());
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged certificates lost",
-        missing.len(),
-        acked.len()
-    );
+    assert_none_lost(&store, &acked).await;
     // And the restarted server serves them.
     let http = s.https().unwrap();
     let r = http
@@ -122,16 +127,5 @@ async fn kill9_of_postgres_loses_no_acknowledged_certificate() {
     );
 
     let store = ward_store::PostgresStore::open(pg.url()).await.unwrap();
-    let mut missing = Vec::new();
-    for serial in &acked {
-        if store.get_certificate(serial).await.unwrap().is_none() {
-            missing.push(serial.clone());
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged certificates lost",
-        missing.len(),
-        acked.len()
-    );
+    assert_none_lost(&store, &acked).await;
 }

@@ -202,7 +202,7 @@ impl CaManager {
     /// one made is seen by the others, not repeated.
     pub(crate) async fn reconcile(&self, forced: bool) -> Result<bool, CaManagerError> {
         let turn = crate::turns::take(self.core.store.as_ref(), CA_LOCK).await?;
-        let rotate_now = forced && !turn.rotated_recently();
+        let rotate_now = forced && !turn.rotated_recently().await?;
         let changed = self.core.run_schedule(rotate_now).await?;
         if rotate_now {
             turn.rotated().await?;

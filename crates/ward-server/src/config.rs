@@ -133,16 +133,40 @@ impl Database {
         match self {
             Database::Sqlite(p) => format!("SQLite at {}", p.display()),
             Database::Postgres(url) => {
-                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-                let rest = rest.split('?').next().unwrap_or(rest);
-                format!("PostgreSQL at {rest}")
+                let (_, _, rest) = split_credentials(url);
+                format!("PostgreSQL at {}", rest.split('?').next().unwrap_or(rest))
             }
+        }
+    }
+
+    /// As it would be given to `--database`, with any password as `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Database::Sqlite(p) => p.display().to_string(),
+            Database::Postgres(url) => match split_credentials(url) {
+                (scheme, Some(user), rest) => format!("{scheme}{user}:***@{rest}"),
+                _ => url.clone(),
+            },
         }
     }
 }
 
-fn hostname() -> Option<String> {
+/// `scheme://user:password@rest` as (`scheme://`, the user when a password
+/// follows it, `rest`); without credentials, the user is `None` and `rest`
+/// follows the scheme.
+fn split_credentials(url: &str) -> (&str, Option<&str>, &str) {
+    let (scheme, after) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    match after.rsplit_once('@') {
+        Some((auth, rest)) => (scheme, auth.split_once(':').map(|(u, _)| u), rest),
+        None => (scheme, None, after),
+    }
+}
+
+/// This machine's host name, if it is a usable DNS name.
+pub(crate) fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim().to_ascii_lowercase();
     (!h.is_empty()
@@ -176,6 +200,21 @@ fn check_issuer(iss: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn database_urls_are_shown_without_their_password() {
+        let pg = Database::Postgres("postgres://ward:s3cret@db:5432/ward?sslmode=require".into());
+        assert_eq!(
+            pg.redacted(),
+            "postgres://ward:***@db:5432/ward?sslmode=require"
+        );
+        assert_eq!(pg.label(), "PostgreSQL at db:5432/ward");
+        let bare = Database::Postgres("postgres://db/ward".into());
+        assert_eq!(bare.redacted(), "postgres://db/ward");
+        assert_eq!(bare.label(), "PostgreSQL at db/ward");
+        let file = Database::Sqlite("/var/lib/ward/ward.db".into());
+        assert_eq!(file.redacted(), "/var/lib/ward/ward.db");
+    }
+
     use super::*;
 
     #[test]

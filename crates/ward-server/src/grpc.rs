@@ -290,7 +290,7 @@ impl Identity for IdentityService {
         let oauth_keys = WatchStream::new(self.state.oauth.keys.changed.subscribe()).map(|_| ());
         let svid_keys = WatchStream::new(self.state.jwt_svids.keys.changed.subscribe()).map(|_| ());
         // Only the endpoints of the services it calls.
-        let upstreams: std::collections::HashSet<String> = upstreams.into_iter().collect();
+        let upstreams: std::collections::BTreeSet<String> = upstreams.into_iter().collect();
         // Every source fires at once on subscription, and most changes
         // concern other watchers (another service's policy or endpoints):
         // send only what differs from what this watcher last got.
@@ -304,15 +304,13 @@ impl Identity for IdentityService {
                 let _keep = (&guard, &endpoint);
                 let mut r = to_response(&state, &id, &upstreams);
                 r.unregistered_upstreams = unregistered.clone();
-                if last.as_ref().is_some_and(|l| {
-                    WatchResponse {
-                        version: r.version,
-                        ..l.clone()
-                    } == r
-                }) {
+                // Compared without the version, which every change bumps.
+                let version = std::mem::take(&mut r.version);
+                if last.as_ref() == Some(&r) {
                     return None;
                 }
                 last = Some(r.clone());
+                r.version = version;
                 Some(Ok(r))
             });
         Ok(Response::new(Box::pin(stream)))
@@ -322,7 +320,7 @@ impl Identity for IdentityService {
 fn to_response(
     state: &AppState,
     watcher: &str,
-    upstreams: &std::collections::HashSet<String>,
+    upstreams: &std::collections::BTreeSet<String>,
 ) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
@@ -341,9 +339,8 @@ fn to_response(
         revoked_serials: revoked,
         endpoints: state
             .mesh
-            .endpoints()
+            .endpoints_for(upstreams)
             .into_iter()
-            .filter(|(spiffe_id, _)| upstreams.contains(spiffe_id))
             .map(|(spiffe_id, addresses)| ServiceEndpoints {
                 spiffe_id,
                 addresses,

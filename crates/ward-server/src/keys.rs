@@ -162,7 +162,7 @@ impl KeySet {
     pub(crate) async fn rotate(&self, actor: &str) -> Result<String, StartError> {
         let name = self.lock_name();
         let turn = crate::turns::take(self.store.as_ref(), &name).await?;
-        if turn.rotated_recently() {
+        if turn.rotated_recently().await? {
             self.reload().await?;
             return Ok(self.load().active.kid().to_string());
         }

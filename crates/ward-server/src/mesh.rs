@@ -123,19 +123,28 @@ impl Mesh {
         !self.settled.load(Ordering::Relaxed)
     }
 
-    /// (SPIFFE ID, addresses) of every service with a live sidecar, on
-    /// this replica or another.
-    pub(crate) fn endpoints(&self) -> Vec<(String, Vec<String>)> {
-        let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (id, addr) in self
-            .local_endpoints()
-            .into_iter()
-            .chain(self.remote.load().iter().cloned())
-        {
-            all.entry(id).or_default().insert(addr);
-        }
-        all.into_iter()
-            .map(|(id, a)| (id, a.into_iter().collect()))
+    /// (SPIFFE ID, addresses) of each of `ids` with a live sidecar, on this
+    /// replica or another, in ID order. Only those are looked at: a watch
+    /// stream asks for its upstreams, not the whole mesh.
+    pub(crate) fn endpoints_for(&self, ids: &BTreeSet<String>) -> Vec<(String, Vec<String>)> {
+        let remote = self.remote.load();
+        let Ok(local) = self.endpoints.lock() else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let mut addrs: BTreeSet<&String> = local
+                    .get(id)
+                    .map(|a| a.keys().collect())
+                    .unwrap_or_default();
+                addrs.extend(
+                    remote
+                        .range((id.clone(), String::new())..)
+                        .take_while(|(rid, _)| rid == id)
+                        .map(|(_, addr)| addr),
+                );
+                (!addrs.is_empty()).then(|| (id.clone(), addrs.into_iter().cloned().collect()))
+            })
             .collect()
     }
 

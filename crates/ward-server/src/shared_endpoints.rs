@@ -24,10 +24,9 @@ fn now() -> i64 {
 /// A name for this process among the replicas: host, pid and a random
 /// part, so that a restarted replica is a new one.
 pub(crate) fn replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!(
         "{}-{}-{}",
-        host.trim(),
+        crate::config::hostname().unwrap_or_default(),
         std::process::id(),
         crate::datadir::random_token("")
             .chars()

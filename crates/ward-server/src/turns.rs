@@ -23,31 +23,33 @@ pub(crate) struct Turn<'a> {
     _lock: StoreLock,
     store: &'a dyn Store,
     name: &'a str,
-    recent: bool,
+    /// When the turn was asked for.
+    asked: i64,
 }
 
 /// Waits for the turn at `name`.
 pub(crate) async fn take<'a>(store: &'a dyn Store, name: &'a str) -> Result<Turn<'a>, StoreError> {
     let asked = now_ms();
     let lock = store.lock(name).await?;
-    let last: i64 = store
-        .get_meta(&meta_key(name))
-        .await?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(i64::MIN);
     Ok(Turn {
         _lock: lock,
         store,
         name,
-        recent: last >= asked - COALESCE_MS,
+        asked,
     })
 }
 
 impl Turn<'_> {
     /// A rotation by hand was made just before this turn was asked for, or
     /// while it waited.
-    pub(crate) fn rotated_recently(&self) -> bool {
-        self.recent
+    pub(crate) async fn rotated_recently(&self) -> Result<bool, StoreError> {
+        let last: i64 = self
+            .store
+            .get_meta(&meta_key(self.name))
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MIN);
+        Ok(last >= self.asked - COALESCE_MS)
     }
 
     /// Records that this turn rotated by hand.
