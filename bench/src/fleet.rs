@@ -21,6 +21,10 @@ const NS: &str = "spiffe://ward.internal/ns/default/sa/";
 struct Seen {
     /// (arrival, encoded bytes, message) per watcher, in order.
     log: Vec<Vec<(Instant, usize, WatchResponse)>>,
+    /// Refusals a watcher could retry (UNAVAILABLE with a hint, a server
+    /// not listening), and those it could not.
+    retryable: usize,
+    final_errors: Vec<String>,
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -139,19 +143,16 @@ fn outcome(
     })
 }
 
-async fn retry_pause(tries: u32) {
-    tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
-}
-
 /// Runs the whole sequence against the binary `ward`.
 async fn one(
     ward: &str,
     sidecars: usize,
     services: usize,
     settle: Duration,
+    deltas: bool,
 ) -> anyhow::Result<Value> {
-    let s = WardServer::start(ward, &["--svid-ttl", "24h"])?;
-    let pid = s.child.as_ref().map(|c| c.id()).unwrap_or_default();
+    let mut s = WardServer::start(ward, &["--svid-ttl", "24h"])?;
+    let mut pid = s.child.as_ref().map(|c| c.id()).unwrap_or_default();
     let http = s.https()?;
     let per_service = sidecars.div_ceil(services);
     let mut tokens = Vec::new();
@@ -207,6 +208,7 @@ async fn one(
     // the next service as its upstream.
     let seen = Arc::new(Mutex::new(Seen {
         log: vec![Vec::new(); sidecars],
+        ..Default::default()
     }));
     let mut streams = Vec::with_capacity(sidecars);
     let t = Instant::now();
@@ -220,32 +222,51 @@ async fn one(
                 i & 255
             ),
             upstreams: vec![format!("{NS}svc-{}", (svc + 1) % services)],
+            deltas,
         };
         let (addr, fp) = (s.addr.clone(), s.fingerprint.clone());
         let seen = seen.clone();
         streams.push(tokio::spawn(async move {
-            // A server in a push storm may be slow to accept: retried.
-            let mut tries = 0;
-            let mut c = loop {
+            // As a sidecar follows the stream: reconnect after it ends,
+            // with jittered backoff that honours the server's retry hint.
+            let mut backoff =
+                ward_api::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
                 let trust =
                     ward_tls::ControlPlaneTrust::fingerprint(&fp).map_err(anyhow::Error::msg)?;
                 let cert = Some((chain.clone(), key.clone_key()));
-                match ward_testkit::grpc_client(&addr, trust, cert).await {
-                    Ok(c) => break c,
-                    Err(_) if tries < 5 => {
-                        tries += 1;
-                        retry_pause(tries).await;
+                let mut hint = None;
+                let opened = match ward_testkit::grpc_client(&addr, trust, cert).await {
+                    Ok(mut c) => c.watch(req.clone()).await.map_err(Some),
+                    Err(_) => Err(None),
+                };
+                match opened {
+                    Ok(stream) => {
+                        backoff.reset();
+                        let mut stream = stream.into_inner();
+                        while let Ok(Some(m)) = stream.message().await {
+                            let bytes = m.encoded_len();
+                            if let Ok(mut s) = seen.lock() {
+                                s.log[i].push((Instant::now(), bytes, m));
+                            }
+                        }
                     }
-                    Err(e) => return Err(e),
+                    Err(status) => {
+                        let refused = status.map(ward_api::Refused::from);
+                        let retryable = refused.as_ref().is_none_or(|r| r.retry_in.is_some());
+                        if let Ok(mut s) = seen.lock() {
+                            if retryable {
+                                s.retryable += 1;
+                            } else if let Some(r) = &refused {
+                                s.final_errors.push(r.message.clone());
+                            }
+                        }
+                        hint = refused.and_then(|r| r.retry_in);
+                    }
                 }
-            };
-            let mut stream = c.watch(req).await?.into_inner();
-            while let Some(m) = stream.message().await? {
-                let bytes = m.encoded_len();
-                if let Ok(mut s) = seen.lock() {
-                    s.log[i].push((Instant::now(), bytes, m));
-                }
+                tokio::time::sleep(backoff.pause(hint)).await;
             }
+            #[allow(unreachable_code)]
             Ok::<_, anyhow::Error>(())
         }));
     }
@@ -321,6 +342,7 @@ async fn one(
         .watch(WatchRequest {
             advertise: "10.9.9.9:15006".into(),
             upstreams: vec![],
+            deltas,
         })
         .await?
         .into_inner();
@@ -365,7 +387,7 @@ async fn one(
     post(&s, &http, "/api/v1/signing-keys/rotate", json!({})).await?;
     wait().await;
     measure("jwks_rotation", all.clone(), start, cpu0, &|m| {
-        m.jwks_json != before
+        !m.jwks_json.is_empty() && m.jwks_json != before
     });
 
     // 5. A CA rotation.
@@ -387,10 +409,54 @@ async fn one(
             .is_some_and(|b| b.x509_authorities.len() > authorities)
     });
 
+    // 6. A reconnect storm: the server killed and started again on the
+    // same port; every sidecar comes back on its own backoff.
+    let listen = s.addr.clone();
+    let (retryable0, finals0) = seen
+        .lock()
+        .map(|s| (s.retryable, s.final_errors.len()))
+        .unwrap_or_default();
+    s.kill9();
+    let start = Instant::now();
+    s.spawn(&listen)?;
+    pid = s.child.as_ref().map(|c| c.id()).unwrap_or_default();
+    let back = loop {
+        let n = seen
+            .lock()
+            .map(|s| {
+                s.log
+                    .iter()
+                    .filter(|l| l.last().is_some_and(|(t, _, _)| *t >= start))
+                    .count()
+            })
+            .unwrap_or(0);
+        if n == sidecars || start.elapsed() > Duration::from_secs(120) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let storm_s = start.elapsed().as_secs_f64();
+    let (retryable, finals) = seen
+        .lock()
+        .map(|s| (s.retryable - retryable0, s.final_errors[finals0..].to_vec()))
+        .unwrap_or_default();
+    results.insert(
+        "reconnect_storm".into(),
+        json!({
+            "sidecars_back": back,
+            "seconds_until_all_back": round(storm_s, 1),
+            "retryable_refusals": retryable,
+            "non_retryable_errors": finals.len(),
+            "first_non_retryable": finals.first(),
+            "server_cpu_ms": round(cpu_ticks(pid) as f64 * 10.0, 0),
+        }),
+    );
+
     for st in streams {
         st.abort();
     }
     Ok(json!({
+        "deltas": deltas,
         "sidecars": sidecars,
         "services": services,
         "certificates_issued_seconds": round(issue_s, 1),
@@ -414,8 +480,11 @@ pub(crate) async fn run(
     let settle = Duration::from_secs(16);
     let mut out = json!({});
     if let Some(b) = baseline {
-        out["baseline"] = one(b, sidecars, services, settle).await?;
+        out["baseline"] = one(b, sidecars, services, settle, false).await?;
     }
-    out["ward"] = one(ward, sidecars, services, settle).await?;
+    // The same binary sending the whole state every time, as before
+    // deltas, then with deltas.
+    out["full_snapshots"] = one(ward, sidecars, services, settle, false).await?;
+    out["ward"] = one(ward, sidecars, services, settle, true).await?;
     Ok(out)
 }

@@ -107,15 +107,16 @@ impl Workload {
             let to_ward = || me.to_ward(&[]).map_err(|e| e.to_string());
             ward_api::follow(&addr, to_ward, Default::default(), |update| {
                 let Some(u) = update else { return };
-                feed.set(u.revoked_token_ids);
-                if let Some(b) = u.bundle {
+                feed.set(u.revoked_token_ids.clone());
+                if let Some(b) = &u.bundle {
                     tls.set_trust(Trust {
                         bundle: b
                             .x509_authorities
-                            .into_iter()
+                            .iter()
+                            .cloned()
                             .map(CertificateDer::from)
                             .collect(),
-                        revoked: u.revoked_serials.into_iter().collect(),
+                        revoked: u.revoked_serials.iter().cloned().collect(),
                         trust_domain: td.clone(),
                     });
                 }

@@ -22,6 +22,9 @@ pub mod workload {
 /// Protobuf's well-known types (the Workload API's claims are a `Struct`).
 pub use prost_types;
 
+mod watch;
+pub use watch::{delta, follow, follow_with, Assembled, Missed};
+
 /// The sample `ward.demo.v1` service run by `ward demo` and the tests.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod demo {
@@ -115,74 +118,101 @@ pub async fn connect(
         .await
 }
 
-/// Follows the control plane's `Watch` stream for as long as the returned
-/// future is polled: every update (trust bundle, revoked certificates and
-/// token ids, endpoints, policies) is passed to `on_update` as
-/// `Some(update)`; a lost stream is reported as `None`, then the stream is
-/// reopened with exponential backoff (100 ms doubling to 5 s).
-///
-/// `tls` is called for every connection, so a caller whose certificate is
-/// renewed shows the current one; the watch stream requires a ward client
-/// certificate. `advertise` (`host:port`, or empty) registers this
-/// workload's address as an endpoint of its service while the stream is
-/// open.
-///
-/// A service that verifies ward's access tokens keeps its revocation list
-/// current with it:
-///
-/// ```no_run
-/// # async fn f(tls: impl FnMut() -> Result<rustls::ClientConfig, String>) {
-/// let mut revoked = std::collections::HashSet::new();
-/// ward_api::follow("127.0.0.1:8443", tls, Default::default(), |update| {
-///     if let Some(u) = update {
-///         revoked = u.revoked_token_ids.into_iter().collect();
-///     }
-/// })
-/// .await;
-/// # }
-/// ```
-pub async fn follow<T, U>(addr: &str, mut tls: T, request: v1::WatchRequest, mut on_update: U)
-where
-    T: FnMut() -> Result<rustls::ClientConfig, String>,
-    U: FnMut(Option<v1::WatchResponse>),
-{
-    use std::time::Duration;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut got_any = false;
-        let result: Result<(), String> = async {
-            let channel = connect(addr, tls()?)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
-            let mut stream = v1::identity_client::IdentityClient::new(channel)
-                .watch(request.clone())
-                .await
-                .map_err(|s| s.message().to_string())?
-                .into_inner();
-            while let Some(msg) = stream
-                .message()
-                .await
-                .map_err(|s| s.message().to_string())?
-            {
-                got_any = true;
-                on_update(Some(msg));
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
-            Err(e) => {
-                tracing::warn!(error = %e, "control plane unreachable; keeping the last configuration")
-            }
-        }
-        on_update(None);
-        if got_any {
-            backoff = Duration::from_millis(100);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+/// The gRPC trailer by which a server that sheds load says when to come
+/// back (gRFC A6's retry pushback), in milliseconds.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// When a refused call may be tried again: the server's pushback on an
+/// UNAVAILABLE or RESOURCE_EXHAUSTED status, `None` for other refusals.
+pub fn retry_hint(status: &tonic::Status) -> Option<std::time::Duration> {
+    if !matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+    ) {
+        return None;
     }
+    let ms = status.metadata().get(RETRY_PUSHBACK)?.to_str().ok()?;
+    ms.trim()
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_millis)
+}
+
+/// A call the control plane refused, with when it may be tried again if
+/// the server said (it sheds load: see [`retry_hint`]).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The server's message.
+    pub message: String,
+    /// The server's retry hint, for a refusal that may be retried.
+    pub retry_in: Option<std::time::Duration>,
+}
+
+impl From<tonic::Status> for Refused {
+    fn from(s: tonic::Status) -> Refused {
+        Refused {
+            retry_in: retry_hint(&s),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Exponential backoff with jitter that honours a server's retry hint:
+/// each pause is the current step spread by [`jitter`], never shorter
+/// than the hint, and the step doubles up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: std::time::Duration,
+    step: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    /// Starts at `first`, doubling to `max`.
+    pub fn new(first: std::time::Duration, max: std::time::Duration) -> Backoff {
+        Backoff {
+            first,
+            step: first,
+            max,
+        }
+    }
+
+    /// The pause before the next try, given the server's hint if any.
+    pub fn pause(&mut self, hint: Option<std::time::Duration>) -> std::time::Duration {
+        let pause = jitter(self.step).max(hint.unwrap_or_default());
+        self.step = (self.step * 2).min(self.max);
+        pause
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.step = self.first;
+    }
+}
+
+/// `d` spread over half to one and a half times itself, so that many
+/// clients told to wait the same time do not come back together.
+pub fn jitter(d: std::time::Duration) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh random seed per call (std's hasher keys), mixed with the
+    // clock: not for secrets, only to spread retries.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_nanos())
+            .unwrap_or_default(),
+    );
+    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(0.5 + unit)
 }
 
 #[cfg(test)]
@@ -205,5 +235,43 @@ mod tests {
         let e = connect_tcp(&dead_addr).await.unwrap_err();
         assert!(e.to_string().contains(&dead_addr), "{e}");
         assert!(connect_tcp(" , ").await.is_err());
+    }
+
+    #[test]
+    fn retry_hints_come_from_the_pushback_trailer_of_retryable_refusals() {
+        let mut busy = tonic::Status::unavailable("busy");
+        busy.metadata_mut()
+            .insert(super::RETRY_PUSHBACK, "1500".parse().unwrap());
+        assert_eq!(
+            super::retry_hint(&busy),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        let mut denied = tonic::Status::permission_denied("no");
+        denied
+            .metadata_mut()
+            .insert(super::RETRY_PUSHBACK, "1500".parse().unwrap());
+        assert_eq!(super::retry_hint(&denied), None);
+        assert_eq!(super::retry_hint(&tonic::Status::unavailable("down")), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_never_undercuts_a_hint() {
+        use std::time::Duration;
+        let mut b = super::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let p: Vec<_> = (0..6).map(|_| b.pause(None)).collect();
+        assert!(p[0] < Duration::from_millis(150) && p[5] >= Duration::from_millis(500));
+        assert!(p[5] < Duration::from_millis(1500));
+        assert!(b.pause(Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        b.reset();
+        assert!(b.pause(None) < Duration::from_millis(150));
+    }
+
+    #[test]
+    fn jitter_spreads_over_half_to_one_and_a_half() {
+        let d = std::time::Duration::from_secs(2);
+        let spread: Vec<_> = (0..200).map(|_| super::jitter(d)).collect();
+        assert!(spread.iter().all(|j| *j >= d / 2 && *j < d * 3 / 2));
+        let (lo, hi) = (spread.iter().min().unwrap(), spread.iter().max().unwrap());
+        assert!(*hi - *lo > d / 2, "{lo:?}..{hi:?}");
     }
 }

@@ -148,6 +148,12 @@ pub(crate) struct ServerArgs {
     /// replicas [default: https://<listen address>].
     #[arg(long)]
     pub issuer: Option<String>,
+    /// Certificate signings and watch-stream opens in progress at once;
+    /// past it, more are refused with a retry hint (UNAVAILABLE and
+    /// grpc-retry-pushback-ms) and clients back off, so that a fleet
+    /// reconnecting at once is served in turn.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_calls: u32,
     /// A YAML file of settings: any flag above (and the global ones) by
     /// its long name, e.g. `svid-ttl: 12h`, `dns-name: [a, b]`; flags and
     /// environment variables override it.

@@ -23,6 +23,7 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     config.default_policy = a.default_policy;
     config.token_ttl = a.token_ttl;
     config.issuer = a.issuer;
+    config.max_pending_calls = a.max_pending_calls as usize;
     if a.print_config {
         print!("{}", effective(g, &config)?);
         return Ok(());
@@ -77,6 +78,7 @@ fn effective(g: &Global, c: &ward_server::Config) -> anyhow::Result<String> {
         "default-policy": c.default_policy,
         "token-ttl": d(c.token_ttl),
         "issuer": c.issuer,
+        "max-pending-calls": c.max_pending_calls,
         "log-format": format!("{:?}", g.log_format).to_lowercase(),
     });
     Ok(serde_yaml_ng::to_string(&v)?)

@@ -388,6 +388,7 @@ fn watch_req(advertise: &str, upstreams: &[String]) -> WatchRequest {
     WatchRequest {
         advertise: advertise.into(),
         upstreams: upstreams.to_vec(),
+        ..Default::default()
     }
 }
 

@@ -568,7 +568,7 @@ async fn revoked_token_refused_by_a_layer_following_the_feed() {
             };
             ward_api::follow(&addr, tls, Default::default(), |u| {
                 if let Some(u) = u {
-                    revoked.set(u.revoked_token_ids);
+                    revoked.set(u.revoked_token_ids.clone());
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             })

@@ -59,11 +59,12 @@ async fn control_loop(
     let request = ward_api::v1::WatchRequest {
         advertise,
         upstreams: upstream_ids(&shared),
+        ..Default::default()
     };
     ward_api::follow(&server, tls, request, |update| match update {
         Some(msg) => {
             shared.connected.store(true, Ordering::Relaxed);
-            apply(&shared, msg);
+            apply(&shared, msg.clone());
         }
         None => shared.connected.store(false, Ordering::Relaxed),
     })
@@ -300,13 +301,15 @@ fn apply_documents(
     shared.policy_version.send_modify(|v| *v += 1);
 }
 
-/// Renews at half-life (±10 %), retrying with backoff; a renewal failure
+/// Renews at half-life (±10 %), retrying with jittered backoff that
+/// honours the server's retry hint when it sheds load; a renewal failure
 /// never drops the current certificate.
 async fn renew_loop(shared: Arc<Shared>, server: String, trust: ControlPlaneTrust) {
     loop {
         let current = shared.svid.get();
         tokio::time::sleep(current.renew_in()).await;
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff =
+            ward_api::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             let current = shared.svid.get();
             match identity::request_svid(&server, &trust, &shared.id, None, Some(&current)).await {
@@ -337,9 +340,9 @@ async fn renew_loop(shared: Arc<Shared>, server: String, trust: ControlPlaneTrus
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "renewal failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let pause = backoff.pause(identity::retry_hint(&e));
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?pause, "renewal failed; retrying");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

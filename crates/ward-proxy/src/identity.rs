@@ -195,7 +195,10 @@ pub(crate) async fn request_svid(
             join_token: token.unwrap_or_default().to_string(),
         })
         .await
-        .map_err(|s| anyhow!("the ward server refused to sign: {}", s.message()))?
+        .map_err(|s| {
+            anyhow::Error::new(ward_api::Refused::from(s))
+                .context("the ward server refused to sign")
+        })?
         .into_inner();
     if resp.spiffe_id != id.as_str() {
         bail!("the server issued {} instead of {id}", resp.spiffe_id);
@@ -211,6 +214,12 @@ pub(crate) async fn request_svid(
         .map(CertificateDer::from)
         .collect();
     Svid::from_parts(chain, key.serialize_der(), bundle)
+}
+
+/// The server's retry hint in a failed [`request_svid`], if it shed load.
+pub(crate) fn retry_hint(e: &anyhow::Error) -> Option<std::time::Duration> {
+    e.downcast_ref::<ward_api::Refused>()
+        .and_then(|r| r.retry_in)
 }
 
 /// The server's trust domain, from the root it presents (which the
@@ -272,7 +281,26 @@ pub(crate) async fn obtain(cfg: &mut ProxyConfig) -> anyhow::Result<Svid> {
             // requested must be the token's, which the server checks.
             let td = discover_trust_domain(server, trust).await?;
             let id = SpiffeId::for_service(&td, &cfg.namespace, &cfg.service)?;
-            let s = request_svid(server, trust, &id, Some(&token), None).await?;
+            // A server that sheds load says when to come back; anything
+            // else (a used token, a wrong pin) is final.
+            let mut backoff = ward_api::Backoff::new(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(10),
+            );
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let s = loop {
+                match request_svid(server, trust, &id, Some(&token), None).await {
+                    Ok(s) => break s,
+                    Err(e) => match retry_hint(&e) {
+                        Some(hint) if std::time::Instant::now() < give_up => {
+                            let pause = backoff.pause(Some(hint));
+                            tracing::info!(error = %format!("{e:#}"), retry_in = ?pause, "control plane busy; asking again");
+                            tokio::time::sleep(pause).await;
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            };
             if let Some(st) = &state {
                 st.save(&s)?;
             }

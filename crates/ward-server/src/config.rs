@@ -39,6 +39,9 @@ pub struct Config {
     /// endpoints); `None`: `https://<bound address>`. Set it behind a load
     /// balancer, or for replicas that must share one.
     pub issuer: Option<String>,
+    /// Certificate signings and watch-stream opens in progress at once;
+    /// more are refused with UNAVAILABLE and a retry hint.
+    pub max_pending_calls: usize,
 }
 
 mod secs {
@@ -73,6 +76,7 @@ impl Config {
             default_policy: ward_policy::DefaultAction::Deny,
             token_ttl: Duration::from_secs(300),
             issuer: None,
+            max_pending_calls: crate::shed::DEFAULT_LIMIT,
         }
     }
 

@@ -1,20 +1,16 @@
 //! The `ward.v1.Identity` gRPC service.
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use ward_api::v1::identity_server::Identity;
 use ward_api::v1::{
-    MintJwtSvidRequest, MintJwtSvidResponse, ServiceEndpoints, SignCertificateRequest,
-    SignCertificateResponse, TrustBundle, WatchRequest, WatchResponse,
+    MintJwtSvidRequest, MintJwtSvidResponse, SignCertificateRequest, SignCertificateResponse,
+    WatchRequest,
 };
 use ward_identity::SpiffeId;
 use ward_store::AuditEvent;
 
-use crate::ca::{CaManagerError, TrustSnapshot};
+use crate::ca::CaManagerError;
 use crate::registry::{self, RegistryError};
 use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
 
@@ -127,6 +123,31 @@ impl IdentityService {
         if upstreams.len() > 1024 {
             return Err(Status::invalid_argument("at most 1024 upstreams"));
         }
+        // Most watchers name a few upstreams: a lookup each, rather than
+        // reading the whole registry on every stream a fleet opens.
+        if upstreams.len() <= 16 {
+            let mut missing = Vec::new();
+            for u in upstreams {
+                let found = match SpiffeId::parse(u)
+                    .ok()
+                    .as_ref()
+                    .and_then(|id| id.service_account())
+                {
+                    Some((ns, svc)) => self
+                        .state
+                        .store
+                        .get_service(ns, svc)
+                        .await
+                        .map_err(internal)?
+                        .is_some_and(|s| s.spiffe_id == *u),
+                    None => false,
+                };
+                if !found {
+                    missing.push(u.clone());
+                }
+            }
+            return Ok(missing);
+        }
         let registered: std::collections::HashSet<String> = self
             .state
             .store
@@ -155,6 +176,11 @@ impl Identity for IdentityService {
         &self,
         req: Request<SignCertificateRequest>,
     ) -> Result<Response<SignCertificateResponse>, Status> {
+        let _permit = self
+            .state
+            .shed
+            .admit("certificate signing")
+            .map_err(|s| self.refuse("busy", s))?;
         let peer = peer_of(&req);
         let req = req.into_inner();
         let csr = ward_ca::validate_csr(&req.csr)
@@ -259,16 +285,18 @@ impl Identity for IdentityService {
         }))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+    type WatchStream = crate::watch::Messages;
 
     async fn watch(
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = self.verified_caller(&req, "the watch stream")?.to_string();
+        let _permit = self.state.shed.admit("opening the watch stream")?;
         let ward_api::v1::WatchRequest {
             advertise,
             upstreams,
+            deltas,
         } = req.into_inner();
         let unregistered = self.unregistered(&upstreams).await?;
         let endpoint = if advertise.is_empty() {
@@ -280,89 +308,16 @@ impl Identity for IdentityService {
             Some(self.state.mesh.advertise(&id, &advertise))
         };
         let guard = Watchers::add(&self.state, id.clone());
-        let state = self.state.clone();
-        // One snapshot now, then one after every change of the trust
-        // bundle, revocations, endpoints or policies. `watch` receivers
-        // coalesce, so a slow reader gets the latest state, not a backlog.
-        let ca = WatchStream::new(self.state.ca.subscribe()).map(|_| ());
-        let mesh = WatchStream::new(self.state.mesh.subscribe()).map(|_| ());
-        let tokens = WatchStream::new(self.state.oauth.changed.subscribe()).map(|_| ());
-        let oauth_keys = WatchStream::new(self.state.oauth.keys.changed.subscribe()).map(|_| ());
-        let svid_keys = WatchStream::new(self.state.jwt_svids.keys.changed.subscribe()).map(|_| ());
-        // Only the endpoints of the services it calls.
-        let upstreams: std::collections::BTreeSet<String> = upstreams.into_iter().collect();
-        // Every source fires at once on subscription, and most changes
-        // concern other watchers (another service's policy or endpoints):
-        // send only what differs from what this watcher last got.
-        let mut last: Option<WatchResponse> = None;
-        let stream = ca
-            .merge(mesh)
-            .merge(tokens)
-            .merge(oauth_keys)
-            .merge(svid_keys)
-            .filter_map(move |()| {
-                let _keep = (&guard, &endpoint);
-                let mut r = to_response(&state, &id, &upstreams);
-                r.unregistered_upstreams = unregistered.clone();
-                // Compared without the version, which every change bumps.
-                let version = std::mem::take(&mut r.version);
-                if last.as_ref() == Some(&r) {
-                    return None;
-                }
-                last = Some(r.clone());
-                r.version = version;
-                Some(Ok(r))
-            });
-        Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-fn to_response(
-    state: &AppState,
-    watcher: &str,
-    upstreams: &std::collections::BTreeSet<String>,
-) -> WatchResponse {
-    let s: Arc<TrustSnapshot> = state.ca.snapshot();
-    let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
-    revoked.sort();
-    let mesh_version = *state.mesh.subscribe().borrow()
-        + *state.oauth.changed.subscribe().borrow()
-        + *state.oauth.keys.changed.subscribe().borrow()
-        + *state.jwt_svids.keys.changed.subscribe().borrow();
-    WatchResponse {
-        version: s.version + mesh_version,
-        bundle: Some(TrustBundle {
-            trust_domain: s.trust_domain.to_string(),
-            x509_authorities: s.bundle.iter().map(|c| c.to_vec()).collect(),
-            refresh_hint: 300,
-        }),
-        revoked_serials: revoked,
-        endpoints: state
-            .mesh
-            .endpoints_for(upstreams)
-            .into_iter()
-            .map(|(spiffe_id, addresses)| ServiceEndpoints {
-                spiffe_id,
-                addresses,
-            })
-            .collect(),
-        endpoints_partial: state.mesh.endpoints_partial(),
-        revoked_token_ids: state.oauth.revoked_ids(),
-        issuer: state.oauth.issuer.clone(),
-        jwks_json: state.oauth.jwks().to_string(),
-        jwt_authorities_json: state.jwt_svids.keys.jwks().to_string(),
-        // Only what applies to the watcher's own service.
-        policies_json: ward_identity::SpiffeId::parse(watcher)
-            .ok()
-            .and_then(|id| {
-                id.service_account()
-                    .map(|(ns, svc)| state.mesh.policies_for(ns, svc))
-            })
-            .unwrap_or_default(),
-        default_action: match state.mesh.default_action {
-            ward_policy::DefaultAction::Deny => "deny".into(),
-            ward_policy::DefaultAction::Allow => "allow".into(),
-        },
-        unregistered_upstreams: Vec::new(),
+        let watcher = crate::watch::Watcher {
+            id,
+            upstreams: upstreams.into_iter().collect(),
+            unregistered,
+            deltas,
+        };
+        Ok(Response::new(crate::watch::messages(
+            self.state.clone(),
+            watcher,
+            (guard, endpoint),
+        )))
     }
 }

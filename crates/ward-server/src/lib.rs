@@ -25,8 +25,10 @@ mod oauth;
 mod registry;
 mod serve;
 mod shared_endpoints;
+mod shed;
 mod state;
 mod turns;
+mod watch;
 
 pub use ca::CaManagerError;
 pub use config::{Config, Database};

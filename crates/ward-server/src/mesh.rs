@@ -35,7 +35,20 @@ pub(crate) struct Mesh {
     /// whole namespace) → JSON. A sidecar is sent only what applies to it.
     by_target: ArcSwap<std::collections::HashMap<(String, String), Vec<String>>>,
     pub default_action: DefaultAction,
+    /// What concerns every watcher (the end of the start-up window).
     changed: watch::Sender<u64>,
+    /// What concerns some watchers only, by [`Topic`]: a change wakes the
+    /// watch streams it concerns and no other.
+    topics: Mutex<std::collections::HashMap<Topic, watch::Sender<u64>>>,
+}
+
+/// Part of the mesh a watcher follows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Topic {
+    /// The endpoints of a service (its SPIFFE ID).
+    Endpoints(String),
+    /// The policies that apply to `namespace/service`.
+    Policies(String, String),
 }
 
 /// Removes an advertised endpoint when its watch stream ends.
@@ -63,6 +76,7 @@ impl Mesh {
             policies: ArcSwap::from_pointee(policies),
             default_action,
             changed: watch::channel(1).0,
+            topics: Mutex::new(Default::default()),
         })
     }
 
@@ -70,8 +84,34 @@ impl Mesh {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Changes that concern every watcher.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Changes of `topic`.
+    pub(crate) fn subscribe_to(&self, topic: Topic) -> watch::Receiver<u64> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics
+            .entry(topic)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the watchers of each topic `which` selects; forgets topics
+    /// nobody follows any more.
+    fn fire(&self, which: impl Fn(&Topic) -> bool) {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics.retain(|topic, tx| {
+            if which(topic) {
+                tx.send_modify(|v| *v += 1);
+            }
+            tx.receiver_count() > 0
+        });
+    }
+
+    fn endpoints_changed(&self, id: &str) {
+        self.fire(|t| matches!(t, Topic::Endpoints(e) if e == id));
     }
 
     pub(crate) fn advertise(self: &Arc<Self>, id: &str, addr: &str) -> EndpointGuard {
@@ -82,7 +122,7 @@ impl Mesh {
                 .or_default() += 1;
         }
         self.local_changed.notify_one();
-        self.bump();
+        self.endpoints_changed(id);
         EndpointGuard {
             mesh: self.clone(),
             id: id.to_string(),
@@ -105,7 +145,7 @@ impl Mesh {
             }
         }
         self.local_changed.notify_one();
-        self.bump();
+        self.endpoints_changed(id);
     }
 
     /// Marks the endpoint lists complete after `after`, and sends them.
@@ -162,9 +202,15 @@ impl Mesh {
 
     /// Sets what the other replicas have; tells watchers if it changed.
     pub(crate) fn set_remote(&self, remote: EndpointSet) {
-        if **self.remote.load() != remote {
+        let old = self.remote.load_full();
+        if *old != remote {
+            let changed: BTreeSet<&String> = old
+                .symmetric_difference(&remote)
+                .map(|(id, _)| id)
+                .collect();
+            let changed: BTreeSet<String> = changed.into_iter().cloned().collect();
             self.remote.store(Arc::new(remote));
-            self.bump();
+            self.fire(|t| matches!(t, Topic::Endpoints(e) if changed.contains(e)));
         }
     }
 
@@ -175,9 +221,25 @@ impl Mesh {
     pub(crate) fn set_policies(&self, policies: Vec<PolicyRecord>) {
         self.compiled
             .store(Arc::new(compile(&policies, self.default_action)));
-        self.by_target.store(Arc::new(index(&policies)));
+        let new = index(&policies);
+        let old = self.by_target.load_full();
+        // (namespace, service) entries that differ; "" is the whole
+        // namespace, which concerns every service in it.
+        let changed: BTreeSet<(String, String)> = old
+            .iter()
+            .filter(|(k, v)| new.get(*k) != Some(*v))
+            .chain(new.iter().filter(|(k, _)| !old.contains_key(*k)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.by_target.store(Arc::new(new));
         self.policies.store(Arc::new(policies));
-        self.bump();
+        self.fire(|t| match t {
+            Topic::Policies(ns, svc) => {
+                changed.contains(&(ns.clone(), svc.clone()))
+                    || changed.contains(&(ns.clone(), String::new()))
+            }
+            Topic::Endpoints(_) => false,
+        });
     }
 
     /// The documents that apply to `namespace/service`: those selecting it
@@ -244,5 +306,74 @@ mod tests {
         // Watchers are sent the complete list.
         changes.changed().await.unwrap();
         assert!(!mesh.endpoints_partial());
+    }
+
+    fn policy(ns: &str, name: &str, svc: Option<&str>) -> PolicyRecord {
+        let selector = svc
+            .map(|s| format!(r#""selector":{{"service":"{s}"}},"#))
+            .unwrap_or_default();
+        PolicyRecord {
+            namespace: ns.into(),
+            name: name.into(),
+            spec_json: format!(
+                r#"{{"apiVersion":"ward/v1","kind":"AuthorizationPolicy","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{{selector}"action":"DENY","rules":[{{}}]}}}}"#
+            ),
+            version: 1,
+            updated_at: 0,
+        }
+    }
+
+    /// A change wakes only the watchers it concerns.
+    #[tokio::test]
+    async fn a_change_wakes_only_the_watchers_it_concerns() {
+        let mesh = Mesh::new(Vec::new(), DefaultAction::Deny);
+        let topic = |ns: &str, svc: &str| Topic::Policies(ns.into(), svc.into());
+        let mut a = mesh.subscribe_to(topic("default", "a"));
+        let mut b = mesh.subscribe_to(topic("default", "b"));
+        let mut other_ns = mesh.subscribe_to(topic("other", "a"));
+        let mut ep_a = mesh.subscribe_to(Topic::Endpoints("spiffe://t/ns/default/sa/a".into()));
+        let mut ep_b = mesh.subscribe_to(Topic::Endpoints("spiffe://t/ns/default/sa/b".into()));
+        let woken = |rx: &mut watch::Receiver<u64>| {
+            let w = rx.has_changed().unwrap();
+            rx.borrow_and_update();
+            w
+        };
+        mesh.set_policies(vec![policy("default", "p1", Some("a"))]);
+        assert_eq!(
+            [woken(&mut a), woken(&mut b), woken(&mut other_ns)],
+            [true, false, false]
+        );
+        // A namespace-wide policy concerns every service in it.
+        mesh.set_policies(vec![
+            policy("default", "p1", Some("a")),
+            policy("default", "all", None),
+        ]);
+        assert_eq!(
+            [woken(&mut a), woken(&mut b), woken(&mut other_ns)],
+            [true, true, false]
+        );
+        // The same policies again: nobody.
+        mesh.set_policies(vec![
+            policy("default", "p1", Some("a")),
+            policy("default", "all", None),
+        ]);
+        assert_eq!([woken(&mut a), woken(&mut b)], [false, false]);
+        let _g = mesh.advertise("spiffe://t/ns/default/sa/a", "127.0.0.1:1");
+        assert_eq!(
+            [woken(&mut ep_a), woken(&mut ep_b), woken(&mut a)],
+            [true, false, false]
+        );
+        mesh.set_remote(
+            [(
+                "spiffe://t/ns/default/sa/b".to_string(),
+                "127.0.0.2:1".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!([woken(&mut ep_a), woken(&mut ep_b)], [false, true]);
+        // A topic nobody follows any more is forgotten.
+        drop((a, b, other_ns, ep_b));
+        mesh.set_policies(Vec::new());
+        assert_eq!(mesh.topics.lock().unwrap().len(), 1);
     }
 }

@@ -146,6 +146,7 @@ impl Server {
             watchers: Watchers::default(),
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
             replica: crate::shared_endpoints::replica_id(),
+            shed: crate::shed::Shed::new(config.max_pending_calls),
         });
         state.mesh.settle_after(crate::mesh::ENDPOINTS_SETTLE);
         // Other processes share the database: follow their changes and

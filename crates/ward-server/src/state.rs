@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub jwt_svids: Arc<crate::jwt_svid::JwtSvids>,
     /// This process's name among the replicas sharing its database.
     pub replica: String,
+    /// Sheds signing and watch opens past `max_pending_calls`.
+    pub shed: crate::shed::Shed,
 }
 
 /// How the peer of a connection authenticated, decided once right after

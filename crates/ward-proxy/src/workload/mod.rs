@@ -145,7 +145,8 @@ async fn renew_loop(source: Arc<Source>) {
     let shared = &source.shared;
     let mut stop = shared.shutdown.subscribe();
     loop {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff =
+            ward_api::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let svid = loop {
             let current = shared.svid.get();
             match identity::request_svid(
@@ -159,12 +160,12 @@ async fn renew_loop(source: Arc<Source>) {
             {
                 Ok(s) => break s,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "workload certificate not issued; retrying");
+                    let pause = backoff.pause(identity::retry_hint(&e));
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?pause, "workload certificate not issued; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = stopped(&mut stop) => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         };
