@@ -235,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit entries with id greater than `after`, oldest first, at most `limit`.
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>>;
+    /// Audit entries with id below `before` (0: from the newest), newest
+    /// first, at most `limit`, whose actor, action or target contains
+    /// `containing` (any case; empty: all).
+    async fn list_audit_newest(
+        &self,
+        before: i64,
+        containing: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>>;
 
     /// Runs the backend's integrity check; Ok(()) when the database is sound.
     async fn integrity_check(&self) -> Result<()>;

@@ -633,6 +633,33 @@ impl Store for ThisStore {
         .await?)
     }
 
+    async fn list_audit_newest(
+        &self,
+        before: i64,
+        containing: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        let pattern = format!(
+            "%{}%",
+            containing
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        Ok(sqlx::query_as(
+            "SELECT id, at, actor, action, target, detail FROM audit_log \
+             WHERE ($1 = 0 OR id < $1) AND ($2 = '%%' OR LOWER(actor) LIKE $2 ESCAPE '\\' \
+             OR LOWER(action) LIKE $2 ESCAPE '\\' OR LOWER(target) LIKE $2 ESCAPE '\\') \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(before)
+        .bind(pattern)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn integrity_check(&self) -> Result<()> {
         self.check().await
     }

@@ -348,6 +348,22 @@ pub(crate) async fn clients_keys_and_token_revocation(s: Arc<dyn Store>) {
     assert_eq!(log.last().unwrap().action, "token.issue");
     let page = s.list_audit(log[1].id, 2).await.unwrap();
     assert_eq!(page, log[2..4].to_vec(), "paged by id");
+    let newest = s.list_audit_newest(0, "", 2).await.unwrap();
+    assert_eq!(
+        newest,
+        vec![log[log.len() - 1].clone(), log[log.len() - 2].clone()]
+    );
+    let older = s.list_audit_newest(newest[1].id, "", 100).await.unwrap();
+    assert_eq!(older.len(), log.len() - 2);
+    let issued = s.list_audit_newest(0, "TOKEN.Iss", 100).await.unwrap();
+    assert!(!issued.is_empty() && issued.iter().all(|r| r.action == "token.issue"));
+    // LIKE's wildcards in the filter are taken literally.
+    assert!(s.list_audit_newest(0, "%", 100).await.unwrap().is_empty());
+    assert!(s
+        .list_audit_newest(0, "token_issue", 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(crate) async fn committed_changes_are_announced(s: Arc<dyn Store>) {
