@@ -223,6 +223,7 @@ async fn one(
             ),
             upstreams: vec![format!("{NS}svc-{}", (svc + 1) % services)],
             deltas,
+            ..Default::default()
         };
         let (addr, fp) = (s.addr.clone(), s.fingerprint.clone());
         let seen = seen.clone();
@@ -343,6 +344,7 @@ async fn one(
             advertise: "10.9.9.9:15006".into(),
             upstreams: vec![],
             deltas,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -23,7 +23,7 @@ pub mod workload {
 pub use prost_types;
 
 mod watch;
-pub use watch::{delta, follow, follow_with, Assembled, Missed};
+pub use watch::{delta, follow, follow_reporting, follow_with, Assembled, Missed};
 
 /// The sample `ward.demo.v1` service run by `ward demo` and the tests.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::v1::{ServiceEndpoints, WatchRequest, WatchResponse};
+use crate::v1::{ServiceEndpoints, TrafficReport, WatchRequest, WatchResponse};
 
 /// A delta that does not apply to the state held: the stream skipped a
 /// version (or began with a delta), so the whole state must be asked for
@@ -272,15 +272,59 @@ where
     follow_with(addr, tls, request, on_update, Some).await
 }
 
+/// [`follow`], sending `report()` to the control plane every `every` on
+/// the watch stream's connection while the stream is open (a sidecar's
+/// traffic counters, for the dashboard and `ward top`). A report that
+/// fails is not retried: the next one carries the same cumulative counts.
+pub async fn follow_reporting<T, U, R>(
+    addr: &str,
+    tls: T,
+    request: WatchRequest,
+    every: Duration,
+    mut report: R,
+    on_update: U,
+) where
+    T: FnMut() -> Result<rustls::ClientConfig, String>,
+    U: FnMut(Option<&WatchResponse>),
+    R: FnMut() -> TrafficReport + Send,
+{
+    run(
+        addr,
+        tls,
+        request,
+        on_update,
+        Some,
+        Some((every, &mut report)),
+    )
+    .await
+}
+
 /// [`follow`], with every message passed through `inspect` before it is
 /// applied (`None` drops it): a test's way of losing a delta.
 #[doc(hidden)]
 pub async fn follow_with<T, U, I>(
     addr: &str,
+    tls: T,
+    request: WatchRequest,
+    on_update: U,
+    inspect: I,
+) where
+    T: FnMut() -> Result<rustls::ClientConfig, String>,
+    U: FnMut(Option<&WatchResponse>),
+    I: FnMut(WatchResponse) -> Option<WatchResponse>,
+{
+    run(addr, tls, request, on_update, inspect, None).await
+}
+
+type Reporter<'a> = Option<(Duration, &'a mut (dyn FnMut() -> TrafficReport + Send))>;
+
+async fn run<T, U, I>(
+    addr: &str,
     mut tls: T,
     mut request: WatchRequest,
     mut on_update: U,
     mut inspect: I,
+    mut reports: Reporter<'_>,
 ) where
     T: FnMut() -> Result<rustls::ClientConfig, String>,
     U: FnMut(Option<&WatchResponse>),
@@ -295,12 +339,32 @@ pub async fn follow_with<T, U, I>(
             let channel = crate::connect(addr, tls().map_err(Exit::Lost)?)
                 .await
                 .map_err(|e| Exit::Lost(format!("connecting to {addr}: {e}")))?;
-            let mut stream = crate::v1::identity_client::IdentityClient::new(channel)
+            let client = crate::v1::identity_client::IdentityClient::new(channel);
+            let mut stream = client
+                .clone()
                 .watch(request.clone())
                 .await
                 .map_err(Exit::refused)?
                 .into_inner();
-            while let Some(msg) = stream.message().await.map_err(Exit::refused)? {
+            let every = reports.as_ref().map_or(Duration::from_secs(3600), |r| r.0);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m.map_err(Exit::refused)?,
+                    _ = tick.tick(), if reports.is_some() => {
+                        if let Some((_, make)) = reports.as_mut() {
+                            let (mut client, report) = (client.clone(), make());
+                            tokio::spawn(async move {
+                                if let Err(e) = client.report_traffic(report).await {
+                                    tracing::debug!(error = %e.message(), "traffic report refused");
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 got_any = true;
                 let Some(msg) = inspect(msg) else { continue };
                 on_update(Some(assembled.apply(msg).map_err(Exit::Missed)?));

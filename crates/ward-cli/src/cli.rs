@@ -109,6 +109,9 @@ pub(crate) enum Command {
     Status,
     /// Read the audit log.
     Audit(AuditArgs),
+    /// Who calls whom: request rates and allowed/denied counts by the
+    /// deciding policy, as the sidecars report them (every 10 s).
+    Top(TopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +157,14 @@ pub(crate) struct ServerArgs {
     /// reconnecting at once is served in turn.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_calls: u32,
+    /// Serve the dashboard at https://ADDR/ui/ on this port of its own
+    /// (same server certificate; sign in with the admin token); port 0
+    /// picks a free port [default: no dashboard].
+    #[arg(long)]
+    pub ui_listen: Option<SocketAddr>,
+    /// How long a dashboard sign-in lasts before it asks again.
+    #[arg(long, value_parser = parse_duration, default_value = "8h")]
+    pub ui_session_ttl: Duration,
     /// A YAML file of settings: any flag above (and the global ones) by
     /// its long name, e.g. `svid-ttl: 12h`, `dns-name: [a, b]`; flags and
     /// environment variables override it.
@@ -237,6 +248,11 @@ pub(crate) struct ProxyArgs {
     /// throughput (docs/sidecar.md). RUST_LOG, when set, decides instead.
     #[arg(long)]
     pub access_log: bool,
+    /// How often traffic counters (by caller, decision and policy) and the
+    /// certificate's expiry go to the control plane, for its dashboard and
+    /// `ward top`.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub report_interval: Duration,
     #[command(flatten)]
     pub workload: WorkloadArgs,
 }
@@ -284,6 +300,11 @@ pub(crate) struct AgentArgs {
     /// new join token.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// How often traffic counters (by caller, decision and policy) and the
+    /// certificate's expiry go to the control plane, for its dashboard and
+    /// `ward top`.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub report_interval: Duration,
 }
 
 /// `unix:///absolute/path` (or a bare absolute path).
@@ -566,6 +587,13 @@ pub(crate) enum CaCmd {
     Fingerprint,
     /// Prepare (if needed) and activate a new signing CA now.
     Rotate,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TopArgs {
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Args, Debug)]

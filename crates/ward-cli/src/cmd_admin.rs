@@ -1,7 +1,7 @@
 //! Registry, join tokens, CA, status and audit commands.
 use serde_json::{json, Value};
 
-use crate::cli::{AuditArgs, CaCmd, Global, JoinTokenCmd, Output, PolicyCmd, ServiceCmd};
+use crate::cli::{AuditArgs, CaCmd, Global, JoinTokenCmd, Output, PolicyCmd, ServiceCmd, TopArgs};
 use crate::client::Api;
 use crate::output::{print, time};
 
@@ -209,6 +209,86 @@ pub(crate) async fn status(g: &Global) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `ward top`: the traffic graph as a table, busiest edge first.
+pub(crate) async fn top(g: &Global, a: TopArgs) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    loop {
+        let v = api.get("/api/v1/traffic").await?;
+        if g.output == Output::Json {
+            print(g, &v, &[]);
+        } else {
+            if a.watch {
+                // Clear the screen and go home, as top does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print_traffic(&v);
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+fn print_traffic(v: &Value) {
+    // `spiffe://td/ns/N/sa/S` as N/S; anything else as it is.
+    let short = |id: &str| -> String {
+        if id.is_empty() {
+            return "(unauthenticated or other)".into();
+        }
+        let path = id.splitn(4, '/').nth(3).unwrap_or(id);
+        match path.split('/').collect::<Vec<_>>()[..] {
+            ["ns", ns, "sa", sa] => format!("{ns}/{sa}"),
+            _ => id.to_string(),
+        }
+    };
+    let edges = v["edges"].as_array().cloned().unwrap_or_default();
+    let header: Vec<String> = [
+        "SOURCE",
+        "DESTINATION",
+        "RPS",
+        "ALLOWED",
+        "DENIED",
+        "DENIED BY",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = edges
+        .iter()
+        .map(|e| {
+            let denied_by: Vec<String> = e["denied_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p["policy"].as_str().unwrap_or_default(),
+                        p["requests"]
+                    )
+                })
+                .collect();
+            vec![
+                short(e["source"].as_str().unwrap_or_default()),
+                short(e["destination"].as_str().unwrap_or_default()),
+                format!("{:.1}", e["rate"].as_f64().unwrap_or(0.0)),
+                e["allowed"].to_string(),
+                e["denied"].to_string(),
+                denied_by.join(", "),
+            ]
+        })
+        .collect();
+    let watchers = v["watchers"].as_array().map_or(0, |w| w.len());
+    println!(
+        "{} edges, {watchers} sidecars and agents connected",
+        rows.len()
+    );
+    if !rows.is_empty() {
+        crate::output::print_grid(&header, &rows);
+    }
 }
 
 pub(crate) async fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             policy_file: a.policy_file.clone(),
             default_action: a.default_policy.parse().map_err(anyhow::Error::msg)?,
         }),
-        _ => control_plane(g, &a.join_token, &a.join_token_file)?,
+        _ => control_plane(g, &a.join_token, &a.join_token_file, a.report_interval)?,
     };
     let cfg = ward_proxy::ProxyConfig {
         mode,
@@ -67,7 +67,7 @@ pub(crate) async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<()> {
         );
     }
     let cfg = ward_proxy::ProxyConfig {
-        mode: control_plane(g, &a.join_token, &a.join_token_file)?,
+        mode: control_plane(g, &a.join_token, &a.join_token_file, a.report_interval)?,
         service: a.service,
         namespace: a.namespace,
         data_plane: None,
@@ -100,6 +100,7 @@ fn control_plane(
     g: &Global,
     join_token: &Option<String>,
     join_token_file: &Option<std::path::PathBuf>,
+    report_every: std::time::Duration,
 ) -> anyhow::Result<ward_proxy::Mode> {
     let server = server_urls(g)?
         .iter()
@@ -120,6 +121,7 @@ fn control_plane(
         server,
         trust: trust(g)?,
         join_token,
+        report_every,
     })
 }
 

@@ -24,6 +24,8 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     config.token_ttl = a.token_ttl;
     config.issuer = a.issuer;
     config.max_pending_calls = a.max_pending_calls as usize;
+    config.ui_listen = a.ui_listen;
+    config.ui_session_ttl = a.ui_session_ttl;
     if a.print_config {
         print!("{}", effective(g, &config)?);
         return Ok(());
@@ -37,6 +39,12 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
                 "{}",
                 json!({ "event": "listening", "addr": addr.to_string(), "url": format!("https://{addr}") })
             );
+            if let Some(ui) = server.ui_addr() {
+                println!(
+                    "{}",
+                    json!({ "event": "dashboard", "addr": ui.to_string(), "url": format!("https://{ui}/ui/") })
+                );
+            }
             println!(
                 "{}",
                 json!({
@@ -51,6 +59,9 @@ pub(crate) async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         }
         Output::Table => {
             println!("ward server listening on {addr}");
+            if let Some(ui) = server.ui_addr() {
+                println!("dashboard https://{ui}/ui/ (sign in with the admin token)");
+            }
             println!("root fingerprint {}", server.root_fingerprint());
             println!("trust domain {}", server.trust_domain());
             println!("admin token file {}", files.admin_token().display());
@@ -79,6 +90,8 @@ fn effective(g: &Global, c: &ward_server::Config) -> anyhow::Result<String> {
         "token-ttl": d(c.token_ttl),
         "issuer": c.issuer,
         "max-pending-calls": c.max_pending_calls,
+        "ui-listen": c.ui_listen.map(|a| a.to_string()),
+        "ui-session-ttl": d(c.ui_session_ttl),
         "log-format": format!("{:?}", g.log_format).to_lowercase(),
     });
     Ok(serde_yaml_ng::to_string(&v)?)

@@ -77,6 +77,7 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
                 server: server_addr.to_string(),
                 trust: ControlPlaneTrust::fingerprint(&fp).map_err(|e| anyhow!(e))?,
                 join_token: Some(token),
+                report_every: Duration::from_secs(10),
             },
             service: name.to_string(),
             namespace: "default".into(),

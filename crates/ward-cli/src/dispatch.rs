@@ -21,5 +21,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::SigningKey(c) => cmd_oauth::signing_key(&g, c).await,
         Command::Status => cmd_admin::status(&g).await,
         Command::Audit(a) => cmd_admin::audit(&g, a).await,
+        Command::Top(a) => cmd_admin::top(&g, a).await,
     }
 }

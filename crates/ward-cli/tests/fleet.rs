@@ -69,6 +69,7 @@ fn watch_req(advertise: String, upstream: usize, deltas: bool) -> WatchRequest {
         advertise,
         upstreams: vec![sid(upstream)],
         deltas,
+        ..Default::default()
     }
 }
 

@@ -200,6 +200,9 @@ pub enum Mode {
         /// Buys the first certificate when the state dir holds none.
         #[serde(skip)]
         join_token: Option<String>,
+        /// How often traffic counters go to the control plane (10 s).
+        #[serde(serialize_with = "secs")]
+        report_every: Duration,
     },
     /// No control plane: certificates, bundle and policies from files.
     Standalone(Standalone),

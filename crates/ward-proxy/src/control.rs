@@ -25,13 +25,19 @@ pub(crate) fn spawn(shared: &Arc<Shared>, advertise: String) {
         Mode::Standalone(files) => {
             tokio::spawn(files_loop(shared.clone(), files.clone()));
         }
-        Mode::ControlPlane { server, trust, .. } => {
+        Mode::ControlPlane {
+            server,
+            trust,
+            report_every,
+            ..
+        } => {
             let (server, trust) = (server.clone(), trust.clone());
             tokio::spawn(control_loop(
                 shared.clone(),
                 server.clone(),
                 trust.clone(),
                 advertise,
+                *report_every,
             ));
             tokio::spawn(renew_loop(shared.clone(), server, trust));
         }
@@ -39,12 +45,14 @@ pub(crate) fn spawn(shared: &Arc<Shared>, advertise: String) {
 }
 
 /// Follows the watch stream, reconnecting with backoff; keeps the last
-/// configuration while the control plane is away.
+/// configuration while the control plane is away. Reports traffic every
+/// `report_every` on the stream's connection.
 async fn control_loop(
     shared: Arc<Shared>,
     server: String,
     trust: ControlPlaneTrust,
     advertise: String,
+    report_every: Duration,
 ) {
     let tls_for = shared.clone();
     let tls = move || {
@@ -56,19 +64,48 @@ async fn control_loop(
         )
         .map_err(|e| e.to_string())
     };
+    let instance = instance_name();
     let request = ward_api::v1::WatchRequest {
         advertise,
         upstreams: upstream_ids(&shared),
+        instance: instance.clone(),
+        kind: if shared.cfg.data_plane.is_some() {
+            "sidecar"
+        } else {
+            "agent"
+        }
+        .into(),
+        version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    ward_api::follow(&server, tls, request, |update| match update {
-        Some(msg) => {
-            shared.connected.store(true, Ordering::Relaxed);
-            apply(&shared, msg.clone());
-        }
-        None => shared.connected.store(false, Ordering::Relaxed),
-    })
+    let reporting = shared.clone();
+    let report = move || ward_api::v1::TrafficReport {
+        instance: instance.clone(),
+        cert_not_after: reporting.svid.get().not_after,
+        counts: reporting.traffic.report(),
+    };
+    ward_api::follow_reporting(
+        &server,
+        tls,
+        request,
+        report_every,
+        report,
+        |update| match update {
+            Some(msg) => {
+                shared.connected.store(true, Ordering::Relaxed);
+                apply(&shared, msg.clone());
+            }
+            None => shared.connected.store(false, Ordering::Relaxed),
+        },
+    )
     .await;
+}
+
+/// A random name for this process among its service's replicas.
+fn instance_name() -> String {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
 }
 
 /// The SPIFFE IDs of this sidecar's upstreams, as the control plane knows

@@ -264,6 +264,7 @@ pub(crate) async fn obtain(cfg: &mut ProxyConfig) -> anyhow::Result<Svid> {
             server,
             trust,
             join_token,
+            ..
         } => {
             let token = join_token.take();
             if let Some(s) = state.as_ref().and_then(StateDir::load) {

@@ -1,5 +1,6 @@
 //! The inbound listener: mTLS in, policy, plaintext to the app.
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,14 +57,20 @@ struct Inbound {
 /// from a peer for its requests.
 type AppConn = Idle<ReqBody, TcpStream>;
 
+/// A decision's metric, and the caller's traffic counter for it (none
+/// for dry runs and reported matches).
+type DecisionCounters = (Counter, Option<Arc<AtomicU64>>);
+
 /// The verified caller on one connection, with what its requests reuse.
 struct Peer {
     id: String,
     id_header: HeaderValue,
     /// Request counters by (status, decision).
     requests: Counters<(u16, &'static str)>,
-    /// Decision counters by (decision, policy, dry run).
-    decisions: Counters<(&'static str, String, bool)>,
+    /// Decision counters by (decision, policy, dry run), with this
+    /// caller's traffic counter for the control plane's reports (none for
+    /// dry runs).
+    decisions: Counters<(&'static str, String, bool), DecisionCounters>,
     /// Duration histograms by (status class, decision).
     durations: Counters<(&'static str, &'static str), Histogram>,
     request_bytes: Counter,
@@ -655,7 +662,7 @@ impl Inbound {
     /// Counts a decision in `ward_authz_decisions`, through the
     /// connection's kept counters.
     fn count_decision(&self, peer: &Peer, decision: &'static str, policy: &str, dry_run: bool) {
-        peer.decisions.inc(
+        peer.decisions.with(
             |(l, p, d)| *l == decision && p == policy && *d == dry_run,
             || {
                 let labels = DecisionLabels {
@@ -664,7 +671,15 @@ impl Inbound {
                     dry_run: if dry_run { "true" } else { "false" },
                 };
                 let c = self.shared.metrics.decisions.get_or_create(&labels).clone();
-                ((decision, labels.policy, dry_run), c)
+                let decided = !dry_run && matches!(decision, "allow" | "deny");
+                let t = decided.then(|| self.shared.traffic.counter(&peer.id, decision, policy));
+                ((decision, labels.policy, dry_run), (c, t))
+            },
+            |(c, t)| {
+                c.inc();
+                if let Some(t) = t {
+                    t.fetch_add(1, Ordering::Relaxed);
+                }
             },
         );
     }
@@ -727,6 +742,11 @@ where
             result: label,
         })
         .inc();
+    // A connection counts as one request in the traffic reports.
+    shared
+        .traffic
+        .counter(&peer.id, label, d.policy())
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = label, policy = d.policy(), "connection");
     if !d.allowed() {
         return;
@@ -765,6 +785,7 @@ where
                             dry_run: "false",
                         })
                         .inc();
+                    shared.traffic.counter(&peer.id, "deny", decided).fetch_add(1, Ordering::Relaxed);
                     tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = %peer.id, decision = "deny", policy = decided, revoked, "open connection closed by a policy change");
                     return;
                 }

@@ -38,6 +38,7 @@ mod mux;
 mod outbound;
 mod state;
 mod strict_h1;
+mod traffic;
 mod transport;
 mod upgrade;
 mod workload;
@@ -155,6 +156,7 @@ impl Proxy {
             configured: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             metrics,
+            traffic: Default::default(),
             shutdown: watch::channel(false).0,
             inbound_port,
             generation: AtomicU64::new(0),

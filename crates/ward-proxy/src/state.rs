@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub configured: AtomicBool,
     pub connected: AtomicBool,
     pub metrics: Metrics,
+    /// Inbound requests by caller, decision and policy, reported to the
+    /// control plane.
+    pub traffic: crate::traffic::Traffic,
     pub shutdown: watch::Sender<bool>,
     pub inbound_port: u16,
     /// Bumped on every certificate renewal: outbound pools opened with an

@@ -42,6 +42,12 @@ pub struct Config {
     /// Certificate signings and watch-stream opens in progress at once;
     /// more are refused with UNAVAILABLE and a retry hint.
     pub max_pending_calls: usize,
+    /// The dashboard's own TLS port (`https://ADDR/ui/`); `None`: no
+    /// dashboard.
+    pub ui_listen: Option<SocketAddr>,
+    /// How long a dashboard sign-in lasts.
+    #[serde(with = "secs")]
+    pub ui_session_ttl: Duration,
 }
 
 mod secs {
@@ -77,6 +83,8 @@ impl Config {
             token_ttl: Duration::from_secs(300),
             issuer: None,
             max_pending_calls: crate::shed::DEFAULT_LIMIT,
+            ui_listen: None,
+            ui_session_ttl: Duration::from_secs(8 * 3600),
         }
     }
 

@@ -5,14 +5,15 @@ use tonic::{Request, Response, Status};
 use ward_api::v1::identity_server::Identity;
 use ward_api::v1::{
     MintJwtSvidRequest, MintJwtSvidResponse, SignCertificateRequest, SignCertificateResponse,
-    WatchRequest,
+    TrafficReport, TrafficReportResponse, WatchRequest,
 };
 use ward_identity::SpiffeId;
 use ward_store::AuditEvent;
 
 use crate::ca::CaManagerError;
+use crate::fleet::{ReportError, Watchers};
 use crate::registry::{self, RegistryError};
-use crate::state::{token_hash, AppState, ConnInfo, PeerAuth, Watchers};
+use crate::state::{token_hash, AppState, ConnInfo, PeerAuth};
 
 pub(crate) struct IdentityService {
     pub state: Arc<AppState>,
@@ -293,11 +294,26 @@ impl Identity for IdentityService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = self.verified_caller(&req, "the watch stream")?.to_string();
         let _permit = self.state.shed.admit("opening the watch stream")?;
+        let (remote, cert_not_after) = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| {
+                let not_after = match &*c.peer {
+                    PeerAuth::Verified(p) => p.not_after,
+                    _ => 0,
+                };
+                (c.remote.to_string(), not_after)
+            })
+            .unwrap_or_default();
         let ward_api::v1::WatchRequest {
             advertise,
             upstreams,
             deltas,
+            instance,
+            kind,
+            version,
         } = req.into_inner();
+        let bounded = |s: String| s.chars().take(128).collect::<String>();
         let unregistered = self.unregistered(&upstreams).await?;
         let endpoint = if advertise.is_empty() {
             None
@@ -307,7 +323,21 @@ impl Identity for IdentityService {
             }
             Some(self.state.mesh.advertise(&id, &advertise))
         };
-        let guard = Watchers::add(&self.state, id.clone());
+        let now = ward_ca::now().unix_timestamp();
+        let guard = Watchers::add(
+            &self.state,
+            crate::fleet::Watcher {
+                spiffe_id: id.clone(),
+                since: now,
+                kind: bounded(kind),
+                version: bounded(version),
+                instance: bounded(instance),
+                remote,
+                advertise: advertise.clone(),
+                cert_not_after,
+                last_seen: now,
+            },
+        );
         let watcher = crate::watch::Watcher {
             id,
             upstreams: upstreams.into_iter().collect(),
@@ -319,5 +349,18 @@ impl Identity for IdentityService {
             watcher,
             (guard, endpoint),
         )))
+    }
+
+    async fn report_traffic(
+        &self,
+        req: Request<TrafficReport>,
+    ) -> Result<Response<TrafficReportResponse>, Status> {
+        let id = self.verified_caller(&req, "traffic reports")?.to_string();
+        let now_ms = (ward_ca::now().unix_timestamp_nanos() / 1_000_000) as i64;
+        crate::fleet::record(&self.state, &id, req.into_inner(), now_ms).map_err(|e| match e {
+            ReportError::NoStream(..) => Status::failed_precondition(e.to_string()),
+            ReportError::Invalid(m) => Status::invalid_argument(m),
+        })?;
+        Ok(Response::new(TrafficReportResponse {}))
     }
 }

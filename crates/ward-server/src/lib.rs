@@ -16,6 +16,7 @@ mod config;
 mod datadir;
 mod error;
 mod feed;
+mod fleet;
 mod grpc;
 mod jwt_svid;
 mod keys;
@@ -28,6 +29,7 @@ mod shared_endpoints;
 mod shed;
 mod state;
 mod turns;
+mod ui;
 mod watch;
 
 pub use ca::CaManagerError;

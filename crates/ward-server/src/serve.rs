@@ -27,7 +27,7 @@ use crate::error::StartError;
 use crate::grpc::IdentityService;
 use crate::jwt_svid::JwtSvids;
 use crate::metrics::Metrics;
-use crate::state::{sha256, token_hash, AppState, ConnInfo, PeerAuth, Watchers};
+use crate::state::{sha256, token_hash, AppState, ConnInfo, PeerAuth};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +35,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The dashboard's port, when it has one.
+    ui: Option<(TcpListener, SocketAddr)>,
+    ui_session_ttl: Duration,
     state: Arc<AppState>,
     identity: Arc<ServerIdentity>,
     acceptor: TlsAcceptor,
@@ -126,6 +129,20 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Config(e.to_string()))?;
+        let ui = match config.ui_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|e| {
+                    StartError::Config(format!(
+                        "cannot listen on {addr} for the dashboard: {e} (choose another address with --ui-listen)"
+                    ))
+                })?;
+                let a = l
+                    .local_addr()
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+                Some((l, a))
+            }
+            None => None,
+        };
 
         let oauth = crate::oauth::OAuth::open(
             store.clone(),
@@ -143,7 +160,8 @@ impl Server {
             admin_token_hash: token_hash(&admin_token),
             svid_ttl: config.svid_ttl,
             metrics: Metrics::new(),
-            watchers: Watchers::default(),
+            watchers: Default::default(),
+            traffic: Default::default(),
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
             replica: crate::shared_endpoints::replica_id(),
             shed: crate::shed::Shed::new(config.max_pending_calls),
@@ -156,8 +174,13 @@ impl Server {
             crate::shared_endpoints::spawn(state.clone());
         }
         let mut names = config.dns_names.clone();
-        if !local_addr.ip().is_unspecified() {
-            names.push(local_addr.ip().to_string());
+        for ip in [Some(local_addr.ip()), ui.as_ref().map(|u| u.1.ip())]
+            .into_iter()
+            .flatten()
+        {
+            if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+                names.push(ip.to_string());
+            }
         }
         let identity = ServerIdentity::new(td.clone(), names)?;
         identity.renew(&state).await?;
@@ -184,6 +207,8 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
+            ui,
+            ui_session_ttl: config.ui_session_ttl,
             state,
             identity,
             acceptor,
@@ -196,6 +221,11 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The dashboard's bound address, if it has a port.
+    pub fn ui_addr(&self) -> Option<SocketAddr> {
+        self.ui.as_ref().map(|u| u.1)
     }
 
     /// `sha256:<hex>` of the root certificate.
@@ -217,6 +247,8 @@ impl Server {
     pub async fn run(self) -> Result<(), StartError> {
         let Server {
             listener,
+            ui,
+            ui_session_ttl,
             state,
             identity,
             acceptor,
@@ -244,62 +276,19 @@ impl Server {
 
         let shutdown = ward_http::shutdown_signal();
         tokio::pin!(shutdown);
-        loop {
-            let (tcp, remote) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut shutdown => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let router = router.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let certs = tls.get_ref().1.peer_certificates();
-                let peer = peer_auth(&state, certs);
-                let cert_sha256 = match (&peer, certs.and_then(|c| c.first())) {
-                    (PeerAuth::Verified(_), Some(leaf)) => Some(sha256(leaf)),
-                    _ => None,
-                };
-                let conn = ConnInfo {
-                    remote,
-                    peer: Arc::new(peer),
-                    cert_sha256,
-                };
-                let svc = router.map_request(move |req: hyper::Request<Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut().insert(conn.clone());
-                    req
-                });
-                let builder = ward_http::server();
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(tls),
-                        TowerToHyperService::new(svc),
-                    )
-                    .await
-                {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
-                }
-            });
+        let ui = ui.map(|(listener, _)| {
+            let router = crate::ui::routes(state.clone(), ui_session_ttl);
+            tokio::spawn(accept_loop(
+                listener,
+                acceptor.clone(),
+                state.clone(),
+                router,
+                std::future::pending(),
+            ))
+        });
+        accept_loop(listener, acceptor, state, router, &mut shutdown).await;
+        if let Some(ui) = ui {
+            ui.abort();
         }
         tracing::info!("shutting down");
         // Local clients find no server rather than a dead port; the lock
@@ -307,6 +296,81 @@ impl Server {
         files.remove_server_info(info.pid);
         drop(lock);
         Ok(())
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves `router` on each
+/// (HTTP/1.1 and HTTP/2), with the caller's [`ConnInfo`] in every
+/// request, until `shutdown` completes.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    router: S,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certs = tls.get_ref().1.peer_certificates();
+            let peer = peer_auth(&state, certs);
+            let cert_sha256 = match (&peer, certs.and_then(|c| c.first())) {
+                (PeerAuth::Verified(_), Some(leaf)) => Some(sha256(leaf)),
+                _ => None,
+            };
+            let conn = ConnInfo {
+                remote,
+                peer: Arc::new(peer),
+                cert_sha256,
+            };
+            let svc = router.map_request(move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(conn.clone());
+                req
+            });
+            let builder = ward_http::server();
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .await
+            {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
     }
 }
 

@@ -1,7 +1,5 @@
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest::{digest, SHA256};
@@ -20,7 +18,8 @@ pub(crate) struct AppState {
     pub admin_token_hash: [u8; 32],
     pub svid_ttl: Duration,
     pub metrics: Metrics,
-    pub watchers: Watchers,
+    pub watchers: crate::fleet::Watchers,
+    pub traffic: crate::fleet::Traffic,
     pub mesh: Arc<Mesh>,
     pub oauth: Arc<crate::oauth::OAuth>,
     pub jwt_svids: Arc<crate::jwt_svid::JwtSvids>,
@@ -50,53 +49,6 @@ pub(crate) struct ConnInfo {
     pub peer: Arc<PeerAuth>,
     /// SHA-256 of the client's leaf certificate, when it verified.
     pub cert_sha256: Option<[u8; 32]>,
-}
-
-/// Workloads following the watch stream, for `ward status`.
-#[derive(Default)]
-pub(crate) struct Watchers {
-    next: AtomicU64,
-    live: Mutex<HashMap<u64, (String, i64)>>,
-}
-
-/// Removes its watcher from the list when the stream ends.
-pub(crate) struct WatchGuard {
-    id: u64,
-    state: Arc<AppState>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        if let Ok(mut live) = self.state.watchers.live.lock() {
-            live.remove(&self.id);
-        }
-        self.state.metrics.watch_streams.dec();
-    }
-}
-
-impl Watchers {
-    pub(crate) fn add(state: &Arc<AppState>, spiffe_id: String) -> WatchGuard {
-        let id = state.watchers.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut live) = state.watchers.live.lock() {
-            live.insert(id, (spiffe_id, ward_ca::now().unix_timestamp()));
-        }
-        state.metrics.watch_streams.inc();
-        WatchGuard {
-            id,
-            state: state.clone(),
-        }
-    }
-
-    /// (SPIFFE ID, connected since) of each live stream.
-    pub(crate) fn list(&self) -> Vec<(String, i64)> {
-        let mut v: Vec<_> = self
-            .live
-            .lock()
-            .map(|l| l.values().cloned().collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
 }
 
 /// SHA-256 of a secret token, as stored.

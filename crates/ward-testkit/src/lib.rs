@@ -59,6 +59,8 @@ pub struct WardServer {
     pub addr: String,
     pub url: String,
     pub fingerprint: String,
+    /// `https://ADDR/ui/`, when started with `--ui-listen`.
+    pub ui_url: Option<String>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub extra_args: Vec<String>,
@@ -84,6 +86,7 @@ impl WardServer {
             addr: String::new(),
             url: String::new(),
             fingerprint: String::new(),
+            ui_url: None,
             data_dir: tmp.path().join("data"),
             _tmp: Some(tmp),
             extra_args,
@@ -142,6 +145,7 @@ impl WardServer {
             match v["event"].as_str() {
                 Some("listening") => addr = v["addr"].as_str().map(String::from),
                 Some("root_fingerprint") => fp = v["fingerprint"].as_str().map(String::from),
+                Some("dashboard") => self.ui_url = v["url"].as_str().map(String::from),
                 _ => {}
             }
         }

@@ -25,7 +25,7 @@ fn cert_summary(der: &[u8]) -> Value {
     }
 }
 
-pub(super) async fn show(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
+pub(crate) async fn show(State(s): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
     let snap = s.ca.snapshot();
     let cas = s.store.list_cas().await?;
     // The signing CAs of the published bundle: one just stored by a

@@ -24,7 +24,7 @@ pub(super) struct CertListQuery {
     limit: Option<i64>,
 }
 
-pub(super) fn cert_json(c: &CertRecord) -> Value {
+pub(crate) fn cert_json(c: &CertRecord) -> Value {
     json!({
         "serial": c.serial,
         "spiffe_id": c.spiffe_id,

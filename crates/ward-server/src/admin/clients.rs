@@ -33,7 +33,7 @@ pub(super) struct CreateClient {
     jwks: Option<Value>,
 }
 
-fn client_json(c: &ward_store::OAuthClient) -> Value {
+pub(crate) fn client_json(c: &ward_store::OAuthClient) -> Value {
     json!({
         "client_id": c.client_id, "service_id": c.service_id, "auth": c.auth_method,
         "scopes": serde_json::from_str::<Value>(&c.scopes).unwrap_or_default(),

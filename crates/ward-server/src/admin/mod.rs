@@ -1,12 +1,13 @@
 //! The admin REST API under `/api/v1/`, and the public HTTP endpoints:
 //! the error type and authentication every handler shares, the routes,
 //! and one module per resource.
-mod ca;
-mod certificates;
-mod clients;
-mod policies;
+pub(crate) mod ca;
+pub(crate) mod certificates;
+pub(crate) mod clients;
+pub(crate) mod policies;
 mod services;
 mod status;
+pub(crate) mod traffic;
 
 use std::sync::Arc;
 
@@ -261,6 +262,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             get(crate::oauth::endpoints::metadata),
         )
         .route("/api/v1/audit", get(status::audit))
+        .route("/api/v1/traffic", get(traffic::show))
         .route("/api/v1/ca", get(ca::show))
         .route("/api/v1/ca/rotate", post(ca::rotate))
         .route("/api/v1/status", get(status::status))

@@ -162,7 +162,7 @@ fn check_enforceable(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CheckRequest {
+pub(crate) struct CheckRequest {
     /// The caller's SPIFFE ID (or `ns/<ns>/sa/<name>` shorthand in the
     /// server's trust domain); absent: a caller without a certificate.
     #[serde(default)]
@@ -193,7 +193,7 @@ pub(super) struct CheckRequest {
 /// What-if evaluation with the policies in force: the decision, the
 /// deciding policy and rule, and every dry-run or AUDIT policy that
 /// matched. The sidecar runs the same evaluator on the same policies.
-pub(super) async fn check(
+pub(crate) async fn check(
     State(s): State<Arc<AppState>>,
     Json(c): Json<CheckRequest>,
 ) -> ApiResult<Json<Value>> {

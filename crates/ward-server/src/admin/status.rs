@@ -46,12 +46,7 @@ pub(super) async fn status(
         .filter(|c| c.revoked_at.is_none())
         .map(cert_json)
         .collect();
-    let watchers: Vec<Value> = s
-        .watchers
-        .list()
-        .into_iter()
-        .map(|(id, since)| json!({ "spiffe_id": id, "since": since }))
-        .collect();
+    let watchers: Vec<Value> = s.watchers.list().into_iter().map(|w| json!(w)).collect();
     let snap = s.ca.snapshot();
     let files = ward_http::open_files();
     // Descriptors not held by sidecars' watch connections, and how many
