@@ -35,8 +35,10 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
     let data = tmp.path().join("data");
     let mut cfg = ward_server::Config::new(data.clone());
     cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.ui_listen = Some("127.0.0.1:0".parse()?);
     let server = ward_server::Server::build(cfg).await?;
     let server_addr = server.local_addr();
+    let ui_addr = server.ui_addr();
     let fp = server.root_fingerprint().to_string();
     tokio::spawn(server.run());
     let mut admin_g = g.clone();
@@ -208,6 +210,18 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
         data.display()
     );
     println!("  {ward} --data-dir {} policy check --from frontend --to ledger --method GET --path /balance", data.display());
+    println!(
+        "  {ward} --data-dir {} top        # who calls whom, allowed and denied, as the sidecars report it",
+        data.display()
+    );
+    if let Some(ui) = ui_addr {
+        println!();
+        println!(
+            "Dashboard: https://{ui}/ui/ (sign in with the admin token in {}; the browser is asked to trust ward's own CA, {})",
+            data.join("admin.token").display(),
+            data.join("bundle.pem").display()
+        );
+    }
     ward_http::shutdown_signal().await;
     Ok(())
 }

@@ -333,7 +333,11 @@ async function refresh() {
     area.replaceChildren(...parts.filter((x) => x instanceof Node));
     for (const h of hooks) h.afterDraw();
     document.getElementById("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
-    area.setAttribute("data-loaded", "true");
+    if (!area.hasAttribute("data-loaded")) {
+      area.setAttribute("data-loaded", "true");
+      // For measurements: when this page first showed its data.
+      performance.mark(`ward:shown:${name}`);
+    }
   } catch (e) {
     if (e instanceof SignedOut) return signedOut();
     document.getElementById("status").textContent = `not updated: ${e.message}`;
