@@ -37,8 +37,8 @@ def start(ward, data):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env=dict(os.environ, RUST_LOG="warn"),
     )
-    api = url = None
-    while api is None or url is None:
+    api = url = ready = None
+    while api is None or url is None or ready is None:
         line = p.stdout.readline()
         if not line:
             raise SystemExit("ward server exited")
@@ -47,16 +47,20 @@ def start(ward, data):
             api = ev["url"]
         if ev.get("event") == "dashboard":
             url = ev["url"]
+        if ev.get("event") == "root_fingerprint":
+            ready = True
     return p, api, url
 
 
 def load(api, data, services, policies):
     token = open(os.path.join(data, "admin.token")).read().strip()
     s = requests.Session()
-    s.verify = os.path.join(data, "bundle.pem")
+    # Per request: a CA bundle named in the environment would override
+    # the session's.
+    ca = os.path.join(data, "bundle.pem")
     s.headers["authorization"] = f"Bearer {token}"
     for i in range(services):
-        r = s.post(f"{api}/api/v1/services", json={"name": f"svc-{i}"})
+        r = s.post(f"{api}/api/v1/services", json={"name": f"svc-{i}"}, verify=ca)
         r.raise_for_status()
     docs = []
     for i in range(policies):
@@ -73,7 +77,7 @@ def load(api, data, services, policies):
                 }],
             },
         })
-    r = s.post(f"{api}/api/v1/policies/apply", json={"policies": docs}, timeout=600)
+    r = s.post(f"{api}/api/v1/policies/apply", json={"policies": docs}, timeout=600, verify=ca)
     r.raise_for_status()
 
 
