@@ -7,6 +7,13 @@
 //! grpc-go and older grpc-core send). Everything else passes through
 //! unchanged; header blocks are decoded and encoded again with loona-hpack,
 //! one decoder and one encoder per connection, as HPACK's state requires.
+//!
+//! A client sends one `:authority` on all of a channel's requests, so a
+//! connection whose first header block needs no change (tonic, grpc-go,
+//! go-spiffe) is passed through untouched from there on: nothing has been
+//! re-encoded yet, so the server's HPACK state is still the client's, and
+//! those connections pay no decoding at all (loona-hpack builds its Huffman
+//! table for every Huffman-coded string it decodes).
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -41,18 +48,27 @@ pub(crate) struct Rewriting<T> {
     /// Bytes ready for the server.
     out: BytesMut,
     state: State,
-    decoder: Decoder<'static>,
-    encoder: Encoder<'static>,
+    /// Held until the connection is known to need no rewriting.
+    hpack: Option<Box<Hpack>>,
+    /// Whether a header block has been re-encoded: from then on every one
+    /// must be, to keep the server's HPACK state our encoder's.
+    rewrote: bool,
     pending: Option<Pending>,
     eof: bool,
+}
+
+struct Hpack {
+    decoder: Decoder<'static>,
+    encoder: Encoder<'static>,
 }
 
 #[derive(PartialEq)]
 enum State {
     Preface,
     Frames,
-    /// Not HTTP/2 with prior knowledge: passed through for the server to
-    /// refuse.
+    /// Passed through unchanged: not HTTP/2 with prior knowledge (for the
+    /// server to refuse), or a connection whose first request needed no
+    /// rewrite.
     Opaque,
 }
 
@@ -71,8 +87,11 @@ impl<T> Rewriting<T> {
             raw: BytesMut::new(),
             out: BytesMut::new(),
             state: State::Preface,
-            decoder: Decoder::new(),
-            encoder: Encoder::new(),
+            hpack: Some(Box::new(Hpack {
+                decoder: Decoder::new(),
+                encoder: Encoder::new(),
+            })),
+            rewrote: false,
             pending: None,
             eof: false,
         }
@@ -164,18 +183,23 @@ impl<T> Rewriting<T> {
             }
         }
         if flags & END_HEADERS != 0 {
-            if let Some(p) = self.pending.take() {
-                let headers = self
+            if let (Some(p), Some(hpack)) = (self.pending.take(), self.hpack.as_mut()) {
+                let headers = hpack
                     .decoder
                     .decode(&p.block)
                     .map_err(|e| io::Error::other(format!("HPACK: {e}")))?;
-                let block = self.encoder.encode(headers.iter().map(|(n, v)| {
-                    let v: &[u8] =
-                        if n == b":authority" && http::uri::Authority::try_from(&v[..]).is_err() {
-                            b"localhost"
-                        } else {
-                            v
-                        };
+                let bad = |n: &[u8], v: &[u8]| {
+                    n == b":authority" && http::uri::Authority::try_from(v).is_err()
+                };
+                if !self.rewrote && !headers.iter().any(|(n, v)| bad(n, v)) {
+                    write_block(&mut self.out, &p, &p.block);
+                    self.state = State::Opaque;
+                    self.hpack = None;
+                    return Ok(());
+                }
+                self.rewrote = true;
+                let block = hpack.encoder.encode(headers.iter().map(|(n, v)| {
+                    let v: &[u8] = if bad(n, v) { b"localhost" } else { v };
                     (&n[..], v)
                 }));
                 write_block(&mut self.out, &p, &block);
@@ -204,6 +228,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewriting<T> {
             }
             if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.state == State::Opaque && this.raw.is_empty() {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
             }
             // Read on the stack: a connection waiting for its client's next
             // frame (most of a Workload API connection's life) then holds
@@ -319,26 +346,80 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_valid_authority_is_kept() {
-        let mut enc = Encoder::new();
-        let block = enc.encode([(&b":authority"[..], &b"localhost:1234"[..])]);
+    /// HEADERS frames (END_HEADERS | END_STREAM) for each block, after the
+    /// preface.
+    fn requests(blocks: &[Vec<u8>]) -> Vec<u8> {
         let mut input = PREFACE.to_vec();
-        frame_head(
-            &mut input,
-            block.len(),
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            [0, 0, 0, 3],
-        );
-        input.extend_from_slice(&block);
+        for (i, block) in blocks.iter().enumerate() {
+            let stream = (2 * i as u32 + 1).to_be_bytes();
+            frame_head(
+                &mut input,
+                block.len(),
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                stream,
+            );
+            input.extend_from_slice(block);
+        }
+        input
+    }
+
+    /// The header blocks of `out`'s HEADERS frames, decoded in order by
+    /// one decoder, as the server does.
+    fn decoded(out: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut decoder = Decoder::new();
+        let mut rest = &out[24..];
+        let mut all = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            assert_eq!(rest[3], HEADERS);
+            all.push(decoder.decode(&rest[9..9 + len]).unwrap());
+            rest = &rest[9 + len..];
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_is_valid_passes_untouched() {
+        let mut enc = Encoder::new();
+        let first = enc.encode([
+            (&b":authority"[..], &b"localhost:1234"[..]),
+            (b"workload.spiffe.io", b"true"),
+        ]);
+        // A later block that refers to the client's dynamic table.
+        let second = enc.encode([
+            (&b":authority"[..], &b"localhost:1234"[..]),
+            (b"workload.spiffe.io", b"true"),
+        ]);
+        let input = requests(&[first, second]);
         let out = read_all(&input).await;
-        let headers = Decoder::new().decode(&out[33..]).unwrap();
-        assert_eq!(
-            headers,
-            vec![(b":authority".to_vec(), b"localhost:1234".to_vec())]
-        );
-        assert_eq!(out[28], END_HEADERS | END_STREAM);
+        assert_eq!(out, input, "every byte as the client sent it");
+    }
+
+    #[tokio::test]
+    async fn once_a_block_is_rewritten_every_later_one_is_encoded_again() {
+        let mut enc = Encoder::new();
+        let h = |a: &'static [u8]| {
+            vec![
+                (&b":authority"[..], a),
+                (&b":path"[..], &b"/SpiffeWorkloadAPI/FetchJWTSVID"[..]),
+            ]
+        };
+        let blocks = vec![
+            enc.encode(h(b"tmp%2Fa.sock")),
+            enc.encode(h(b"localhost")),
+            enc.encode(h(b"tmp%2Fa.sock")),
+        ];
+        let out = read_all(&requests(&blocks)).await;
+        let got = decoded(&out);
+        assert_eq!(got.len(), 3);
+        for headers in got {
+            let authority = headers.iter().find(|(n, _)| n == b":authority").unwrap();
+            assert_eq!(authority.1, b"localhost");
+            assert!(headers
+                .iter()
+                .any(|(n, v)| n == b":path" && v == b"/SpiffeWorkloadAPI/FetchJWTSVID"));
+        }
     }
 
     #[tokio::test]
