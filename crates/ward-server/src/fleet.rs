@@ -47,7 +47,37 @@ pub(crate) struct Watcher {
 #[derive(Default)]
 pub(crate) struct Watchers {
     next: AtomicU64,
-    live: Mutex<HashMap<u64, Watcher>>,
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    by_id: HashMap<u64, Watcher>,
+    /// (SPIFFE ID, instance) to its streams' ids (more than one while a
+    /// reconnect overlaps the old stream), so that a report finds its
+    /// watcher without a scan of the fleet.
+    by_instance: HashMap<(String, String), Vec<u64>>,
+}
+
+impl Live {
+    fn insert(&mut self, id: u64, watcher: Watcher) {
+        let key = (watcher.spiffe_id.clone(), watcher.instance.clone());
+        self.by_instance.entry(key).or_default().push(id);
+        self.by_id.insert(id, watcher);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(w) = self.by_id.remove(&id) else {
+            return;
+        };
+        let key = (w.spiffe_id, w.instance);
+        if let Some(ids) = self.by_instance.get_mut(&key) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_instance.remove(&key);
+            }
+        }
+    }
 }
 
 /// Removes its watcher from the list when the stream ends.
@@ -59,7 +89,7 @@ pub(crate) struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         if let Ok(mut live) = self.state.watchers.live.lock() {
-            live.remove(&self.id);
+            live.remove(self.id);
         }
         self.state.metrics.watch_streams.dec();
     }
@@ -83,7 +113,7 @@ impl Watchers {
         let mut v: Vec<Watcher> = self
             .live
             .lock()
-            .map(|l| l.values().cloned().collect())
+            .map(|l| l.by_id.values().cloned().collect())
             .unwrap_or_default();
         v.sort_by(|a, b| (&a.spiffe_id, a.since).cmp(&(&b.spiffe_id, b.since)));
         v
@@ -96,18 +126,20 @@ impl Watchers {
         let Ok(mut live) = self.live.lock() else {
             return false;
         };
-        let mut found = false;
-        for w in live
-            .values_mut()
-            .filter(|w| w.instance == instance && w.spiffe_id == spiffe_id)
-        {
-            w.last_seen = now;
-            if cert_not_after > 0 {
-                w.cert_not_after = cert_not_after;
+        let live = &mut *live;
+        let key = (spiffe_id.to_string(), instance.to_string());
+        let Some(ids) = live.by_instance.get(&key) else {
+            return false;
+        };
+        for id in ids {
+            if let Some(w) = live.by_id.get_mut(id) {
+                w.last_seen = now;
+                if cert_not_after > 0 {
+                    w.cert_not_after = cert_not_after;
+                }
             }
-            found = true;
         }
-        found
+        true
     }
 }
 
@@ -323,6 +355,49 @@ mod tests {
 
     fn keys(counts: &[TrafficCount]) -> Vec<(Key, u64)> {
         validate(counts).unwrap()
+    }
+
+    fn watcher(spiffe_id: &str, instance: &str) -> Watcher {
+        Watcher {
+            spiffe_id: spiffe_id.into(),
+            since: 1,
+            kind: "sidecar".into(),
+            version: String::new(),
+            instance: instance.into(),
+            remote: String::new(),
+            advertise: String::new(),
+            cert_not_after: 10,
+            last_seen: 1,
+        }
+    }
+
+    #[test]
+    fn a_report_finds_its_streams_by_identity_and_instance() {
+        let w = Watchers::default();
+        let a = "spiffe://td/ns/default/sa/a";
+        {
+            let mut live = w.live.lock().unwrap();
+            live.insert(1, watcher(a, "i1"));
+            // A reconnect that overlaps the old stream.
+            live.insert(2, watcher(a, "i1"));
+            live.insert(3, watcher(a, "i2"));
+        }
+        assert!(!w.touch(a, "other", 0, 5));
+        assert!(!w.touch("spiffe://td/ns/default/sa/b", "i1", 0, 5));
+        assert!(w.touch(a, "i1", 99, 5));
+        let seen: Vec<(i64, i64)> = w
+            .list()
+            .iter()
+            .filter(|x| x.instance == "i1")
+            .map(|x| (x.last_seen, x.cert_not_after))
+            .collect();
+        assert_eq!(seen, vec![(5, 99), (5, 99)]);
+        w.live.lock().unwrap().remove(1);
+        assert!(w.touch(a, "i1", 0, 6), "the newer stream is still open");
+        w.live.lock().unwrap().remove(2);
+        assert!(!w.touch(a, "i1", 0, 7), "no stream of i1 is left");
+        assert!(w.touch(a, "i2", 0, 7));
+        assert_eq!(w.live.lock().unwrap().by_instance.len(), 1);
     }
 
     #[test]
