@@ -301,6 +301,15 @@ async fn one(
     let svc_of = |i: usize| i % services;
     let all = vec![true; sidecars];
     let mut results = serde_json::Map::new();
+    // 0. No change: the server's CPU over the same 3 s, which every
+    // change's figure below includes.
+    let cpu0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    results.insert(
+        "no_change".into(),
+        json!({ "server_cpu_ms": round((cpu_ticks(pid) - cpu0) as f64 * 10.0, 0) }),
+    );
+
     let mut measure = |name: &str,
                        concerned: Vec<bool>,
                        start: Instant,
