@@ -343,7 +343,11 @@ pub(crate) async fn serve<IO, H, Fut>(
             if let Some(a) = &activity {
                 a.started();
             }
-            let resp = handler(req);
+            // The handler's future holds the whole exchange (pools,
+            // policy, the upstream's dispatch) and is many KiB; hyper
+            // moves the service future into place on every request, so
+            // it is boxed once here and a pointer is what moves.
+            let resp = Box::pin(handler(req));
             async move {
                 let resp = resp.await;
                 guard.done();
