@@ -36,6 +36,12 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// Milliseconds of CPU `pid` used since it had used `ticks0` clock ticks
+/// (100 a second on Linux).
+fn cpu_ms_since(pid: u32, ticks0: u64) -> f64 {
+    cpu_ticks(pid).saturating_sub(ticks0) as f64 * 10.0
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -307,7 +313,7 @@ async fn one(
     tokio::time::sleep(Duration::from_secs(3)).await;
     results.insert(
         "no_change".into(),
-        json!({ "server_cpu_ms": round((cpu_ticks(pid) - cpu0) as f64 * 10.0, 0) }),
+        json!({ "server_cpu_ms": round(cpu_ms_since(pid, cpu0), 0) }),
     );
 
     let mut measure = |name: &str,
@@ -315,7 +321,7 @@ async fn one(
                        start: Instant,
                        cpu0: u64,
                        done: &dyn Fn(&WatchResponse) -> bool| {
-        let cpu_ms = (cpu_ticks(pid) - cpu0) as f64 * 10.0;
+        let cpu_ms = cpu_ms_since(pid, cpu0);
         let r = seen
             .lock()
             .map(|s| outcome(&s, start, &concerned, done, cpu_ms))
@@ -459,7 +465,7 @@ async fn one(
             "retryable_refusals": retryable,
             "non_retryable_errors": finals.len(),
             "first_non_retryable": finals.first(),
-            "server_cpu_ms": round(cpu_ticks(pid) as f64 * 10.0, 0),
+            "server_cpu_ms": round(cpu_ms_since(pid, 0), 0),
         }),
     );
 
