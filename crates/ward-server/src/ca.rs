@@ -80,6 +80,10 @@ pub(crate) struct CaManager {
     files: DataDirFiles,
     active: ArcSwap<ActiveCa>,
     snapshot: watch::Sender<Arc<TrustSnapshot>>,
+    /// Held for a whole [`CaManager::publish`]: a rotation made here and
+    /// the change feed's reload of it run at once, and two publishes
+    /// interleaved would write the bundle file over each other.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 fn unix(t: time::OffsetDateTime) -> i64 {
@@ -174,6 +178,7 @@ impl CaManager {
             files,
             active: ArcSwap::from_pointee(active),
             snapshot,
+            publishing: tokio::sync::Mutex::new(()),
         };
         mgr.publish().await?;
         Ok(Arc::new(mgr))
@@ -215,6 +220,7 @@ impl CaManager {
 
     /// Rebuilds the active CA and the trust snapshot from the store.
     pub(crate) async fn publish(&self) -> Result<(), CaManagerError> {
+        let _one_at_a_time = self.publishing.lock().await;
         let (active, cas) = self.core.load_active().await?;
         let root_der = active.chain[1].clone();
         self.active.store(Arc::new(active));
@@ -453,5 +459,55 @@ impl CaCore {
             CertificateDer::from(root.cert_der.clone()),
         ];
         Ok((ActiveCa { authority, chain }, cas))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_store::SqliteStore;
+
+    // A rotation made through one replica reaches its own change feed as
+    // well, so the admin call's publish and the feed's run together; on
+    // a server's worker threads they must not trip over each other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_at_the_same_time_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("ward.db"))
+                .await
+                .unwrap(),
+        );
+        let (kek, _) = Kek::generate().unwrap();
+        let mgr = CaManager::open(
+            store,
+            kek,
+            TrustDomain::new("ward.internal").unwrap(),
+            Duration::from_secs(3600),
+            Duration::from_secs(86400),
+            None,
+            DataDirFiles::new(dir.path()),
+        )
+        .await
+        .unwrap();
+        let before = mgr.snapshot().sequence;
+        for round in 0..10 {
+            mgr.core.run_schedule(true).await.unwrap();
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let mgr = mgr.clone();
+                    tokio::spawn(async move { mgr.publish().await })
+                })
+                .collect();
+            for t in tasks {
+                t.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+        let after = mgr.snapshot();
+        assert_eq!(after.sequence, before + 10, "one sequence per CA change");
+        let pem = std::fs::read_to_string(dir.path().join("bundle.pem")).unwrap();
+        assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), after.bundle.len());
     }
 }
