@@ -14,6 +14,22 @@
 //!   and the linker that ships with the Rust toolchain (`rust-lld`) puts
 //!   them first, in one run. Symbols the list names that no longer exist
 //!   are skipped; functions it misses are placed as usual.
+//! - The order kept through changes. A local function that the compiler
+//!   shares between the code units of a crate gets a `.llvm.NUMBER`
+//!   suffix from a hash of its unit, so any change to a crate renames
+//!   hundreds of the listed functions although they are the same
+//!   functions: with only the exact names, one change in `ward-server`
+//!   took 300 of them out of the order and 2.5 MiB onto the agent's RSS.
+//!   The linker is therefore reached through a small script
+//!   (`OUT_DIR/order-ld/ld.mold`) that links once without the order, reads
+//!   the result's symbol names with `nm`, writes the list with each name
+//!   replaced by those of the binary that are equal to it once the
+//!   suffixes are set aside, and links again with that list. Without
+//!   `nm`, or if either step fails, it links with the list as it is. Only
+//!   release builds link twice. The script runs `rust-lld`; it is named
+//!   `ld.mold` (`-fuse-ld=mold`) only because the compiler driver looks
+//!   for `ld.NAME` in the `-B` directories in the order given, and rustc
+//!   gives the toolchain's own directory, with its `ld.lld`, first.
 //!
 //! Each option is probed by linking and running a tiny program with the
 //! same C compiler driver rustc links with.
@@ -37,13 +53,26 @@ fn main() {
     }
     let relr = ["-Wl,-z,pack-relative-relocs".to_string()];
     if let Some(lld_dir) = toolchain_lld(&target) {
-        let mut args = vec![
+        // Only an optimized build is measured; a test build links once.
+        let optimized = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+        let wrapped = optimized.then(|| ordering_wrapper(&out, &lld_dir, &order));
+        let wrapped = wrapped
+            .flatten()
+            .map(|dir| vec![format!("-B{}", dir.display()), "-fuse-ld=mold".to_string()]);
+        let plain = vec![
             format!("-B{}", lld_dir.display()),
             "-fuse-ld=lld".to_string(),
             format!("-Wl,--symbol-ordering-file={}", order.display()),
             "-Wl,--no-warn-symbol-ordering".to_string(),
         ];
-        if order.is_file() && links(&out, &src, &args) {
+        let args = if let Some(wrapped) = wrapped.filter(|w| links(&out, &src, w)) {
+            Some(wrapped)
+        } else if links(&out, &src, &plain) {
+            Some(plain)
+        } else {
+            None
+        };
+        if let Some(mut args) = args.filter(|_| order.is_file()) {
             if links(&out, &src, &[args.clone(), relr.to_vec()].concat()) {
                 args.extend(relr);
             }
@@ -56,6 +85,59 @@ fn main() {
     if links(&out, &src, &relr) {
         println!("cargo:rustc-link-arg-bins={}", relr[0]);
     }
+}
+
+/// Writes the linker script that resolves the order file's names against
+/// the binary being linked (see the module's comment) and returns its
+/// directory, for `-B`; `None` where it cannot be written.
+fn ordering_wrapper(out: &Path, lld_dir: &Path, order: &Path) -> Option<PathBuf> {
+    let dir = out.join("order-ld");
+    let lld = lld_dir.join("ld.lld").display().to_string();
+    let order = order.display().to_string();
+    if lld.contains('\'') || order.contains('\'') {
+        return None;
+    }
+    let script = format!(
+        r#"#!/bin/sh
+# rust-lld for `ward`, the order file's names resolved against the binary
+# (crates/ward-cli/build.rs says why).
+real='{lld}'
+order='{order}'
+output=
+prev=
+for a in "$@"; do
+  [ "$prev" = -o ] && output=$a
+  prev=$a
+done
+if [ -n "$output" ] && command -v nm >/dev/null 2>&1; then
+  names="$output.names"
+  resolved="$output.order"
+  if "$real" "$@" -o "$output.unordered" &&
+     nm --defined-only "$output.unordered" > "$names" &&
+     awk 'function key(s) {{ sub(/\.llvm\.[0-9]+$/, "", s); return s }}
+          FNR == NR {{ k = key($NF); all[k] = all[k] " " $NF; next }}
+          {{ k = key($0) }}
+          (k in all) && !(k in done) {{ done[k] = 1; n = split(all[k], a, " "); for (i = 1; i <= n; i++) print a[i] }}' \
+       "$names" "$order" > "$resolved"; then
+    rm -f "$output.unordered" "$names"
+    "$real" "$@" --symbol-ordering-file="$resolved" --no-warn-symbol-ordering
+    status=$?
+    rm -f "$resolved"
+    exit $status
+  fi
+  rm -f "$output.unordered" "$names" "$resolved"
+fi
+exec "$real" "$@" --symbol-ordering-file="$order" --no-warn-symbol-ordering
+"#,
+    );
+    let path = dir.join("ld.mold");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, script))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        });
+    written.ok().map(|()| dir)
 }
 
 /// The directory of the toolchain's `ld.lld` (a wrapper around
