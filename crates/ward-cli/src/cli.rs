@@ -78,6 +78,10 @@ pub(crate) enum Command {
     /// Run the identity side of a sidecar without a data plane: the SPIFFE
     /// Workload API and/or rotating certificate files for apps that do
     /// their own TLS.
+    #[command(
+        after_help = "Memory: the agent runs jemalloc with one arena and no thread caches \
+                      (_RJEM_MALLOC_CONF=narenas:1,tcache:false) unless _RJEM_MALLOC_CONF is set."
+    )]
     Agent(AgentArgs),
     /// Run the sample app used by `ward demo` (HTTP, gRPC ward.demo.v1.Echo, TCP echo).
     SampleApp(SampleAppArgs),

@@ -1,4 +1,5 @@
 //! `ward`: the control plane, and the admin CLI that talks to it.
+mod allocator;
 mod cli;
 mod client;
 mod cmd_admin;
@@ -15,14 +16,9 @@ mod sample_app;
 
 use clap::Parser;
 
-/// jemalloc, chosen by measurement: through a sidecar pair it cut CPU per
-/// request against glibc's allocator, at less peak memory than mimalloc
-/// (docs/performance.md).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
-    let argv = match config_file::expand(std::env::args_os().collect()) {
+    let original: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match config_file::expand(original.clone()) {
         Ok(a) => a,
         Err(e) => return config_error(&e),
     };
@@ -30,6 +26,9 @@ fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => return usage_error(e),
     };
+    if matches!(args.command, cli::Command::Agent(_)) {
+        allocator::agent_options(&original);
+    }
     let json_errors = args.global.output == cli::Output::Json;
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

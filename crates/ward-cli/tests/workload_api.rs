@@ -346,3 +346,40 @@ async fn a_sidecar_serves_the_workload_api_beside_its_data_plane() {
     );
     let _ = pay;
 }
+
+/// The `NAME=VALUE` entries of a process's environment.
+fn environment(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_jemalloc_with_one_arena_unless_the_operator_chose() {
+    let s = common::server(&[]);
+    // Executed again in place: the same process, now with the options,
+    // and serving.
+    let a = agent(&s, "payments", &[]);
+    let env = environment(a.proc.child.id());
+    assert!(
+        env.iter()
+            .any(|v| v == "_RJEM_MALLOC_CONF=narenas:1,tcache:false"),
+        "{env:?}"
+    );
+    let cert = a.own_cert().await;
+    let socket = a.socket.clone();
+    let out = tokio::task::spawn_blocking(move || run(&socket, &cert, &["raw"]))
+        .await
+        .unwrap();
+    assert_eq!(out["raw_with_header"], "OK");
+    // An operator's own setting stands.
+    let b = agent_with_env(&s, "ledger", &[], &["_RJEM_MALLOC_CONF=narenas:2"]);
+    let env = environment(b.proc.child.id());
+    assert!(
+        env.iter().any(|v| v == "_RJEM_MALLOC_CONF=narenas:2"),
+        "{env:?}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || async { b.ready().await == 200 }).await);
+}

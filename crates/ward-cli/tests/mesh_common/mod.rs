@@ -268,6 +268,12 @@ impl Agent {
 /// other users may enter (so a caller from another uid reaches it and is
 /// refused by SO_PEERCRED, not by the file system).
 pub fn agent(s: &WardServer, service: &str, extra: &[&str]) -> Agent {
+    agent_with_env(s, service, extra, &[])
+}
+
+/// [`agent`] with `NAME=VALUE` settings added to its environment (it is
+/// started through `env`, which executes it in place).
+pub fn agent_with_env(s: &WardServer, service: &str, extra: &[&str], env: &[&str]) -> Agent {
     init();
     let token = register(s, service);
     let dir = tempfile::tempdir().unwrap();
@@ -291,7 +297,15 @@ pub fn agent(s: &WardServer, service: &str, extra: &[&str]) -> Agent {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let proc = Proc::spawn(bin(), &args).unwrap();
+    let ward = bin();
+    let proc = if env.is_empty() {
+        Proc::spawn(ward, &args).unwrap()
+    } else {
+        let mut through = env.to_vec();
+        through.push(ward.to_str().unwrap());
+        through.extend_from_slice(&args);
+        Proc::spawn(Path::new("env"), &through).unwrap()
+    };
     let admin = proc.ready["agent"]["admin"].as_str().unwrap().to_string();
     assert_eq!(
         proc.ready["agent"]["workload_api"],
