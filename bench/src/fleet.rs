@@ -156,6 +156,7 @@ async fn one(
     services: usize,
     settle: Duration,
     deltas: bool,
+    revoked: usize,
 ) -> anyhow::Result<Value> {
     let mut s = WardServer::start(ward, &["--svid-ttl", "24h"])?;
     let mut pid = s.child.as_ref().map(|c| c.id()).unwrap_or_default();
@@ -205,6 +206,31 @@ async fn one(
     }
     certs.sort_by_key(|(i, _)| *i);
     let issue_s = t.elapsed().as_secs_f64();
+
+    // Revoked certificates that every stream's state lists (other
+    // workloads' certificates, issued for this and revoked).
+    if revoked > 0 {
+        let t = post(
+            &s,
+            &http,
+            "/api/v1/join-tokens",
+            json!({ "service": "svc-0", "uses": revoked as u32, "ttl_secs": 3600 }),
+        )
+        .await?;
+        let token = t["token"].as_str().unwrap_or_default().to_string();
+        for _ in 0..revoked {
+            let serial = certificate(&mut anon.clone(), "svc-0", &token)
+                .await?
+                .serial;
+            post(
+                &s,
+                &http,
+                &format!("/api/v1/certificates/{serial}/revoke"),
+                json!({}),
+            )
+            .await?;
+        }
+    }
 
     // Settle, then the server's memory before the streams.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -480,6 +506,7 @@ async fn one(
         "streams_opened_seconds": round(connect_s, 1),
         "server_rss_mib_before_streams": round(rss_before as f64 / 1024.0, 1),
         "server_rss_mib_with_streams": round(rss_after as f64 / 1024.0, 1),
+        "revoked_before_streams": revoked,
         "server_rss_kib_per_sidecar": round((rss_after.saturating_sub(rss_before)) as f64 / sidecars as f64, 1),
         "changes": results,
     }))
@@ -491,17 +518,18 @@ pub(crate) async fn run(
     baseline: Option<&str>,
     sidecars: usize,
     services: usize,
+    revoked: usize,
 ) -> anyhow::Result<Value> {
     // Past the server's 15 s start-up window, in which endpoint lists are
     // partial and every stream is sent them again when it ends.
     let settle = Duration::from_secs(16);
     let mut out = json!({});
     if let Some(b) = baseline {
-        out["baseline"] = one(b, sidecars, services, settle, false).await?;
+        out["baseline"] = one(b, sidecars, services, settle, false, revoked).await?;
     }
     // The same binary sending the whole state every time, as before
     // deltas, then with deltas.
-    out["full_snapshots"] = one(ward, sidecars, services, settle, false).await?;
-    out["ward"] = one(ward, sidecars, services, settle, true).await?;
+    out["full_snapshots"] = one(ward, sidecars, services, settle, false, revoked).await?;
+    out["ward"] = one(ward, sidecars, services, settle, true, revoked).await?;
     Ok(out)
 }

@@ -15,9 +15,10 @@
 //!   ValidateJWTSVID per second (next to the same validation in-process
 //!   on one core), the first X509-SVID to a new caller, and the agent's
 //!   RSS with 100 open streams.
-//! - `ward-bench fleet [--sidecars N] [--services S] [--baseline-ward PATH]`:
-//!   N sidecar-side watch streams (real certificates, real mTLS) on one
-//!   `ward server`; per kind of change (one service's policy, an endpoint,
+//! - `ward-bench fleet [--sidecars N] [--services S] [--revoked N]
+//!   [--baseline-ward PATH]`: N sidecar-side watch streams (real
+//!   certificates, real mTLS) on one `ward server`, with `--revoked`
+//!   certificates revoked before they open; per kind of change (one service's policy, an endpoint,
 //!   a revocation, a JWKS and a CA rotation) the server's CPU, the bytes
 //!   sent to the sidecars it concerns and to the others, and the time
 //!   until all concerned have it; the server's RSS per connected sidecar.
@@ -74,8 +75,14 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(200);
             let baseline = flag("--baseline-ward");
-            let report =
-                runtime(2)?.block_on(fleet::run(&ward, baseline.as_deref(), sidecars, services))?;
+            let revoked = flag("--revoked").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let report = runtime(2)?.block_on(fleet::run(
+                &ward,
+                baseline.as_deref(),
+                sidecars,
+                services,
+                revoked,
+            ))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -119,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: ward-bench sign|token|workload|store|fleet|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL] [--sidecars N] [--services S] [--baseline-ward PATH]");
+            eprintln!("usage: ward-bench sign|token|workload|store|fleet|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL] [--sidecars N] [--services S] [--revoked N] [--baseline-ward PATH]");
             std::process::exit(2);
         }
     }
