@@ -165,6 +165,7 @@ impl Server {
             mesh: crate::mesh::Mesh::new(store.list_policies().await?, config.default_policy),
             replica: crate::shared_endpoints::replica_id(),
             shed: crate::shed::Shed::new(config.max_pending_calls),
+            watch_common: Default::default(),
         });
         state.mesh.settle_after(crate::mesh::ENDPOINTS_SETTLE);
         // Other processes share the database: follow their changes and

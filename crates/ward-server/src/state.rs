@@ -27,6 +27,8 @@ pub(crate) struct AppState {
     pub replica: String,
     /// Sheds signing and watch opens past `max_pending_calls`.
     pub shed: crate::shed::Shed,
+    /// What every watch stream sends alike, held once for all of them.
+    pub watch_common: crate::watch::Common,
 }
 
 /// How the peer of a connection authenticated, decided once right after

@@ -4,9 +4,14 @@
 //! its own service and the endpoints of its upstreams ([`Topic`]). The
 //! first message is the whole state; with `deltas` the next ones carry
 //! only what changed ([`ward_api::delta`]).
+//!
+//! What every watcher receives alike (bundle, revocations, keys) is kept
+//! once for all streams ([`Common`]); each stream holds its own copy only
+//! of its scoped part (its policies and upstreams' endpoints), so a
+//! stream's memory does not grow with the revocation list.
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{select_all, BoxStream};
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -94,43 +99,144 @@ struct Sender {
     watcher: Watcher,
     /// The watcher's (namespace, service).
     service: Option<(String, String)>,
-    /// The whole state last sent.
-    last: Option<WatchResponse>,
+    /// The state last sent.
+    last: Option<Sent>,
     _keep: Box<dyn Send>,
+}
+
+/// A state sent: the watcher's own part, and the part common to all
+/// watchers (shared, not copied).
+struct Sent {
+    version: u64,
+    own: WatchResponse,
+    common: Arc<WatchResponse>,
 }
 
 impl Sender {
     /// The next message, if what the watcher receives changed.
     fn next(&mut self) -> Option<WatchResponse> {
-        let mut now = current(&self.state, self.service.as_ref(), &self.watcher.upstreams);
-        now.unregistered_upstreams = self.watcher.unregistered.clone();
-        let version = self.last.as_ref().map_or(1, |l| l.version + 1);
-        now.version = version;
-        let msg = match &self.last {
-            None => now.clone(),
-            Some(last) if self.watcher.deltas => ward_api::delta(last, &now)?,
-            Some(last) => {
-                // Compared without the version, which every message bumps.
-                now.version = last.version;
-                if *last == now {
-                    return None;
-                }
-                now.version = version;
-                now.clone()
-            }
-        };
-        self.last = Some(now);
+        let own = scoped(&self.state, self.service.as_ref(), &self.watcher.upstreams);
+        let common = self.state.watch_common.current(&self.state);
+        let msg = message(self.last.as_ref(), &own, &common, &self.watcher)?;
+        self.last = Some(Sent {
+            version: msg.version,
+            own,
+            common,
+        });
         Some(msg)
     }
 }
 
-/// The whole state for a watcher of `service` with `upstreams`, without
-/// version or unregistered upstreams.
-fn current(
+/// The message that takes `watcher` from `last` (nothing yet: `None`) to
+/// the state made of `own` and `common`, or `None` if that is what it
+/// holds: the whole state, or with `deltas` after the first, what changed.
+fn message(
+    last: Option<&Sent>,
+    own: &WatchResponse,
+    common: &Arc<WatchResponse>,
+    watcher: &Watcher,
+) -> Option<WatchResponse> {
+    let version = last.map_or(1, |l| l.version + 1);
+    let mut msg = match last {
+        Some(last) if watcher.deltas => {
+            let own_delta = ward_api::delta(&last.own, own);
+            let common_delta = if Arc::ptr_eq(&last.common, common) {
+                None
+            } else {
+                ward_api::delta(&last.common, common)
+            };
+            let mut d = match (own_delta, common_delta) {
+                (None, None) => return None,
+                (Some(o), None) => o,
+                (None, Some(c)) => c,
+                (Some(o), Some(c)) => joined(o, &c),
+            };
+            d.endpoints_partial = common.endpoints_partial;
+            d.base_version = last.version;
+            d
+        }
+        Some(last)
+            if last.own == *own
+                && (Arc::ptr_eq(&last.common, common) || *last.common == **common) =>
+        {
+            return None
+        }
+        _ => {
+            let mut whole = joined(own.clone(), common);
+            whole.unregistered_upstreams = watcher.unregistered.clone();
+            whole
+        }
+    };
+    msg.version = version;
+    Some(msg)
+}
+
+/// `own` with the common part's fields added (the two parts have no
+/// field in common).
+fn joined(mut own: WatchResponse, common: &WatchResponse) -> WatchResponse {
+    own.bundle.clone_from(&common.bundle);
+    own.revoked_serials.clone_from(&common.revoked_serials);
+    own.revoked_serials_removed
+        .clone_from(&common.revoked_serials_removed);
+    own.revoked_token_ids.clone_from(&common.revoked_token_ids);
+    own.revoked_token_ids_removed
+        .clone_from(&common.revoked_token_ids_removed);
+    own.endpoints_partial = common.endpoints_partial;
+    own.issuer.clone_from(&common.issuer);
+    own.jwks_json.clone_from(&common.jwks_json);
+    own.jwt_authorities_json
+        .clone_from(&common.jwt_authorities_json);
+    own.default_action.clone_from(&common.default_action);
+    own
+}
+
+/// The part of a watcher's state that is its own: the endpoints of its
+/// upstreams and the policies of its service.
+fn scoped(
     state: &AppState,
     service: Option<&(String, String)>,
     upstreams: &BTreeSet<String>,
 ) -> WatchResponse {
+    WatchResponse {
+        endpoints: state
+            .mesh
+            .endpoints_for(upstreams)
+            .into_iter()
+            .map(|(spiffe_id, addresses)| ServiceEndpoints {
+                spiffe_id,
+                addresses,
+            })
+            .collect(),
+        // Only what applies to the watcher's own service.
+        policies_json: service
+            .map(|(ns, svc)| state.mesh.policies_for(ns, svc))
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The part of the state every watcher receives alike, built when a
+/// stream wakes and kept once: a stream holds the same `Arc` as all the
+/// others that saw the same state.
+#[derive(Default)]
+pub(crate) struct Common(Mutex<Option<Arc<WatchResponse>>>);
+
+impl Common {
+    fn current(&self, state: &AppState) -> Arc<WatchResponse> {
+        let now = common(state);
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*held {
+            Some(h) if **h == now => h.clone(),
+            _ => {
+                let now = Arc::new(now);
+                *held = Some(now.clone());
+                now
+            }
+        }
+    }
+}
+
+fn common(state: &AppState) -> WatchResponse {
     let s: Arc<TrustSnapshot> = state.ca.snapshot();
     let mut revoked: Vec<String> = s.revoked.iter().cloned().collect();
     revoked.sort();
@@ -143,28 +249,150 @@ fn current(
             refresh_hint: 300,
         }),
         revoked_serials: revoked,
-        endpoints: state
-            .mesh
-            .endpoints_for(upstreams)
-            .into_iter()
-            .map(|(spiffe_id, addresses)| ServiceEndpoints {
-                spiffe_id,
-                addresses,
-            })
-            .collect(),
         endpoints_partial: state.mesh.endpoints_partial(),
         revoked_token_ids,
         issuer: state.oauth.issuer.clone(),
         jwks_json: state.oauth.jwks().to_string(),
         jwt_authorities_json: state.jwt_svids.keys.jwks().to_string(),
-        // Only what applies to the watcher's own service.
-        policies_json: service
-            .map(|(ns, svc)| state.mesh.policies_for(ns, svc))
-            .unwrap_or_default(),
         default_action: match state.mesh.default_action {
             ward_policy::DefaultAction::Deny => "deny".into(),
             ward_policy::DefaultAction::Allow => "allow".into(),
         },
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(deltas: bool) -> Watcher {
+        Watcher {
+            id: "spiffe://ward.internal/ns/default/sa/web".into(),
+            upstreams: BTreeSet::new(),
+            unregistered: vec!["default/ghost".into()],
+            deltas,
+        }
+    }
+
+    fn own(addresses: &[&str], policies: &[&str]) -> WatchResponse {
+        WatchResponse {
+            endpoints: vec![ServiceEndpoints {
+                spiffe_id: "spiffe://ward.internal/ns/default/sa/api".into(),
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            }],
+            policies_json: policies.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn common(revoked: &[&str], jwks: &str, partial: bool) -> Arc<WatchResponse> {
+        Arc::new(WatchResponse {
+            bundle: Some(TrustBundle {
+                trust_domain: "ward.internal".into(),
+                x509_authorities: vec![vec![1, 2, 3]],
+                refresh_hint: 300,
+            }),
+            revoked_serials: revoked.iter().map(|r| r.to_string()).collect(),
+            endpoints_partial: partial,
+            issuer: "https://ward.internal".into(),
+            jwks_json: jwks.into(),
+            default_action: "deny".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Sends the states in turn to a watcher; returns the messages and
+    /// what a client that applied them holds after each.
+    fn follow(
+        deltas: bool,
+        states: &[(WatchResponse, Arc<WatchResponse>)],
+    ) -> Vec<(Option<WatchResponse>, WatchResponse)> {
+        let w = watcher(deltas);
+        let mut last: Option<Sent> = None;
+        let mut client = ward_api::Assembled::default();
+        let mut out = Vec::new();
+        for (own, common) in states {
+            let msg = message(last.as_ref(), own, common, &w);
+            if let Some(m) = &msg {
+                client
+                    .apply(m.clone())
+                    .expect("applies to the version held");
+                last = Some(Sent {
+                    version: m.version,
+                    own: own.clone(),
+                    common: common.clone(),
+                });
+            }
+            out.push((msg, client.state().cloned().unwrap_or_default()));
+        }
+        out
+    }
+
+    /// The whole state a watcher should hold: both parts, with its
+    /// unregistered upstreams.
+    fn whole(own: &WatchResponse, common: &WatchResponse) -> WatchResponse {
+        let mut w = joined(own.clone(), common);
+        w.unregistered_upstreams = vec!["default/ghost".into()];
+        w
+    }
+
+    #[test]
+    fn deltas_of_either_part_or_both_rebuild_the_whole_state() {
+        let c1 = common(&["01"], "{\"keys\":[1]}", false);
+        let c2 = common(&["01", "02"], "{\"keys\":[1]}", false);
+        let c3 = common(&["02"], "{\"keys\":[2]}", true);
+        let states = [
+            (own(&["a:1"], &["p1"]), c1.clone()),
+            // Nothing changed (a fresh Arc of the same common state, too).
+            (own(&["a:1"], &["p1"]), Arc::new((*c1).clone())),
+            // Only the watcher's own part.
+            (own(&["a:1", "b:1"], &["p1"]), c1.clone()),
+            // Only the common part.
+            (own(&["a:1", "b:1"], &["p1"]), c2.clone()),
+            // Both at once.
+            (own(&["b:1"], &["p2"]), c3.clone()),
+        ];
+        let seen = follow(true, &states);
+        assert_eq!(
+            seen[0].0.as_ref().unwrap().base_version,
+            0,
+            "a whole state first"
+        );
+        assert!(seen[1].0.is_none(), "nothing sent when nothing changed");
+        let own_only = seen[2].0.as_ref().unwrap();
+        assert!(own_only.bundle.is_none() && own_only.revoked_serials.is_empty());
+        assert_eq!(own_only.endpoints.len(), 1);
+        let common_only = seen[3].0.as_ref().unwrap();
+        assert!(common_only.endpoints.is_empty() && !common_only.policies_changed);
+        assert_eq!(common_only.revoked_serials, vec!["02".to_string()]);
+        let both = seen[4].0.as_ref().unwrap();
+        assert!(both.policies_changed && both.endpoints_partial);
+        assert_eq!(both.revoked_serials_removed, vec!["01".to_string()]);
+        for ((own, common), (msg, held)) in states.iter().zip(&seen) {
+            let mut want = whole(own, common);
+            want.version = held.version;
+            assert_eq!(*held, want, "after {msg:?}");
+        }
+        assert_eq!(seen[4].1.version, 4);
+    }
+
+    #[test]
+    fn whole_states_are_sent_only_on_a_change() {
+        let c1 = common(&["01"], "{}", false);
+        let states = [
+            (own(&["a:1"], &["p1"]), c1.clone()),
+            (own(&["a:1"], &["p1"]), Arc::new((*c1).clone())),
+            (own(&["a:1"], &["p1"]), common(&["01", "02"], "{}", false)),
+        ];
+        let seen = follow(false, &states);
+        assert!(seen[1].0.is_none());
+        let m = seen[2].0.as_ref().unwrap();
+        assert_eq!((m.base_version, m.version), (0, 2));
+        assert_eq!(*m, {
+            let mut w = whole(&states[2].0, &states[2].1);
+            w.version = 2;
+            w
+        });
     }
 }
