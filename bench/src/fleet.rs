@@ -105,6 +105,21 @@ async fn certificate(
 }
 
 /// A single-use join token for `svc`.
+/// A certificate for `svc` through the CSR path, revoked at once; its
+/// serial.
+async fn revoked_certificate(
+    s: &WardServer,
+    http: &reqwest::Client,
+    c: &mut ward_api::v1::identity_client::IdentityClient<tonic::transport::Channel>,
+    svc: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let serial = certificate(c, svc, token).await?.serial;
+    let path = format!("/api/v1/certificates/{serial}/revoke");
+    post(s, http, &path, json!({})).await?;
+    Ok(serial)
+}
+
 async fn join_token(s: &WardServer, http: &reqwest::Client, svc: &str) -> anyhow::Result<String> {
     let t = post(s, http, "/api/v1/join-tokens", json!({ "service": svc })).await?;
     Ok(t["token"].as_str().unwrap_or_default().to_string())
@@ -219,16 +234,7 @@ async fn one(
         .await?;
         let token = t["token"].as_str().unwrap_or_default().to_string();
         for _ in 0..revoked {
-            let serial = certificate(&mut anon.clone(), "svc-0", &token)
-                .await?
-                .serial;
-            post(
-                &s,
-                &http,
-                &format!("/api/v1/certificates/{serial}/revoke"),
-                json!({}),
-            )
-            .await?;
+            revoked_certificate(&s, &http, &mut anon.clone(), "svc-0", &token).await?;
         }
     }
 
@@ -407,14 +413,7 @@ async fn one(
     // 3. A revocation.
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
     let tok = join_token(&s, &http, "svc-2").await?;
-    let serial = certificate(&mut anon.clone(), "svc-2", &tok).await?.serial;
-    post(
-        &s,
-        &http,
-        &format!("/api/v1/certificates/{serial}/revoke"),
-        json!({}),
-    )
-    .await?;
+    let serial = revoked_certificate(&s, &http, &mut anon.clone(), "svc-2", &tok).await?;
     wait().await;
     measure("revocation", all.clone(), start, cpu0, &|m| {
         m.revoked_serials.contains(&serial)
