@@ -52,27 +52,22 @@ fn main() {
         return;
     }
     let relr = ["-Wl,-z,pack-relative-relocs".to_string()];
-    if let Some(lld_dir) = toolchain_lld(&target) {
+    if let Some(lld_dir) = toolchain_lld(&target).filter(|_| order.is_file()) {
         // Only an optimized build is measured; a test build links once.
         let optimized = std::env::var("PROFILE").is_ok_and(|p| p == "release");
-        let wrapped = optimized.then(|| ordering_wrapper(&out, &lld_dir, &order));
-        let wrapped = wrapped
+        let wrapped = optimized
+            .then(|| ordering_wrapper(&out, &lld_dir, &order))
             .flatten()
-            .map(|dir| vec![format!("-B{}", dir.display()), "-fuse-ld=mold".to_string()]);
+            .map(|dir| vec![format!("-B{}", dir.display()), "-fuse-ld=mold".to_string()])
+            .filter(|w| links(&out, &src, w));
         let plain = vec![
             format!("-B{}", lld_dir.display()),
             "-fuse-ld=lld".to_string(),
             format!("-Wl,--symbol-ordering-file={}", order.display()),
             "-Wl,--no-warn-symbol-ordering".to_string(),
         ];
-        let args = if let Some(wrapped) = wrapped.filter(|w| links(&out, &src, w)) {
-            Some(wrapped)
-        } else if links(&out, &src, &plain) {
-            Some(plain)
-        } else {
-            None
-        };
-        if let Some(mut args) = args.filter(|_| order.is_file()) {
+        let args = wrapped.or_else(|| links(&out, &src, &plain).then_some(plain));
+        if let Some(mut args) = args {
             if links(&out, &src, &[args.clone(), relr.to_vec()].concat()) {
                 args.extend(relr);
             }

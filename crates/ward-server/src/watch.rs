@@ -171,23 +171,15 @@ fn message(
     Some(msg)
 }
 
-/// `own` with the common part's fields added (the two parts have no
-/// field in common).
-fn joined(mut own: WatchResponse, common: &WatchResponse) -> WatchResponse {
-    own.bundle.clone_from(&common.bundle);
-    own.revoked_serials.clone_from(&common.revoked_serials);
-    own.revoked_serials_removed
-        .clone_from(&common.revoked_serials_removed);
-    own.revoked_token_ids.clone_from(&common.revoked_token_ids);
-    own.revoked_token_ids_removed
-        .clone_from(&common.revoked_token_ids_removed);
-    own.endpoints_partial = common.endpoints_partial;
-    own.issuer.clone_from(&common.issuer);
-    own.jwks_json.clone_from(&common.jwks_json);
-    own.jwt_authorities_json
-        .clone_from(&common.jwt_authorities_json);
-    own.default_action.clone_from(&common.default_action);
-    own
+/// The common part with the watcher's own fields (those [`scoped`]
+/// fills, and whether its policies changed) taken from `own`.
+fn joined(own: WatchResponse, common: &WatchResponse) -> WatchResponse {
+    WatchResponse {
+        endpoints: own.endpoints,
+        policies_json: own.policies_json,
+        policies_changed: own.policies_changed,
+        ..common.clone()
+    }
 }
 
 /// The part of a watcher's state that is its own: the endpoints of its
