@@ -8,7 +8,8 @@
 //! What every watcher receives alike (bundle, revocations, keys) is kept
 //! once for all streams ([`Common`]); each stream holds its own copy only
 //! of its scoped part (its policies and upstreams' endpoints), so a
-//! stream's memory does not grow with the revocation list.
+//! stream's memory does not grow with the revocation list. It is built,
+//! and its delta computed, once per change, not once per stream.
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -46,19 +47,7 @@ pub(crate) fn messages(
             id.service_account()
                 .map(|(ns, svc)| (ns.to_string(), svc.to_string()))
         });
-    let mut wakes: Vec<BoxStream<'static, ()>> = vec![
-        WatchStream::new(state.ca.subscribe()).map(|_| ()).boxed(),
-        WatchStream::new(state.mesh.subscribe()).map(|_| ()).boxed(),
-        WatchStream::new(state.oauth.changed.subscribe())
-            .map(|_| ())
-            .boxed(),
-        WatchStream::new(state.oauth.keys.changed.subscribe())
-            .map(|_| ())
-            .boxed(),
-        WatchStream::new(state.jwt_svids.keys.changed.subscribe())
-            .map(|_| ())
-            .boxed(),
-    ];
+    let mut wakes = Sources::of(&state).wakes();
     if let Some((ns, svc)) = &service {
         let rx = state
             .mesh
@@ -117,7 +106,16 @@ impl Sender {
     fn next(&mut self) -> Option<WatchResponse> {
         let own = scoped(&self.state, self.service.as_ref(), &self.watcher.upstreams);
         let common = self.state.watch_common.current(&self.state);
-        let msg = message(self.last.as_ref(), &own, &common, &self.watcher)?;
+        let common_delta = |from: &Arc<WatchResponse>, to: &Arc<WatchResponse>| {
+            self.state.watch_common.delta(from, to)
+        };
+        let msg = message(
+            self.last.as_ref(),
+            &own,
+            &common,
+            common_delta,
+            &self.watcher,
+        )?;
         self.last = Some(Sent {
             version: msg.version,
             own,
@@ -130,10 +128,12 @@ impl Sender {
 /// The message that takes `watcher` from `last` (nothing yet: `None`) to
 /// the state made of `own` and `common`, or `None` if that is what it
 /// holds: the whole state, or with `deltas` after the first, what changed.
+/// `common_delta` gives the delta between two common parts.
 fn message(
     last: Option<&Sent>,
     own: &WatchResponse,
     common: &Arc<WatchResponse>,
+    common_delta: impl FnOnce(&Arc<WatchResponse>, &Arc<WatchResponse>) -> Option<WatchResponse>,
     watcher: &Watcher,
 ) -> Option<WatchResponse> {
     let version = last.map_or(1, |l| l.version + 1);
@@ -143,7 +143,7 @@ fn message(
             let common_delta = if Arc::ptr_eq(&last.common, common) {
                 None
             } else {
-                ward_api::delta(&last.common, common)
+                common_delta(&last.common, common)
             };
             let mut d = match (own_delta, common_delta) {
                 (None, None) => return None,
@@ -207,24 +207,110 @@ fn scoped(
     }
 }
 
-/// The part of the state every watcher receives alike, built when a
-/// stream wakes and kept once: a stream holds the same `Arc` as all the
-/// others that saw the same state.
+/// The part of the state every watcher receives alike, kept once: a
+/// stream holds the same `Arc` as all the others that saw the same state.
+/// It is built again only after one of its sources announced a change,
+/// once for all the streams that wake on that change, not once each.
 #[derive(Default)]
-pub(crate) struct Common(Mutex<Option<Arc<WatchResponse>>>);
+pub(crate) struct Common {
+    built: Mutex<Option<(Sources, Arc<WatchResponse>)>>,
+    /// The last delta asked for, between the two parts it joins: every
+    /// stream that wakes on a change asks for the same one.
+    delta: Mutex<Option<CommonDelta>>,
+}
+
+struct CommonDelta {
+    from: Arc<WatchResponse>,
+    to: Arc<WatchResponse>,
+    delta: Option<WatchResponse>,
+}
 
 impl Common {
-    fn current(&self, state: &AppState) -> Arc<WatchResponse> {
-        let now = common(state);
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// What changed from `from` to `to`, computed once for all streams
+    /// that go from one to the other.
+    fn delta(&self, from: &Arc<WatchResponse>, to: &Arc<WatchResponse>) -> Option<WatchResponse> {
+        let mut held = self.delta.lock().unwrap_or_else(|e| e.into_inner());
         match &*held {
-            Some(h) if **h == now => h.clone(),
+            Some(d) if Arc::ptr_eq(&d.from, from) && Arc::ptr_eq(&d.to, to) => d.delta.clone(),
             _ => {
-                let now = Arc::new(now);
-                *held = Some(now.clone());
-                now
+                let delta = ward_api::delta(from, to);
+                *held = Some(CommonDelta {
+                    from: from.clone(),
+                    to: to.clone(),
+                    delta: delta.clone(),
+                });
+                delta
             }
         }
+    }
+
+    fn current(&self, state: &AppState) -> Arc<WatchResponse> {
+        let mut held = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *held {
+            Some((sources, built)) => {
+                // Marked seen before building: a change that comes while
+                // building is seen by the next call.
+                if sources.changed() {
+                    let now = common(state);
+                    if **built != now {
+                        *built = Arc::new(now);
+                    }
+                }
+                built.clone()
+            }
+            None => {
+                // Subscribed before building, for the same reason.
+                let sources = Sources::of(state);
+                let built = Arc::new(common(state));
+                *held = Some((sources, built.clone()));
+                built
+            }
+        }
+    }
+}
+
+/// Where the common part comes from, one receiver each: the CA's trust
+/// snapshot (bundle, revoked serials), the mesh's changes for every
+/// watcher (the end of the start-up window), revoked tokens, and the
+/// two key sets. Every change to what [`common`] reads is announced on
+/// one of them, and every stream wakes on each.
+struct Sources {
+    trust: tokio::sync::watch::Receiver<Arc<TrustSnapshot>>,
+    counters: [tokio::sync::watch::Receiver<u64>; 4],
+}
+
+impl Sources {
+    fn of(state: &AppState) -> Self {
+        Sources {
+            trust: state.ca.subscribe(),
+            counters: [
+                state.mesh.subscribe(),
+                state.oauth.changed.subscribe(),
+                state.oauth.keys.changed.subscribe(),
+                state.jwt_svids.keys.changed.subscribe(),
+            ],
+        }
+    }
+
+    /// A wake for each source, to every watcher.
+    fn wakes(self) -> Vec<BoxStream<'static, ()>> {
+        let mut wakes = vec![WatchStream::new(self.trust).map(|_| ()).boxed()];
+        for rx in self.counters {
+            wakes.push(WatchStream::new(rx).map(|_| ()).boxed());
+        }
+        wakes
+    }
+
+    /// Whether any source changed since the last call, marking each seen.
+    /// A source whose sender is gone counts as changed.
+    fn changed(&mut self) -> bool {
+        let mut changed = self.trust.has_changed().unwrap_or(true);
+        self.trust.mark_unchanged();
+        for rx in &mut self.counters {
+            changed |= rx.has_changed().unwrap_or(true);
+            rx.mark_unchanged();
+        }
+        changed
     }
 }
 
@@ -305,7 +391,7 @@ mod tests {
         let mut client = ward_api::Assembled::default();
         let mut out = Vec::new();
         for (own, common) in states {
-            let msg = message(last.as_ref(), own, common, &w);
+            let msg = message(last.as_ref(), own, common, |a, b| ward_api::delta(a, b), &w);
             if let Some(m) = &msg {
                 client
                     .apply(m.clone())
@@ -386,5 +472,26 @@ mod tests {
             w.version = 2;
             w
         });
+    }
+
+    #[test]
+    fn a_common_delta_is_kept_for_its_two_parts_only() {
+        let held = Common::default();
+        let (a, b, c) = (
+            common(&["01"], "k1", false),
+            common(&["01", "02"], "k1", false),
+            common(&["01", "02"], "k2", false),
+        );
+        let ab = held.delta(&a, &b);
+        assert!(ab.is_some());
+        assert_eq!(ab, ward_api::delta(&a, &b));
+        assert_eq!(held.delta(&a, &b), ab);
+        // Another pair, even one sharing a part, gets its own delta.
+        for (from, to) in [(&b, &c), (&a, &c), (&a, &b)] {
+            assert_eq!(held.delta(from, to), ward_api::delta(from, to));
+        }
+        assert_ne!(ward_api::delta(&b, &c), ab);
+        // Equal parts behind different pointers: no change.
+        assert_eq!(held.delta(&b, &common(&["01", "02"], "k1", false)), None);
     }
 }
