@@ -38,98 +38,168 @@ mod workload;
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use ward_api::v1::SignCertificateRequest;
 use ward_ca::{validate_csr, CaMaterial, SigningAuthority};
 use ward_identity::{SpiffeId, TrustDomain};
 
+/// ward's benchmarks (see the crate documentation).
+#[derive(Parser)]
+#[command(name = "ward-bench")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+/// The `ward` binary a benchmark runs.
+#[derive(clap::Args)]
+struct Ward {
+    /// The `ward` binary to run.
+    #[arg(long, default_value = "target/release/ward")]
+    ward: String,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Certificate signing in-process and through a real server.
+    Sign {
+        #[command(flatten)]
+        ward: Ward,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// The OAuth2 token endpoint of a real server.
+    Token {
+        #[command(flatten)]
+        ward: Ward,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Keep-alive connections to the server.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// The SPIFFE Workload API of a real `ward agent`.
+    Workload {
+        #[command(flatten)]
+        ward: Ward,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Watch streams of a fleet of sidecars on one server.
+    Fleet {
+        #[command(flatten)]
+        ward: Ward,
+        #[arg(long, default_value_t = 2000)]
+        sidecars: usize,
+        #[arg(long, default_value_t = 200)]
+        services: usize,
+        /// Certificates revoked before the streams open.
+        #[arg(long, default_value_t = 0)]
+        revoked: usize,
+        /// A second `ward` binary measured first, as the baseline.
+        #[arg(long)]
+        baseline_ward: Option<String>,
+    },
+    /// Issuance and listing with many issued-certificate rows.
+    Store {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// A PostgreSQL URL, to measure it beside SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// The comparison harness's upstream app.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long)]
+        tcp_listen: Option<String>,
+    },
+    /// gRPC unary load through HOST:PORT.
+    GrpcLoad {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        streams: usize,
+    },
+    /// TCP bulk load through HOST:PORT.
+    TcpLoad {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let seconds: u64 = flag("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5);
-    let ward = flag("--ward").unwrap_or_else(|| "target/release/ward".into());
-    match args.get(1).map(String::as_str) {
-        Some("sign") => sign(&ward, Duration::from_secs(seconds)),
-        Some("token") => {
-            let conns = flag("--connections")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(32);
-            token(&ward, Duration::from_secs(seconds), conns)
+    let secs = Duration::from_secs;
+    match Args::parse().bench {
+        Bench::Sign { ward, seconds } => sign(&ward.ward, secs(seconds)),
+        Bench::Token {
+            ward,
+            seconds,
+            connections,
+        } => token(&ward.ward, secs(seconds), connections),
+        Bench::Workload { ward, seconds } => {
+            let report = runtime(1)?.block_on(workload::run(&ward.ward, secs(seconds)))?;
+            print_report(&report)
         }
-        Some("workload") => {
-            let report =
-                runtime(1)?.block_on(workload::run(&ward, Duration::from_secs(seconds)))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Some("fleet") => {
-            let sidecars = flag("--sidecars")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(2000);
-            let services = flag("--services")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(200);
-            let baseline = flag("--baseline-ward");
-            let revoked = flag("--revoked").and_then(|s| s.parse().ok()).unwrap_or(0);
+        Bench::Fleet {
+            ward,
+            sidecars,
+            services,
+            revoked,
+            baseline_ward,
+        } => {
             let report = runtime(2)?.block_on(fleet::run(
-                &ward,
-                baseline.as_deref(),
+                &ward.ward,
+                baseline_ward.as_deref(),
                 sidecars,
                 services,
                 revoked,
             ))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            print_report(&report)
         }
-        Some("store") => {
-            let rows = flag("--rows")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1_000_000);
-            let pg = flag("--postgres");
-            let report = runtime(2)?.block_on(store::run(
-                rows,
-                pg.as_deref(),
-                Duration::from_secs(seconds),
-            ))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+        Bench::Store {
+            rows,
+            postgres,
+            seconds,
+        } => {
+            let report =
+                runtime(2)?.block_on(store::run(rows, postgres.as_deref(), secs(seconds)))?;
+            print_report(&report)
         }
-        Some("upstream") => {
-            let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-            let tcp = flag("--tcp-listen");
-            runtime(1)?.block_on(harness::upstream(&listen, tcp.as_deref()))
+        Bench::Upstream { listen, tcp_listen } => {
+            runtime(1)?.block_on(harness::upstream(&listen, tcp_listen.as_deref()))
         }
-        Some("grpc-load") => {
-            let target = flag("--target").context("--target HOST:PORT")?;
-            let streams = flag("--streams").and_then(|s| s.parse().ok()).unwrap_or(32);
-            let rate = runtime(1)?.block_on(harness::grpc_load(
-                &target,
-                Duration::from_secs(seconds),
-                streams,
-            ))?;
+        Bench::GrpcLoad {
+            target,
+            seconds,
+            streams,
+        } => {
+            let rate = runtime(1)?.block_on(harness::grpc_load(&target, secs(seconds), streams))?;
             println!("{}", json!({ "grpc_unary_per_sec": rate.round() }));
             Ok(())
         }
-        Some("tcp-load") => {
-            let target = flag("--target").context("--target HOST:PORT")?.parse()?;
-            let mbps =
-                runtime(1)?.block_on(harness::tcp_load(target, Duration::from_secs(seconds)))?;
+        Bench::TcpLoad { target, seconds } => {
+            let mbps = runtime(1)?.block_on(harness::tcp_load(target, secs(seconds)))?;
             println!(
                 "{}",
                 json!({ "tcp_mb_per_sec": (mbps * 10.0).round() / 10.0 })
             );
             Ok(())
         }
-        _ => {
-            eprintln!("usage: ward-bench sign|token|workload|store|fleet|upstream|grpc-load|tcp-load [--ward PATH] [--seconds N] [--connections N] [--listen A] [--tcp-listen A] [--target A] [--streams N] [--rows N] [--postgres URL] [--sidecars N] [--services S] [--revoked N] [--baseline-ward PATH]");
-            std::process::exit(2);
-        }
     }
+}
+
+fn print_report(report: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    Ok(())
 }
 
 /// A runtime with `workers` threads.
