@@ -29,8 +29,11 @@ pub(super) struct PageQuery {
 }
 
 impl PageQuery {
-    fn filter(&self) -> String {
-        self.q.clone().unwrap_or_default().trim().to_lowercase()
+    /// Whether a row is shown: one of its `fields` contains the filter,
+    /// ignoring case, or there is no filter.
+    fn shows(&self, fields: &[&str]) -> bool {
+        let filter = self.q.as_deref().unwrap_or_default().trim().to_lowercase();
+        filter.is_empty() || fields.iter().any(|f| f.to_lowercase().contains(&filter))
     }
 }
 
@@ -60,15 +63,9 @@ pub(super) async fn overview(
     let s = &ui.state;
     let t = now();
     let services = s.store.list_services().await?;
-    let filter = q.filter();
     let shown: Vec<_> = services
         .iter()
-        .filter(|r| {
-            filter.is_empty()
-                || format!("{}/{}", r.namespace, r.name)
-                    .to_lowercase()
-                    .contains(&filter)
-        })
+        .filter(|r| q.shows(&[&format!("{}/{}", r.namespace, r.name)]))
         .collect();
     let watchers = s.watchers.list();
     let mut by_id: HashMap<&str, Vec<&Watcher>> = HashMap::new();
@@ -179,15 +176,9 @@ fn policy_row(p: &ward_store::PolicyRecord) -> Value {
 /// The policies in force (those the sidecars have), paged.
 pub(super) async fn policies(State(ui): State<Arc<Ui>>, Query(q): Query<PageQuery>) -> Json<Value> {
     let all = ui.state.mesh.policies();
-    let filter = q.filter();
     let shown: Vec<_> = all
         .iter()
-        .filter(|p| {
-            filter.is_empty()
-                || format!("{}/{}", p.namespace, p.name)
-                    .to_lowercase()
-                    .contains(&filter)
-        })
+        .filter(|p| q.shows(&[&format!("{}/{}", p.namespace, p.name)]))
         .collect();
     Json(page(&shown, &q, |p| policy_row(p)))
 }
@@ -256,14 +247,9 @@ pub(super) async fn clients(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let all = ui.state.store.list_clients().await?;
-    let filter = q.filter();
     let shown: Vec<_> = all
         .iter()
-        .filter(|c| {
-            filter.is_empty()
-                || c.client_id.to_lowercase().contains(&filter)
-                || c.service_id.to_lowercase().contains(&filter)
-        })
+        .filter(|c| q.shows(&[&c.client_id, &c.service_id]))
         .collect();
     Ok(Json(page(&shown, &q, |c| {
         crate::admin::clients::client_json(c)
@@ -293,5 +279,18 @@ mod tests {
         assert_eq!(page(&rows, &q(0), |r| json!(r))["items"][0], 0);
         let none: Vec<u32> = Vec::new();
         assert_eq!(page(&none, &q(1), |r| json!(r))["pages"], 1);
+    }
+
+    #[test]
+    fn a_row_is_shown_when_a_field_contains_the_filter_in_any_case() {
+        let q = |f: Option<&str>| PageQuery {
+            page: None,
+            q: f.map(str::to_string),
+        };
+        assert!(q(None).shows(&["default/api"]));
+        assert!(q(Some("  ")).shows(&["default/api"]));
+        assert!(q(Some(" T/A ")).shows(&["Default/API"]));
+        assert!(q(Some("web")).shows(&["cli-1", "default/web"]));
+        assert!(!q(Some("web")).shows(&["cli-1", "default/api"]));
     }
 }
