@@ -182,29 +182,35 @@ impl<T> Rewriting<T> {
                 return Ok(());
             }
         }
-        if flags & END_HEADERS != 0 {
-            if let (Some(p), Some(hpack)) = (self.pending.take(), self.hpack.as_mut()) {
-                let headers = hpack
-                    .decoder
-                    .decode(&p.block)
-                    .map_err(|e| io::Error::other(format!("HPACK: {e}")))?;
-                let bad = |n: &[u8], v: &[u8]| {
-                    n == b":authority" && http::uri::Authority::try_from(v).is_err()
-                };
-                if !self.rewrote && !headers.iter().any(|(n, v)| bad(n, v)) {
-                    write_block(&mut self.out, &p, &p.block);
-                    self.state = State::Opaque;
-                    self.hpack = None;
-                    return Ok(());
-                }
-                self.rewrote = true;
-                let block = hpack.encoder.encode(headers.iter().map(|(n, v)| {
-                    let v: &[u8] = if bad(n, v) { b"localhost" } else { v };
-                    (&n[..], v)
-                }));
-                write_block(&mut self.out, &p, &block);
-            }
+        if flags & END_HEADERS == 0 {
+            return Ok(());
         }
+        // Both are there: a header block was just collected, and frames
+        // are read only while the connection is being rewritten, which
+        // is while its HPACK state is held.
+        let (Some(p), Some(hpack)) = (self.pending.take(), self.hpack.as_mut()) else {
+            return Err(io::Error::other(
+                "a header block outside a rewritten connection",
+            ));
+        };
+        let headers = hpack
+            .decoder
+            .decode(&p.block)
+            .map_err(|e| io::Error::other(format!("HPACK: {e}")))?;
+        let bad =
+            |n: &[u8], v: &[u8]| n == b":authority" && http::uri::Authority::try_from(v).is_err();
+        if !self.rewrote && !headers.iter().any(|(n, v)| bad(n, v)) {
+            write_block(&mut self.out, &p, &p.block);
+            self.state = State::Opaque;
+            self.hpack = None;
+            return Ok(());
+        }
+        self.rewrote = true;
+        let block = hpack.encoder.encode(headers.iter().map(|(n, v)| {
+            let v: &[u8] = if bad(n, v) { b"localhost" } else { v };
+            (&n[..], v)
+        }));
+        write_block(&mut self.out, &p, &block);
         Ok(())
     }
 }
