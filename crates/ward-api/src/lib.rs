@@ -9,6 +9,8 @@
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("ward.v1");
+    // The `Identity` server, generated with `crate::codec` (build.rs).
+    include!(concat!(env!("OUT_DIR"), "/server/ward.v1.rs"));
 }
 
 /// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), as
@@ -22,6 +24,7 @@ pub mod workload {
 /// Protobuf's well-known types (the Workload API's claims are a `Struct`).
 pub use prost_types;
 
+pub mod codec;
 mod watch;
 pub use watch::{delta, follow, follow_reporting, follow_with, Assembled, Missed};
 
