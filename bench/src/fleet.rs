@@ -125,13 +125,14 @@ async fn join_token(s: &WardServer, http: &reqwest::Client, svc: &str) -> anyhow
     Ok(t["token"].as_str().unwrap_or_default().to_string())
 }
 
-/// One measured change: from `start`, until every watcher for which
-/// `done` holds has a message satisfying it.
+/// One measured change: from `start`, until every concerned watcher has,
+/// for each of the conditions in `done`, a message satisfying it (a
+/// change made of several parts may reach a watcher in several messages).
 fn outcome(
     seen: &Seen,
     start: Instant,
     concerned: &[bool],
-    done: impl Fn(&WatchResponse) -> bool,
+    done: &[&dyn Fn(&WatchResponse) -> bool],
     cpu_ms: f64,
 ) -> Value {
     let mut times = Vec::new();
@@ -140,8 +141,12 @@ fn outcome(
     for (i, log) in seen.log.iter().enumerate() {
         let after: Vec<_> = log.iter().filter(|(t, _, _)| *t >= start).collect();
         if concerned[i] {
-            match after.iter().find(|(_, _, m)| done(m)) {
-                Some((t, _, _)) => times.push(t.duration_since(start).as_secs_f64() * 1000.0),
+            let reached: Option<Vec<Instant>> = done
+                .iter()
+                .map(|d| after.iter().find(|(_, _, m)| d(m)).map(|(t, _, _)| *t))
+                .collect();
+            match reached.and_then(|r| r.into_iter().max()) {
+                Some(t) => times.push(t.duration_since(start).as_secs_f64() * 1000.0),
                 None => missing += 1,
             }
             bytes_concerned += after.iter().map(|(_, b, _)| b).sum::<usize>();
@@ -352,7 +357,7 @@ async fn one(
                        concerned: Vec<bool>,
                        start: Instant,
                        cpu0: u64,
-                       done: &dyn Fn(&WatchResponse) -> bool| {
+                       done: &[&dyn Fn(&WatchResponse) -> bool]| {
         let cpu_ms = cpu_ms_since(pid, cpu0);
         let r = seen
             .lock()
@@ -378,7 +383,7 @@ async fn one(
         (0..sidecars).map(|i| svc_of(i) == 0).collect(),
         start,
         cpu0,
-        &|m| m.policies_json.iter().any(|p| p.contains("svc-0-deny")),
+        &[&|m| m.policies_json.iter().any(|p| p.contains("svc-0-deny"))],
     );
 
     // 2. One endpoint added (a new sidecar of svc-1).
@@ -403,11 +408,11 @@ async fn one(
             .collect(),
         start,
         cpu0,
-        &|m| {
+        &[&|m| {
             m.endpoints
                 .iter()
                 .any(|e| e.addresses.iter().any(|a| a == "10.9.9.9:15006"))
-        },
+        }],
     );
 
     // 3. A revocation.
@@ -415,9 +420,47 @@ async fn one(
     let tok = join_token(&s, &http, "svc-2").await?;
     let serial = revoked_certificate(&s, &http, &mut anon.clone(), "svc-2", &tok).await?;
     wait().await;
-    measure("revocation", all.clone(), start, cpu0, &|m| {
-        m.revoked_serials.contains(&serial)
-    });
+    measure(
+        "revocation",
+        all.clone(),
+        start,
+        cpu0,
+        &[&|m| m.revoked_serials.contains(&serial)],
+    );
+
+    // 3b. Two revocations at once: the streams that woke on the first
+    // and those that had not yet make different steps to the second.
+    let (tok_a, tok_b) = (
+        join_token(&s, &http, "svc-2").await?,
+        join_token(&s, &http, "svc-2").await?,
+    );
+    let a = certificate(&mut anon.clone(), "svc-2", &tok_a)
+        .await?
+        .serial;
+    let b = certificate(&mut anon.clone(), "svc-2", &tok_b)
+        .await?
+        .serial;
+    let (cpu0, start) = (cpu_ticks(pid), Instant::now());
+    let (path_a, path_b) = (
+        format!("/api/v1/certificates/{a}/revoke"),
+        format!("/api/v1/certificates/{b}/revoke"),
+    );
+    let (ra, rb) = tokio::join!(
+        post(&s, &http, &path_a, json!({})),
+        post(&s, &http, &path_b, json!({}))
+    );
+    ra?;
+    rb?;
+    wait().await;
+    measure(
+        "two_revocations_at_once",
+        all.clone(),
+        start,
+        cpu0,
+        &[&|m| m.revoked_serials.contains(&a), &|m| {
+            m.revoked_serials.contains(&b)
+        }],
+    );
 
     // 4. A JWKS rotation.
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
@@ -428,9 +471,13 @@ async fn one(
         .unwrap_or_default();
     post(&s, &http, "/api/v1/signing-keys/rotate", json!({})).await?;
     wait().await;
-    measure("jwks_rotation", all.clone(), start, cpu0, &|m| {
-        !m.jwks_json.is_empty() && m.jwks_json != before
-    });
+    measure(
+        "jwks_rotation",
+        all.clone(),
+        start,
+        cpu0,
+        &[&|m| !m.jwks_json.is_empty() && m.jwks_json != before],
+    );
 
     // 5. A CA rotation.
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
@@ -445,11 +492,17 @@ async fn one(
         .unwrap_or(0);
     post(&s, &http, "/api/v1/ca/rotate", json!({})).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    measure("ca_rotation", all, start, cpu0, &|m| {
-        m.bundle
-            .as_ref()
-            .is_some_and(|b| b.x509_authorities.len() > authorities)
-    });
+    measure(
+        "ca_rotation",
+        all,
+        start,
+        cpu0,
+        &[&|m| {
+            m.bundle
+                .as_ref()
+                .is_some_and(|b| b.x509_authorities.len() > authorities)
+        }],
+    );
 
     // 6. A reconnect storm: the server killed and started again on the
     // same port; every sidecar comes back on its own backoff.

@@ -19,7 +19,8 @@
 //!   [--baseline-ward PATH]`: N sidecar-side watch streams (real
 //!   certificates, real mTLS) on one `ward server`, with `--revoked`
 //!   certificates revoked before they open; per kind of change (one service's policy, an endpoint,
-//!   a revocation, a JWKS and a CA rotation) the server's CPU, the bytes
+//!   a revocation, two revocations at once, a JWKS and a CA rotation)
+//!   the server's CPU, the bytes
 //!   sent to the sidecars it concerns and to the others, and the time
 //!   until all concerned have it; the server's RSS per connected sidecar.
 //! - `ward-bench store [--rows N] [--postgres URL] [--seconds N]`:
