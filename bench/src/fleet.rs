@@ -115,9 +115,20 @@ async fn revoked_certificate(
     token: &str,
 ) -> anyhow::Result<String> {
     let serial = certificate(c, svc, token).await?.serial;
-    let path = format!("/api/v1/certificates/{serial}/revoke");
-    post(s, http, &path, json!({})).await?;
+    revoke(s, http, &serial).await?;
     Ok(serial)
+}
+
+/// Revokes the certificate `serial` through the admin API.
+async fn revoke(s: &WardServer, http: &reqwest::Client, serial: &str) -> anyhow::Result<()> {
+    post(
+        s,
+        http,
+        &format!("/api/v1/certificates/{serial}/revoke"),
+        json!({}),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn join_token(s: &WardServer, http: &reqwest::Client, svc: &str) -> anyhow::Result<String> {
@@ -441,14 +452,7 @@ async fn one(
         .await?
         .serial;
     let (cpu0, start) = (cpu_ticks(pid), Instant::now());
-    let (path_a, path_b) = (
-        format!("/api/v1/certificates/{a}/revoke"),
-        format!("/api/v1/certificates/{b}/revoke"),
-    );
-    let (ra, rb) = tokio::join!(
-        post(&s, &http, &path_a, json!({})),
-        post(&s, &http, &path_b, json!({}))
-    );
+    let (ra, rb) = tokio::join!(revoke(&s, &http, &a), revoke(&s, &http, &b));
     ra?;
     rb?;
     wait().await;
