@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use h2::{client, server, Reason, RecvStream, SendStream};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -100,12 +101,12 @@ where
         .map_err(h2_io)?;
     let retired = Arc::new(AtomicBool::new(false));
     let done = retired.clone();
-    let driver = async move {
-        if let Err(e) = conn.await {
+    let driver = conn.map(move |r| {
+        if let Err(e) = r {
             tracing::debug!(error = %e, "HBONE connection ended");
         }
         done.store(true, Ordering::Release);
-    };
+    });
     Ok((
         Connector {
             send,

@@ -385,7 +385,10 @@ async fn serve_hbone(
     let stopping = async move {
         stopped(&mut stop).await;
     };
-    let serve = hbone::serve(tls, stopping, |tunnel, _authority| {
+    // Boxed: HBONE's server is the largest of the protocols' futures
+    // (6.8 KiB), and inline it would size every inbound connection's task,
+    // whatever the connection speaks (9.5 KiB instead of 7.5).
+    let serve = Box::pin(hbone::serve(tls, stopping, |tunnel, _authority| {
         let (ctx, peer, budget) = (ctx.clone(), peer.clone(), budget.clone());
         async move {
             if ctx.app_protocol == Protocol::Tcp {
@@ -402,7 +405,7 @@ async fn serve_hbone(
                 .await;
             }
         }
-    });
+    }));
     tokio::select! {
         _ = serve => {}
         _ = tripped => {}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Version};
@@ -233,10 +234,7 @@ impl Pools {
             };
             let (conn, driver) = mux::connector(tls, version);
             let ends = shared.metrics.peer_connections_closed.clone();
-            tokio::spawn(async move {
-                let end = driver.await;
-                ends.count("outbound", end.label());
-            });
+            tokio::spawn(driver.map(move |end| ends.count("outbound", end.label())));
             PeerConn::Mux(conn)
         };
         let stream = conn
