@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ward against nginx and HAProxy mTLS pairs, side by side on loopback.
 
-    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--app harness|nginx] [--out bench/results]
+    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--app-conns 2000] [--app harness|nginx] [--out bench/results]
 
 Every target carries the same path: load generator -> proxy A (plaintext
 in) -> mTLS (TLS 1.3, P-256, client certificate required) -> proxy B ->
@@ -393,6 +393,44 @@ def idle_memory(t, tmp, n):
             "kib_per_connection": round((after - before) / held, 2) if held else None}
 
 
+def app_conn_memory(t, n):
+    """KiB of proxy A's RSS per connection from the app, n held open at
+    once: idle, then kept alive after one request each (what an app's
+    connection pool to its sidecar costs)."""
+    import asyncio
+    host, port = t.entry.rsplit(":", 1)
+    rss = lambda: sum(status_kib(p, "VmRSS") for p in t.a_pids)
+    before = rss()
+
+    async def run():
+        sem = asyncio.Semaphore(64)
+        conns = []
+
+        async def connect():
+            async with sem:
+                conns.append(await asyncio.open_connection(host, int(port)))
+        await asyncio.gather(*(connect() for _ in range(n)), return_exceptions=True)
+        await asyncio.sleep(2)
+        idle = rss()
+
+        async def request(r, w):
+            async with sem:
+                w.write(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+                head = await r.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)content-length: *(\d+)", head)
+                await r.readexactly(int(m.group(1)) if m else 0)
+        done = await asyncio.gather(*(request(r, w) for r, w in conns), return_exceptions=True)
+        await asyncio.sleep(2)
+        kept = rss()
+        for _, w in conns:
+            w.close()
+        return len(conns), sum(1 for d in done if d is None), idle, kept
+    held, answered, idle, kept = asyncio.run(run())
+    per = lambda after: round((after - before) / held, 2) if held else None
+    return {"connections": held, "answered": answered, "rss_before_kib": before,
+            "idle_kib_per_connection": per(idle), "kept_alive_kib_per_connection": per(kept)}
+
+
 def med(vals):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
@@ -404,6 +442,8 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--idle", type=int, default=None,
                     help="idle connections for metric (e) [default: 10,000, or 9,000 when the descriptor limit is 20,000 or less]")
+    ap.add_argument("--app-conns", type=int, default=2000,
+                    help="connections from the app held open on proxy A, idle and then kept alive [default: 2,000]")
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     ap.add_argument("--app", choices=("harness", "nginx"), default="harness",
@@ -470,6 +510,7 @@ def main():
         for t in targets[1:]:
             if t.name not in ("ward-quiet", "ward-hbone"):
                 report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
+                report["targets"][t.name]["app_conns"] = app_conn_memory(t, a.app_conns)
         report["grpc_tcp"] = grpc_tcp(tmp, procs, a)
         ratios(report)
         write(report, a.out)
@@ -572,16 +613,18 @@ def write(r, out_dir):
     json.dump(r, open(base + ".json", "w"), indent=2)
     t = r["targets"]
     f = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    app_conns = lambda c: "–" if not c else f"{f(c['idle_kib_per_connection'], 1)} / {f(c['kept_alive_kib_per_connection'], 1)}"
     lines = [f"{r['rounds']} rounds × {r['seconds']} s, upstream app {r.get('app', 'harness')}, {r['workers']} worker(s) per proxy, {r['machine']['cpus']} CPUs; {r['machine']['nginx']}; {r['machine']['haproxy']}; {r['machine']['openssl']}", "",
-             "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes | KiB / idle conn |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes | KiB / idle conn | KiB / app conn on A, idle / kept alive |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in t.items():
         tp = e["throughput_rps"]
         rss = e.get("peak_rss_kib")
         lines.append(f"| {name} | {f(tp['median'])} ({f(tp['min'])}–{f(tp['max'])}) | {e['p50_ms']['median']:.2f} ms | {e['p99_ms']['median']:.2f} ms | "
                      f"{e['fixed_rate']['p99_ms']:.2f} ms | {f(e.get('cpu_ms_per_1000_requests', {}).get('median'), 1)} | "
                      f"{f(rss['a'] / 1024, 1) + ' / ' + f(rss['b'] / 1024, 1) if rss else '–'} | "
-                     f"{f(e.get('handshakes', {}).get('cpu_s_per_1000'), 3)} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} |")
+                     f"{f(e.get('handshakes', {}).get('cpu_s_per_1000'), 3)} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} | "
+                     f"{app_conns(e.get('app_conns'))} |")
     g = r["grpc_tcp"]
     gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
     lines += ["", f"gRPC unary (median of {r['rounds']} rounds): direct {f(gu['direct']['median'])}/s, ward pair {f(gu['ward']['median'])}/s "
