@@ -796,3 +796,32 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The size of what an async fn returns, from the fn's type alone.
+    fn size3<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn size5<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn size6<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_connection_task_is_sized_by_http_not_by_a_rarer_protocol() {
+        type Tls = tokio_rustls::server::TlsStream<Transport>;
+        let conn = size5(handle);
+        let http = size6(serve_http::<Tls>);
+        let hbone = size3(serve_hbone);
+        assert!(hbone < http, "HBONE's future ({hbone} bytes) is inline");
+        assert!(
+            conn <= http + 2048,
+            "an inbound connection's future is {conn} bytes, HTTP's {http}"
+        );
+    }
+}
