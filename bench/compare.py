@@ -360,6 +360,23 @@ def handshakes(t, tmp, seconds):
     return {"handshakes": n, "cpu_s_per_1000": round(cpu / n * 1000, 3) if n else None}
 
 
+async def open_many(n, connect):
+    """Opens n connections with `connect`, 64 at a time; returns those
+    that opened."""
+    import asyncio
+    sem = asyncio.Semaphore(64)
+
+    async def one():
+        async with sem:
+            return await connect()
+    got = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    return [c for c in got if not isinstance(c, BaseException)]
+
+
+def rss_kib(pids):
+    return sum(status_kib(p, "VmRSS") for p in pids)
+
+
 def idle_memory(t, tmp, n):
     """KiB of proxy B's RSS per idle mTLS connection, n held open at once."""
     import asyncio
@@ -368,27 +385,16 @@ def idle_memory(t, tmp, n):
     ctx.load_cert_chain(f"{tmp}/a.pem", f"{tmp}/a.key")
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(["http/1.1"])
-    before = sum(status_kib(p, "VmRSS") for p in t.b_pids)
-    conns = []
-
-    async def one():
-        r, w = await asyncio.open_connection("127.0.0.1", t.b_port, ssl=ctx)
-        conns.append(w)
+    before = rss_kib(t.b_pids)
 
     async def run():
-        sem = asyncio.Semaphore(64)
-
-        async def guarded():
-            async with sem:
-                await one()
-        await asyncio.gather(*(guarded() for _ in range(n)), return_exceptions=True)
+        conns = await open_many(n, lambda: asyncio.open_connection("127.0.0.1", t.b_port, ssl=ctx))
         await asyncio.sleep(2)
-        after = sum(status_kib(p, "VmRSS") for p in t.b_pids)
-        for w in conns:
+        after = rss_kib(t.b_pids)
+        for _, w in conns:
             w.close()
-        return after
-    after = asyncio.run(run())
-    held = len(conns)
+        return len(conns), after
+    held, after = asyncio.run(run())
     return {"connections": held, "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_connection": round((after - before) / held, 2) if held else None}
 
@@ -399,19 +405,13 @@ def app_conn_memory(t, n):
     connection pool to its sidecar costs)."""
     import asyncio
     host, port = t.entry.rsplit(":", 1)
-    rss = lambda: sum(status_kib(p, "VmRSS") for p in t.a_pids)
-    before = rss()
+    before = rss_kib(t.a_pids)
 
     async def run():
-        sem = asyncio.Semaphore(64)
-        conns = []
-
-        async def connect():
-            async with sem:
-                conns.append(await asyncio.open_connection(host, int(port)))
-        await asyncio.gather(*(connect() for _ in range(n)), return_exceptions=True)
+        conns = await open_many(n, lambda: asyncio.open_connection(host, int(port)))
         await asyncio.sleep(2)
-        idle = rss()
+        idle = rss_kib(t.a_pids)
+        sem = asyncio.Semaphore(64)
 
         async def request(r, w):
             async with sem:
@@ -421,7 +421,7 @@ def app_conn_memory(t, n):
                 await r.readexactly(int(m.group(1)) if m else 0)
         done = await asyncio.gather(*(request(r, w) for r, w in conns), return_exceptions=True)
         await asyncio.sleep(2)
-        kept = rss()
+        kept = rss_kib(t.a_pids)
         for _, w in conns:
             w.close()
         return len(conns), sum(1 for d in done if d is None), idle, kept
