@@ -47,18 +47,13 @@ pub(crate) fn messages(
             id.service_account()
                 .map(|(ns, svc)| (ns.to_string(), svc.to_string()))
         });
-    let mut wakes = vec![WatchStream::new(state.watch_common.wake(&state))
-        .map(|_| ())
-        .boxed()];
+    let mut wakes = vec![state.watch_common.wake(&state)];
     if let Some((ns, svc)) = &service {
-        let rx = state
-            .mesh
-            .subscribe_to(Topic::Policies(ns.clone(), svc.clone()));
-        wakes.push(WatchStream::new(rx).map(|_| ()).boxed());
+        let topic = Topic::Policies(ns.clone(), svc.clone());
+        wakes.push(state.mesh.subscribe_to(topic));
     }
     for u in &watcher.upstreams {
-        let rx = state.mesh.subscribe_to(Topic::Endpoints(u.clone()));
-        wakes.push(WatchStream::new(rx).map(|_| ()).boxed());
+        wakes.push(state.mesh.subscribe_to(Topic::Endpoints(u.clone())));
     }
     let sender = Sender {
         state,
@@ -67,22 +62,52 @@ pub(crate) fn messages(
         last: None,
         _keep: Box::new(keep),
     };
+    // The first message goes out at once; after that, one per wake that
+    // changed what the watcher receives.
     let stream = futures_util::stream::unfold(
-        (select_all(wakes), sender),
-        |(mut wakes, mut sender)| async move {
+        (wakes, sender, true),
+        |(mut wakes, mut sender, mut woken)| async move {
             loop {
-                wakes.next().await?;
-                // Every source fires at once on subscription, and a burst
-                // of changes comes as many wakes: one message for all
-                // that are ready.
-                while let Some(Some(())) = wakes.next().now_or_never() {}
-                if let Some(msg) = sender.next() {
-                    return Some((Ok(msg), (wakes, sender)));
+                if woken {
+                    if let Some(msg) = sender.next() {
+                        return Some((Ok(msg), (wakes, sender, false)));
+                    }
                 }
+                if !changed(&mut wakes).await {
+                    return None;
+                }
+                woken = true;
             }
         },
     );
     Box::pin(stream)
+}
+
+/// Waits until one of `wakes` changes, then marks all of them seen, so
+/// that a burst of changes is one wake. A receiver whose sender is gone
+/// is dropped; `false` once none is left.
+///
+/// The receivers are waited on directly rather than as streams: a
+/// stream per receiver cost every open watch stream about 300 bytes per
+/// receiver for as long as it was open.
+async fn changed(wakes: &mut Vec<tokio::sync::watch::Receiver<u64>>) -> bool {
+    loop {
+        if wakes.is_empty() {
+            return false;
+        }
+        let (done, i, rest) =
+            futures_util::future::select_all(wakes.iter_mut().map(|rx| Box::pin(rx.changed())))
+                .await;
+        drop(rest);
+        if done.is_err() {
+            wakes.swap_remove(i);
+            continue;
+        }
+        for rx in wakes.iter_mut() {
+            rx.mark_unchanged();
+        }
+        return true;
+    }
 }
 
 struct Sender {
@@ -562,5 +587,32 @@ mod tests {
             .await
             .expect("the relay ends with its sources")
             .unwrap();
+    }
+
+    /// A stream wakes once for a burst of changes on its receivers, goes
+    /// on without a receiver whose sender is gone, and ends when none is
+    /// left.
+    #[tokio::test]
+    async fn a_burst_is_one_wake_and_a_gone_source_is_dropped() {
+        let a = tokio::sync::watch::Sender::new(0u64);
+        let b = tokio::sync::watch::Sender::new(0u64);
+        let mut wakes = vec![a.subscribe(), b.subscribe()];
+        assert!(
+            changed(&mut wakes).now_or_never().is_none(),
+            "nothing changed yet"
+        );
+        a.send_modify(|v| *v += 1);
+        b.send_modify(|v| *v += 1);
+        assert_eq!(changed(&mut wakes).now_or_never(), Some(true));
+        assert!(
+            changed(&mut wakes).now_or_never().is_none(),
+            "the burst was one wake"
+        );
+        drop(a);
+        b.send_modify(|v| *v += 1);
+        assert!(changed(&mut wakes).await);
+        assert_eq!(wakes.len(), 1, "the receiver of the gone sender is dropped");
+        drop(b);
+        assert!(!changed(&mut wakes).await, "no receiver is left");
     }
 }
