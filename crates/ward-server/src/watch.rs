@@ -567,26 +567,29 @@ mod tests {
         let tx = tokio::sync::watch::Sender::new(0u64);
         let mut rx = tx.subscribe();
         let relay = tokio::spawn(relay(wakes, tx));
-        let within = std::time::Duration::from_secs(5);
         for source in &sources {
             source.send_modify(|v| *v += 1);
-            tokio::time::timeout(within, rx.changed())
+            within(rx.changed(), "the change is passed on")
                 .await
-                .expect("the change is passed on")
                 .expect("the relay runs");
         }
         for source in &sources {
             source.send_modify(|v| *v += 1);
         }
-        tokio::time::timeout(within, rx.changed())
+        within(rx.changed(), "the burst is passed on")
             .await
-            .expect("the burst is passed on")
             .expect("the relay runs");
         drop(sources);
-        tokio::time::timeout(within, relay)
+        within(relay, "the relay ends with its sources")
             .await
-            .expect("the relay ends with its sources")
             .unwrap();
+    }
+
+    /// `f`'s output, which `what` says must come within 5 s.
+    async fn within<F: std::future::Future>(f: F, what: &str) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(5), f)
+            .await
+            .expect(what)
     }
 
     /// A stream wakes once for a burst of changes on its receivers, goes
