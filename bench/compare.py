@@ -360,6 +360,24 @@ def handshakes(t, tmp, seconds):
     return {"handshakes": n, "cpu_s_per_1000": round(cpu / n * 1000, 3) if n else None}
 
 
+def handshake_rounds(targets, tmp, rounds, seconds):
+    """`handshakes` of every target in interleaved rounds, as the throughput
+    is measured: one sample each would meet the machine's drift at a
+    different moment per target. Per target, the rounds and their median
+    (min–max)."""
+    got = {t.name: [] for t in targets}
+    for r in range(rounds):
+        for t in targets:
+            h = handshakes(t, tmp, seconds)
+            got[t.name].append(h)
+            print(f"handshakes round {r + 1} {t.name}: {h}", file=sys.stderr)
+    out = {}
+    for name, rs in got.items():
+        cpu = [h["cpu_s_per_1000"] for h in rs if h["cpu_s_per_1000"]]
+        out[name] = {"rounds": rs, "cpu_s_per_1000": med(cpu) if cpu else None}
+    return out
+
+
 async def open_many(n, connect):
     """Opens n connections with `connect`, 64 at a time; returns those
     that opened."""
@@ -494,7 +512,7 @@ def main():
                   "rounds": a.rounds, "seconds": a.seconds, "workers": a.workers, "app": a.app, "targets": {}}
         for t in targets:
             rs = runs[t.name]
-            e = {"throughput_rps": med([x["rps"] for x in rs]), "p50_ms": med([x["p50_ms"] for x in rs]),
+            e = {"throughput_rps": {**med([x["rps"] for x in rs]), "rounds": [x["rps"] for x in rs]}, "p50_ms": med([x["p50_ms"] for x in rs]),
                  "p99_ms": med([x["p99_ms"] for x in rs]), "errors": sum(x["errors"] for x in rs)}
             if t.pids():
                 e["cpu_ms_per_1000_requests"] = med([x["cpu_ms_per_1000"] for x in rs])
@@ -504,9 +522,9 @@ def main():
             report["targets"][t.name]["fixed_rate"] = oha_rate(t.entry, a.seconds, a.rate)
         # Handshakes and idle connections do not log per request, and go
         # to proxy B, which is the same for every ward pair.
-        for t in targets[1:]:
-            if t.name not in ("ward-quiet", "ward-hbone"):
-                report["targets"][t.name]["handshakes"] = handshakes(t, tmp, a.seconds)
+        hs = [t for t in targets[1:] if t.name not in ("ward-quiet", "ward-hbone")]
+        for name, rs in handshake_rounds(hs, tmp, a.rounds, a.seconds).items():
+            report["targets"][name]["handshakes"] = rs
         for t in targets[1:]:
             if t.name not in ("ward-quiet", "ward-hbone"):
                 report["targets"][t.name]["idle"] = idle_memory(t, tmp, a.idle)
@@ -570,6 +588,12 @@ def grpc_tcp(tmp, procs, a):
     return out
 
 
+def round_ratios(ward, peers, better):
+    """Per round, ward's value over the better (`min` or `max`) of the
+    peers' values in that round; rounds where one failed are left out."""
+    return [x / better(p[i] for p in peers) for i, x in enumerate(ward) if x and all(p[i] for p in peers)]
+
+
 def ratios(r):
     t = r["targets"]
     peers = [p for p in ("nginx", "haproxy") if p in t]
@@ -581,10 +605,14 @@ def ratios(r):
     out = {"throughput_vs_direct": rps(w) / rps(t["direct"])}
     if peers:
         out["throughput_vs_best_peer"] = rps(w) / best("rps", rps, "high")
+        tp = round_ratios(w["throughput_rps"]["rounds"], [t[p]["throughput_rps"]["rounds"] for p in peers], max)
+        out["throughput_vs_best_peer_min"], out["throughput_vs_best_peer_max"] = min(tp), max(tp)
         out["p99_at_rate_vs_best_peer"] = w["fixed_rate"]["p99_ms"] / best("p99", lambda x: x["fixed_rate"]["p99_ms"], "low")
-        hs = [t[p]["handshakes"]["cpu_s_per_1000"] for p in peers if t[p]["handshakes"]["cpu_s_per_1000"]]
-        if hs and w["handshakes"]["cpu_s_per_1000"]:
-            out["handshake_cpu_vs_best_peer"] = w["handshakes"]["cpu_s_per_1000"] / min(hs)
+        cpu = lambda x: [h["cpu_s_per_1000"] for h in x["handshakes"]["rounds"]]
+        hs = round_ratios(cpu(w), [cpu(t[p]) for p in peers], min)
+        if hs:
+            out["handshake_cpu_vs_best_peer"] = statistics.median(hs)
+            out["handshake_cpu_vs_best_peer_min"], out["handshake_cpu_vs_best_peer_max"] = min(hs), max(hs)
         out["cpu_per_request_vs_best_peer"] = w["cpu_ms_per_1000_requests"]["median"] / min(t[p]["cpu_ms_per_1000_requests"]["median"] for p in peers)
     q = t.get("ward-quiet")
     if q:
@@ -613,9 +641,11 @@ def write(r, out_dir):
     json.dump(r, open(base + ".json", "w"), indent=2)
     t = r["targets"]
     f = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    hs_cell = lambda h: "–" if not h or not h["cpu_s_per_1000"] else (
+        f"{f(h['cpu_s_per_1000']['median'], 3)} ({f(h['cpu_s_per_1000']['min'], 3)}–{f(h['cpu_s_per_1000']['max'], 3)})")
     app_conns = lambda c: "–" if not c else f"{f(c['idle_kib_per_connection'], 1)} / {f(c['kept_alive_kib_per_connection'], 1)}"
     lines = [f"{r['rounds']} rounds × {r['seconds']} s, upstream app {r.get('app', 'harness')}, {r['workers']} worker(s) per proxy, {r['machine']['cpus']} CPUs; {r['machine']['nginx']}; {r['machine']['haproxy']}; {r['machine']['openssl']}", "",
-             "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes | KiB / idle conn | KiB / app conn on A, idle / kept alive |",
+             "| target | req/s median (min–max) | p50 | p99 | p99 @ rate | CPU ms / 1k req | peak RSS A / B (MiB) | CPU s / 1k handshakes, median (min–max) | KiB / idle conn | KiB / app conn on A, idle / kept alive |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in t.items():
         tp = e["throughput_rps"]
@@ -623,7 +653,7 @@ def write(r, out_dir):
         lines.append(f"| {name} | {f(tp['median'])} ({f(tp['min'])}–{f(tp['max'])}) | {e['p50_ms']['median']:.2f} ms | {e['p99_ms']['median']:.2f} ms | "
                      f"{e['fixed_rate']['p99_ms']:.2f} ms | {f(e.get('cpu_ms_per_1000_requests', {}).get('median'), 1)} | "
                      f"{f(rss['a'] / 1024, 1) + ' / ' + f(rss['b'] / 1024, 1) if rss else '–'} | "
-                     f"{f(e.get('handshakes', {}).get('cpu_s_per_1000'), 3)} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} | "
+                     f"{hs_cell(e.get('handshakes'))} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} | "
                      f"{app_conns(e.get('app_conns'))} |")
     g = r["grpc_tcp"]
     gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
