@@ -489,9 +489,11 @@ def main():
         certs(tmp, procs)
         if a.app == "nginx":
             app_addr = nginx_app(tmp, procs)
+            app_pids = [procs[-1].pid] + children(procs[-1].pid)
         else:
             app = start(procs, [BENCH, "upstream", "--listen", "127.0.0.1:0"])
             app_addr = json.loads(app.stdout.readline())["http"]
+            app_pids = [app.pid]
         targets = [Target("direct", app_addr)]
         for make in (ward_pair, ward_quiet_pair, ward_hbone_pair, nginx_pair, haproxy_pair):
             t = make(tmp, procs, app_addr, a.workers)
@@ -507,9 +509,12 @@ def main():
         runs = {t.name: [] for t in targets}
         for r in range(a.rounds):
             for t in targets:
-                c0, (i0, s0) = cpu_secs(t.pids()), machine_idle()
+                parts = {k: v for k, v in (("a", t.a_pids), ("b", t.b_pids), ("app", app_pids)) if v}
+                c0, (i0, s0) = {k: cpu_secs(v) for k, v in parts.items()}, machine_idle()
                 res = wrk(t.entry, a.seconds)
-                res["cpu_ms_per_1000"] = (cpu_secs(t.pids()) - c0) * 1000 / res["requests"] * 1000 if t.pids() else None
+                per_1000 = {k: (cpu_secs(v) - c0[k]) * 1e6 / res["requests"] for k, v in parts.items()}
+                res["cpu_ms_per_1000"] = per_1000["a"] + per_1000["b"] if t.pids() else None
+                res["cpu_ms_per_1000_by_process"] = per_1000
                 # A closed loop that leaves CPUs idle is bound by its
                 # hand-offs, not by its CPU.
                 i1, s1 = machine_idle()
@@ -525,6 +530,7 @@ def main():
             e = {"throughput_rps": {**med([x["rps"] for x in rs]), "rounds": [x["rps"] for x in rs]}, "p50_ms": med([x["p50_ms"] for x in rs]),
                  "p99_ms": med([x["p99_ms"] for x in rs]), "machine_idle_pct": med([x["machine_idle_pct"] for x in rs]),
                  "errors": sum(x["errors"] for x in rs)}
+            e["cpu_ms_per_1000_requests_by_process"] = {k: med([x["cpu_ms_per_1000_by_process"][k] for x in rs]) for k in rs[0]["cpu_ms_per_1000_by_process"]}
             if t.pids():
                 e["cpu_ms_per_1000_requests"] = med([x["cpu_ms_per_1000"] for x in rs])
                 e["peak_rss_kib"] = {"a": sum(status_kib(p, "VmHWM") for p in t.a_pids), "b": sum(status_kib(p, "VmHWM") for p in t.b_pids)}
@@ -668,6 +674,9 @@ def write(r, out_dir):
                      f"{app_conns(e.get('app_conns'))} |")
     g = r["grpc_tcp"]
     gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
+    split = lambda e: " / ".join(f(e["cpu_ms_per_1000_requests_by_process"].get(k, {}).get("median"), 1) for k in ("a", "b", "app"))
+    lines += ["", "CPU ms per 1,000 requests by process, A / B / the app (medians): " +
+              "; ".join(f"{name} {split(e)}" for name, e in t.items() if "cpu_ms_per_1000_requests_by_process" in e)]
     lines += ["", f"gRPC unary (median of {r['rounds']} rounds): direct {f(gu['direct']['median'])}/s, ward pair {f(gu['ward']['median'])}/s "
               f"(ward / direct per round, median: {g['grpc_ratio']}×); "
               f"TCP: direct {tm['direct']['median']:.1f} MB/s, ward pair {tm['ward']['median']:.1f} MB/s ({g['tcp_ratio']}×), "
