@@ -623,7 +623,8 @@ def ratios(r):
     if peers:
         out["throughput_vs_best_peer"] = rps(w) / best("rps", rps, "high")
         tp = round_ratios(w["throughput_rps"]["rounds"], [t[p]["throughput_rps"]["rounds"] for p in peers], max)
-        out["throughput_vs_best_peer_min"], out["throughput_vs_best_peer_max"] = min(tp), max(tp)
+        if tp:
+            out["throughput_vs_best_peer_min"], out["throughput_vs_best_peer_max"] = min(tp), max(tp)
         out["p99_at_rate_vs_best_peer"] = w["fixed_rate"]["p99_ms"] / best("p99", lambda x: x["fixed_rate"]["p99_ms"], "low")
         cpu = lambda x: [h["cpu_s_per_1000"] for h in x["handshakes"]["rounds"]]
         hs = round_ratios(cpu(w), [cpu(t[p]) for p in peers], min)
