@@ -244,7 +244,8 @@ pub(crate) struct ProxyArgs {
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub drain_timeout: Duration,
-    /// Worker threads [default: cores, at most 2].
+    /// Data-plane threads, each a single-threaded event loop that keeps
+    /// the connections it is given [default: cores, at most 2].
     #[arg(long)]
     pub worker_threads: Option<usize>,
     /// Log one line per request (target ward::access, at info). Off by
@@ -611,4 +612,13 @@ pub(crate) struct AuditArgs {
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 20s, 15m, 24h, 7d)"))
+}
+
+/// Threads of the sidecar's data plane (and of the agent) when not given:
+/// the cores, at most 2, as ztunnel does.
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(2)
 }

@@ -30,6 +30,10 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             upstreams: a.upstreams,
             hbone: a.hbone,
             peer_transport: a.peer_transport,
+            workers: a
+                .worker_threads
+                .unwrap_or_else(crate::cli::default_workers)
+                .max(1),
         }),
         workload: workload(a.workload),
         admin: Some(a.admin),

@@ -91,6 +91,8 @@ pub(crate) async fn run(g: &Global, check: bool) -> anyhow::Result<()> {
                 upstreams,
                 hbone: None,
                 peer_transport: Default::default(),
+                // The demo's sidecars share its runtime.
+                workers: 1,
             }),
             workload: None,
             admin: Some("127.0.0.1:0".parse()?),

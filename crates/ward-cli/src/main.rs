@@ -38,29 +38,19 @@ fn main() -> std::process::ExitCode {
         _ => "info,ward::access=off,sqlx=warn,h2=warn,hyper=warn",
     };
     let _log = logging::init(&args.global, filter);
-    // The sidecar runs on --worker-threads threads (default: the cores, at
-    // most 2, as ztunnel does); one worker means a single-threaded runtime,
-    // with no cross-thread wake-ups at all.
-    let cores = || {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(2)
-    };
-    let workers = match &args.command {
-        cli::Command::Proxy(p) => Some(p.worker_threads.unwrap_or_else(cores)),
-        cli::Command::Agent(_) => Some(cores()),
-        _ => None,
-    };
-    let runtime = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+    // The sidecar's data plane runs its own --worker-threads threads
+    // (ward_proxy's `workers`), each a single-threaded event loop; the
+    // control loops share the first. The agent has no data plane and a
+    // runtime of the cores, at most 2, as ztunnel does.
+    let runtime = match &args.command {
+        cli::Command::Proxy(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
+        cli::Command::Agent(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli::default_workers())
             .enable_all()
             .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
+        _ => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
     };

@@ -242,12 +242,18 @@ async fn against_a_ward_mux_1_peer(extra: &[&str]) {
             });
         }
     });
+    // One data-plane worker: each worker keeps links of its own.
+    let flags: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(["--worker-threads", "1"])
+        .collect();
     let fe = frontend_sidecar_with(
         dir.path(),
         &format!(
             "payments=127.0.0.1:0,endpoint={addr},id=spiffe://ward.internal/ns/default/sa/payments"
         ),
-        extra,
+        &flags,
     );
     for answer in concurrent_gets(&payments_url(&fe, "/old")).await {
         assert_eq!(answer, (200, "v1".to_string()));
@@ -258,49 +264,59 @@ async fn against_a_ward_mux_1_peer(extra: &[&str]) {
     assert!(kinds.iter().all(|k| *k <= 2), "frame kinds {kinds:?}");
 }
 
+/// A CA, certificates for payments and frontend in a directory with a
+/// policy that lets frontend in, and the payments app.
+fn two_services() -> (WardServer, tempfile::TempDir, App) {
+    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for svc in ["payments", "frontend"] {
+        s.cli_json(&["service", "add", svc]).unwrap();
+        issue(&s, dir.path(), svc);
+    }
+    std::fs::write(dir.path().join("policy.yaml"), ALLOW).unwrap();
+    (s, dir, app("payments"))
+}
+
+/// The flags of a payments sidecar from the files of [`two_services`],
+/// in front of `app`, on `workers` data-plane threads.
+fn payments_sidecar_args(d: &Path, app: &str, workers: &str) -> Vec<String> {
+    let f = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let args = [
+        "--output",
+        "json",
+        "--log-format",
+        "json",
+        "--trust-bundle",
+        &f("bundle.pem"),
+        "proxy",
+        "--cert",
+        &f("payments.pem"),
+        "--key",
+        &f("payments.key"),
+        "--policy-file",
+        &f("policy.yaml"),
+        "--service",
+        "payments",
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        app,
+        "--admin",
+        "127.0.0.1:0",
+        "--worker-threads",
+        workers,
+    ];
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_sidecars_from_files() {
     init();
-    let s = WardServer::start(bin().to_str().unwrap(), &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (s, dir, pay) = two_services();
     let d = dir.path();
-    for svc in ["payments", "frontend"] {
-        s.cli_json(&["service", "add", svc]).unwrap();
-        issue(&s, d, svc);
-    }
-    std::fs::write(d.join("policy.yaml"), ALLOW).unwrap();
-    let pay = app("payments");
-    let f = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let pay_sc = Proc::spawn_logged(
-        bin(),
-        &[
-            "--output",
-            "json",
-            "--log-format",
-            "json",
-            "--trust-bundle",
-            &f("bundle.pem"),
-            "proxy",
-            "--cert",
-            &f("payments.pem"),
-            "--key",
-            &f("payments.key"),
-            "--policy-file",
-            &f("policy.yaml"),
-            "--service",
-            "payments",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            &pay.http,
-            "--admin",
-            "127.0.0.1:0",
-            "--worker-threads",
-            "1",
-        ],
-        "warn,ward::access=info",
-    )
-    .unwrap();
+    let args = payments_sidecar_args(d, &pay.http, "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pay_sc = Proc::spawn_logged(bin(), &args, "warn,ward::access=info").unwrap();
     let inbound = pay_sc.ready["proxy"]["inbound"]
         .as_str()
         .unwrap()
@@ -752,6 +768,85 @@ async fn keys_and_certificates_as_openssl_writes_them() {
         assert!(
             err.contains("is not an X509-SVID") && err.contains(rule),
             "{name}: {err}"
+        );
+    }
+}
+
+/// Voluntary context switches of each thread of `pid`, by thread name.
+fn thread_wakeups(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut by_name = std::collections::HashMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let n = field("voluntary_ctxt_switches:").parse().unwrap_or(0);
+        *by_name.entry(field("Name:")).or_insert(0) += n;
+    }
+    by_name
+}
+
+/// With `--worker-threads 2` each sidecar's data plane is two event
+/// loops: the connections from the app, and the shared links between the
+/// sidecars, are spread over both, and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_connections() {
+    init();
+    let (_s, dir, pay) = two_services();
+    let d = dir.path();
+    let args = payments_sidecar_args(d, &pay.http, "2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pay_sc = Proc::spawn(bin(), &args).unwrap();
+    let inbound = pay_sc.ready["proxy"]["inbound"].as_str().unwrap();
+    let upstream = format!(
+        "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
+    );
+    let fe = frontend_sidecar_with(d, &upstream, &["--worker-threads", "2"]);
+    let url = payments_url(&fe, "/whoami");
+    let (fe_pid, pay_pid) = (fe.child.id(), pay_sc.child.id());
+    let before = (thread_wakeups(fe_pid), thread_wakeups(pay_pid));
+    // Eight clients, each on a kept-alive connection of its own, at once.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let mut ok = 0;
+                for _ in 0..150 {
+                    let r = c.get(&url).send().await.unwrap();
+                    ok += u32::from(r.status() == 200);
+                    r.bytes().await.unwrap();
+                }
+                ok
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.await.unwrap(), 150);
+    }
+    for (pid, before, who) in [
+        (fe_pid, &before.0, "frontend"),
+        (pay_pid, &before.1, "payments"),
+    ] {
+        let after = thread_wakeups(pid);
+        let woke = |name: &str| {
+            after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+        };
+        // The second worker is a thread of its own, and it carried traffic:
+        // at least a wake-up per ten of the 1,200 requests.
+        assert!(
+            woke("ward-worker-1") >= 120,
+            "{who}: the second worker woke {} times: {after:?}",
+            woke("ward-worker-1")
+        );
+        assert!(
+            woke("ward") >= 120,
+            "{who}: the first worker woke {} times",
+            woke("ward")
         );
     }
 }

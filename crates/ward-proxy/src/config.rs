@@ -168,6 +168,9 @@ pub struct DataPlane {
     pub hbone: Option<SocketAddr>,
     /// How HTTP/1.1 and TCP go to other sidecars.
     pub peer_transport: PeerTransport,
+    /// Data-plane threads, each a single-threaded event loop with its own
+    /// connections (`workers`).
+    pub workers: usize,
 }
 
 /// The SPIFFE Workload API and certificate files for local workloads.

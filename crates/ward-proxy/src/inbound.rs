@@ -13,8 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use ward_policy::{HttpAttributes, Request as PolicyRequest};
 
@@ -33,6 +32,7 @@ use crate::metrics::{
 };
 use crate::state::{accept_loop, stopped, Shared};
 use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
+use crate::workers::ConnSource;
 use crate::{mux, upgrade};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -91,13 +91,10 @@ pub(crate) enum Port {
     Hbone,
 }
 
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    port: Port,
-    conns: Arc<Semaphore>,
-) {
-    transport::mesh_listener(&listener);
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: ConnSource, port: Port) {
+    if let Some(l) = incoming.listener() {
+        transport::mesh_listener(l);
+    }
     let alpns: &[&[u8]] = match port {
         // A client that offers HBONE (which only ward's own sidecars and
         // HBONE clients do) gets it.
@@ -137,7 +134,7 @@ pub(crate) async fn serve(
             .build(http),
         shared: shared.clone(),
     });
-    accept_loop(&shared, listener, conns, "inbound", move |tcp, remote| {
+    accept_loop(&shared, incoming, "inbound", move |tcp, remote| {
         handle(ctx.clone(), acceptor.clone(), port, tcp, remote)
     })
     .await

@@ -41,6 +41,7 @@ mod strict_h1;
 mod traffic;
 mod transport;
 mod upgrade;
+mod workers;
 mod workload;
 
 #[cfg(feature = "fuzzing")]
@@ -218,36 +219,29 @@ impl Proxy {
             .map(|l| l.advertise.clone())
             .unwrap_or_default();
         control::spawn(&shared, advertise);
-        let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // A connection counter per data-plane worker; every connection
+        // holds one permit of its worker's.
+        let n = shared
+            .cfg
+            .data_plane
+            .as_ref()
+            .map_or(1, |d| d.workers.max(1));
+        let conns: Vec<_> = (0..n)
+            .map(|_| Arc::new(Semaphore::new(MAX_CONNECTIONS)))
+            .collect();
         let mut tasks = Vec::new();
-        if let Some(Listeners {
-            inbound,
-            hbone,
-            upstreams,
-            ..
-        }) = data_plane
-        {
-            tasks.push(tokio::spawn(inbound::serve(
-                shared.clone(),
-                inbound,
-                inbound::Port::Inbound,
-                conns.clone(),
-            )));
-            if let Some(l) = hbone {
-                tasks.push(tokio::spawn(inbound::serve(
-                    shared.clone(),
-                    l,
-                    inbound::Port::Hbone,
-                    conns.clone(),
-                )));
-            }
-            for (u, l) in upstreams {
-                tasks.push(tokio::spawn(outbound::serve(
-                    shared.clone(),
-                    u,
-                    l,
-                    conns.clone(),
-                )));
+        let (finished, _) = watch::channel(false);
+        let mut threads = Vec::new();
+        if let Some(l) = data_plane {
+            let mut serves = l.serves(&shared, &conns).into_iter();
+            tasks.extend(serves.next().into_iter().flatten().map(tokio::spawn));
+            for (i, s) in serves.enumerate() {
+                match workers::spawn(i + 1, s, finished.subscribe()) {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = i + 1, "a data-plane worker could not start; the first worker serves its share")
+                    }
+                }
             }
         }
         if let Some(w) = workload {
@@ -267,19 +261,50 @@ impl Proxy {
             let _ = t.await;
         }
         // Every connection task holds a permit; all permits back means drained.
-        let drained = tokio::time::timeout(
-            shared.cfg.drain_timeout,
-            conns.acquire_many(MAX_CONNECTIONS as u32),
-        )
+        let drained = tokio::time::timeout(shared.cfg.drain_timeout, async {
+            for c in &conns {
+                let _ = c.acquire_many(MAX_CONNECTIONS as u32).await;
+            }
+        })
         .await;
         if drained.is_err() {
             tracing::warn!("drain timeout reached with requests still in flight");
         }
+        let _ = finished.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         Ok(())
     }
 }
 
 impl Listeners {
+    /// Each worker's serving loops, one per port; `conns` are the workers'
+    /// connection counters.
+    fn serves(self, shared: &Arc<Shared>, conns: &[Arc<Semaphore>]) -> Vec<Vec<workers::Serve>> {
+        let mut per: Vec<Vec<workers::Serve>> = conns.iter().map(|_| Vec::new()).collect();
+        let mut ports = vec![(inbound::Port::Inbound, self.inbound)];
+        ports.extend(self.hbone.map(|l| (inbound::Port::Hbone, l)));
+        for (port, l) in ports {
+            for (w, incoming) in per.iter_mut().zip(workers::split(l, conns)) {
+                w.push(Box::pin(inbound::serve(shared.clone(), incoming, port)));
+            }
+        }
+        for (u, l) in self.upstreams {
+            for (w, incoming) in per.iter_mut().zip(workers::split(l, conns)) {
+                w.push(Box::pin(outbound::serve(
+                    shared.clone(),
+                    u.clone(),
+                    incoming,
+                )));
+            }
+        }
+        per
+    }
+
     async fn bind(dp: &DataPlane) -> anyhow::Result<Listeners> {
         let inbound = TcpListener::bind(dp.inbound)
             .await

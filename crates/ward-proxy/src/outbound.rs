@@ -22,8 +22,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use ward_identity::SpiffeId;
@@ -40,6 +39,7 @@ use crate::http::{
 use crate::metrics::{Counters, DurationLabels, PeerLabels, RequestLabels};
 use crate::state::{accept_loop, Shared};
 use crate::transport::{self, Transport, ALPN_H2, ALPN_TCP};
+use crate::workers::ConnSource;
 use crate::{mux, upgrade};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,12 +63,7 @@ struct Outbound {
     response_bytes: Counter,
 }
 
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    up: Upstream,
-    listener: TcpListener,
-    conns: Arc<Semaphore>,
-) {
+pub(crate) async fn serve(shared: Arc<Shared>, up: Upstream, incoming: ConnSource) {
     let expected = match up.id.as_deref() {
         Some(id) => SpiffeId::parse(id).map_err(|e| e.to_string()),
         None => {
@@ -106,8 +101,10 @@ pub(crate) async fn serve(
         request_bytes,
         response_bytes,
     });
-    transport::app_listener(&listener);
-    accept_loop(&shared, listener, conns, "outbound", move |tcp, _| {
+    if let Some(l) = incoming.listener() {
+        transport::app_listener(l);
+    }
+    accept_loop(&shared, incoming, "outbound", move |tcp, _| {
         let ctx = ctx.clone();
         async move {
             transport::app_accepted(&tcp);

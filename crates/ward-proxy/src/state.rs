@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use ward_identity::{SpiffeId, TrustDomain};
 use ward_policy::PolicySet;
 use ward_tls::MeshTls;
@@ -19,6 +19,7 @@ use crate::authn::{Authn, KeyCaches};
 use crate::config::ProxyConfig;
 use crate::identity::Current;
 use crate::metrics::Metrics;
+use crate::workers::ConnSource;
 
 /// State shared by every listener.
 pub(crate) struct Shared {
@@ -121,13 +122,13 @@ impl Shared {
 /// Permits of the connection counter; every connection holds one.
 pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
 
-/// Accepts connections on `listener` until shutdown, each holding a permit
-/// of `conns` (so draining can wait for them) while `handle` serves it on
-/// a task of its own. Accept errors (out of descriptors) back off briefly.
+/// Accepts connections from `incoming` until shutdown, each holding a
+/// permit of its worker's counter (so draining can wait for them) while
+/// `handle` serves it on a task of its own. Accept errors (out of
+/// descriptors) back off briefly.
 pub(crate) async fn accept_loop<F, Fut>(
     shared: &Shared,
-    listener: TcpListener,
-    conns: Arc<Semaphore>,
+    mut incoming: ConnSource,
     direction: &'static str,
     handle: F,
 ) where
@@ -136,19 +137,17 @@ pub(crate) async fn accept_loop<F, Fut>(
 {
     let mut stop = shared.shutdown.subscribe();
     loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
+        let (tcp, remote, permit) = tokio::select! {
+            r = incoming.accept() => match r {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, direction, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+                None => return,
             },
             _ = stopped(&mut stop) => return,
-        };
-        let Ok(permit) = conns.clone().acquire_owned().await else {
-            return;
         };
         tokio::spawn(holding(handle(tcp, remote), permit));
     }
@@ -177,6 +176,7 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
 
     #[test]
     fn a_connection_task_holds_its_future_once() {
