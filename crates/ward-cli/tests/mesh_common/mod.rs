@@ -318,3 +318,11 @@ pub fn agent_with_env(s: &WardServer, service: &str, extra: &[&str], env: &[&str
         dir,
     }
 }
+
+/// The data-plane workers of a sidecar started without `--worker-threads`:
+/// the cores, at most 2. Each keeps its own pools and shared links.
+pub fn default_workers() -> f64 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2) as f64
+}
