@@ -30,10 +30,7 @@ pub(crate) async fn run(g: &Global, a: ProxyArgs) -> anyhow::Result<()> {
             upstreams: a.upstreams,
             hbone: a.hbone,
             peer_transport: a.peer_transport,
-            workers: a
-                .worker_threads
-                .unwrap_or_else(crate::cli::default_workers)
-                .max(1),
+            workers: a.worker_threads.unwrap_or_else(crate::cli::default_workers),
         }),
         workload: workload(a.workload),
         admin: Some(a.admin),

@@ -169,7 +169,7 @@ pub struct DataPlane {
     /// How HTTP/1.1 and TCP go to other sidecars.
     pub peer_transport: PeerTransport,
     /// Data-plane threads, each a single-threaded event loop with its own
-    /// connections (`workers`).
+    /// connections (`workers`); 0 counts as 1.
     pub workers: usize,
 }
 

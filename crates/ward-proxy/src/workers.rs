@@ -202,12 +202,23 @@ mod tests {
         assert_eq!(least_loaded(&w), 0);
     }
 
-    #[tokio::test]
-    async fn connections_spread_over_the_workers() {
+    /// A listener split for two workers of 100 permits each: its address,
+    /// their counters and their connection sources.
+    async fn two_workers() -> (
+        SocketAddr,
+        [Arc<Semaphore>; 2],
+        std::vec::IntoIter<ConnSource>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = [Arc::new(Semaphore::new(100)), Arc::new(Semaphore::new(100))];
-        let mut ports = split(listener, &conns).into_iter();
+        let ports = split(listener, &conns).into_iter();
+        (addr, conns, ports)
+    }
+
+    #[tokio::test]
+    async fn connections_spread_over_the_workers() {
+        let (addr, conns, mut ports) = two_workers().await;
         let (mut first, mut second) = (ports.next().unwrap(), ports.next().unwrap());
         let c1 = TcpStream::connect(addr).await.unwrap();
         let (_, remote, p1) = first.accept().await.unwrap().unwrap();
@@ -232,10 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_that_has_gone_leaves_its_share_to_the_first() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns = [Arc::new(Semaphore::new(100)), Arc::new(Semaphore::new(100))];
-        let mut ports = split(listener, &conns).into_iter();
+        let (addr, conns, mut ports) = two_workers().await;
         let mut first = ports.next().unwrap();
         drop(ports); // the second worker's queue
         let _c1 = TcpStream::connect(addr).await.unwrap();
