@@ -10,16 +10,24 @@
 //! again skips only the chain's signature checks: the window, trust domain
 //! and revocation are checked every time, and so is the handshake signature
 //! that proves the peer holds the key.
+//!
+//! Resumable sessions live here too, not in each configuration: every
+//! configuration made from one `MeshTls` (one per data-plane worker, one
+//! per pool) shares them, so a session one worker made resumes on another.
+//! A new certificate starts them again empty, so nothing resumes a session
+//! made with the old one.
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::client::ResolvesClientCert;
+use rustls::client::{ClientSessionMemoryCache, ResolvesClientCert, Resumption};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -42,9 +50,61 @@ pub struct Trust {
 /// This workload's certificate and key, and the trust it verifies peers
 /// with; both replaceable at any time.
 pub struct MeshTls {
+    keys: Arc<Keys>,
+    sessions: ArcSwap<Sessions>,
+}
+
+/// What handshakes present and verify with, shared by every configuration.
+struct Keys {
     identity: ArcSwap<CertifiedKey>,
     trust: ArcSwap<TrustState>,
     algs: WebPkiSupportedAlgorithms,
+}
+
+/// Sessions a server keeps (this many) for clients to resume.
+const SERVER_SESSIONS: usize = 1024;
+/// Sessions a client keeps per server name, for each peer and ALPN set.
+const CLIENT_SESSIONS: usize = 256;
+
+/// The resumable sessions made with one certificate: the server's, and the
+/// client configurations (each with its session store) by expected peer
+/// and offered ALPN protocols. rustls resumes a session only with the
+/// verifier and certificate resolver that made it, so a configuration is
+/// made once and handed out as clones, which share them.
+struct Sessions {
+    server: Arc<ServerSessionMemoryCache>,
+    client: Mutex<HashMap<ClientKey, ClientConfig>>,
+}
+
+/// A client configuration's peer and ALPN protocols.
+type ClientKey = (SpiffeId, Vec<Vec<u8>>);
+
+impl Sessions {
+    fn new() -> Sessions {
+        Sessions {
+            server: ServerSessionMemoryCache::new(SERVER_SESSIONS),
+            client: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A server's session storage: the sessions of the certificate in force.
+#[derive(Debug)]
+struct ServerSessions(Arc<MeshTls>);
+
+impl StoresServerSessions for ServerSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.sessions.load().server.put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.sessions.load().server.get(key)
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.sessions.load().server.take(key)
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 /// At most this many verified chains are remembered per trust; when full,
@@ -102,6 +162,12 @@ fn validity_window(chain: &[CertificateDer<'_>]) -> Option<(i64, i64)> {
     Some(window)
 }
 
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for MeshTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshTls").finish_non_exhaustive()
@@ -117,19 +183,26 @@ impl MeshTls {
     ) -> Result<Arc<MeshTls>, rustls::Error> {
         let ck = certified_key(chain, key)?;
         Ok(Arc::new(MeshTls {
-            identity: ArcSwap::from_pointee(ck),
-            trust: ArcSwap::from_pointee(TrustState::new(trust)),
-            algs: provider().signature_verification_algorithms,
+            keys: Arc::new(Keys {
+                identity: ArcSwap::from_pointee(ck),
+                trust: ArcSwap::from_pointee(TrustState::new(trust)),
+                algs: provider().signature_verification_algorithms,
+            }),
+            sessions: ArcSwap::from_pointee(Sessions::new()),
         }))
     }
 
-    /// Replaces this workload's certificate (after a renewal).
+    /// Replaces this workload's certificate (after a renewal) and forgets
+    /// the sessions made with the old one.
     pub fn set_identity(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<(), rustls::Error> {
-        self.identity.store(Arc::new(certified_key(chain, key)?));
+        self.keys
+            .identity
+            .store(Arc::new(certified_key(chain, key)?));
+        self.sessions.store(Arc::new(Sessions::new()));
         Ok(())
     }
 
@@ -137,21 +210,21 @@ impl MeshTls {
     /// verified against the old ones; false (and nothing forgotten) when
     /// `trust` is the trust already in force.
     pub fn set_trust(&self, trust: Trust) -> bool {
-        if *self.trust.load().trust == trust {
+        if *self.keys.trust.load().trust == trust {
             return false;
         }
-        self.trust.store(Arc::new(TrustState::new(trust)));
+        self.keys.trust.store(Arc::new(TrustState::new(trust)));
         true
     }
 
     /// The trust in force.
     pub fn trust(&self) -> Arc<Trust> {
-        self.trust.load().trust.clone()
+        self.keys.trust.load().trust.clone()
     }
 
     /// The current certificate chain, leaf first.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.identity.load().cert.clone()
+        self.keys.identity.load().cert.clone()
     }
 
     /// Verifies a peer chain against the trust in force.
@@ -160,9 +233,11 @@ impl MeshTls {
         chain: &[CertificateDer<'_>],
         client: bool,
     ) -> Result<VerifiedPeer, VerifyError> {
-        self.verify_peer_at(chain, client, UnixTime::now())
+        self.keys.verify_peer_at(chain, client, UnixTime::now())
     }
+}
 
+impl Keys {
     fn verify_peer_at(
         &self,
         chain: &[CertificateDer<'_>],
@@ -215,7 +290,9 @@ impl MeshTls {
         }
         Ok(peer)
     }
+}
 
+impl MeshTls {
     /// The identity of the peer on a connection whose handshake has just
     /// completed with this configuration (`client`: the peer is the
     /// client; `expected`: the one ID a server must have). A resumed
@@ -239,10 +316,10 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the aws-lc-rs provider supports TLS 1.3")
             .with_client_cert_verifier(Arc::new(PeerVerifier {
-                tls: self.clone(),
+                keys: self.keys.clone(),
                 expected: None,
             }))
-            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+            .with_cert_resolver(Arc::new(Resolver(self.keys.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // The suite order of `provider()`, whatever the client prefers.
         cfg.ignore_client_order = true;
@@ -250,22 +327,34 @@ impl MeshTls {
         // gets one, and a full handshake does half the ticket work of
         // rustls's default of two.
         cfg.send_tls13_tickets = 1;
+        cfg.session_storage = Arc::new(ServerSessions(self.clone()));
         cfg
     }
 
     /// Client side (outbound): the server must present exactly `expected`.
-    pub fn client_config(self: &Arc<Self>, expected: SpiffeId, alpn: &[&[u8]]) -> ClientConfig {
-        let mut cfg = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("the aws-lc-rs provider supports TLS 1.3")
-            .dangerous() // not insecure: PeerVerifier checks chain, revocation and SPIFFE ID
-            .with_custom_certificate_verifier(Arc::new(PeerVerifier {
-                tls: self.clone(),
-                expected: Some(expected),
-            }))
-            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        cfg
+    /// Every configuration for the same peer and ALPN protocols shares
+    /// one session store until the next certificate.
+    pub fn client_config(&self, expected: SpiffeId, alpn: &[&[u8]]) -> ClientConfig {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let sessions = self.sessions.load();
+        let mut made = sessions.client.lock().unwrap_or_else(|e| e.into_inner());
+        made.entry((expected.clone(), alpn.clone()))
+            .or_insert_with(|| {
+                let mut cfg = ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("the aws-lc-rs provider supports TLS 1.3")
+                    .dangerous() // not insecure: PeerVerifier checks chain, revocation and SPIFFE ID
+                    .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+                        keys: self.keys.clone(),
+                        expected: Some(expected),
+                    }))
+                    .with_client_cert_resolver(Arc::new(Resolver(self.keys.clone())));
+                cfg.alpn_protocols = alpn;
+                cfg.resumption =
+                    Resumption::store(Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)));
+                cfg
+            })
+            .clone()
     }
 }
 
@@ -278,7 +367,7 @@ fn certified_key(
 }
 
 #[derive(Debug)]
-struct Resolver(Arc<MeshTls>);
+struct Resolver(Arc<Keys>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -297,7 +386,7 @@ impl ResolvesClientCert for Resolver {
 
 #[derive(Debug)]
 struct PeerVerifier {
-    tls: Arc<MeshTls>,
+    keys: Arc<Keys>,
     /// Client side: the one ID the server must have.
     expected: Option<SpiffeId>,
 }
@@ -328,11 +417,14 @@ impl ServerCertVerifier for PeerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
-        let peer = self.tls.verify_peer(&chain, false).map_err(general)?;
+        let peer = self
+            .keys
+            .verify_peer_at(&chain, false, UnixTime::now())
+            .map_err(general)?;
         expect(peer, self.expected.as_ref()).map_err(general)?;
         Ok(ServerCertVerified::assertion())
     }
-    crate::tls13_signature_methods!(tls.algs);
+    crate::tls13_signature_methods!(keys.algs);
 }
 
 impl ClientCertVerifier for PeerVerifier {
@@ -347,10 +439,12 @@ impl ClientCertVerifier for PeerVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
-        self.tls.verify_peer(&chain, true).map_err(general)?;
+        self.keys
+            .verify_peer_at(&chain, true, UnixTime::now())
+            .map_err(general)?;
         Ok(ClientCertVerified::assertion())
     }
-    crate::tls13_signature_methods!(tls.algs);
+    crate::tls13_signature_methods!(keys.algs);
 }
 
 /// The SPIFFE ID, serial and expiry of a peer's leaf that the handshake
@@ -375,7 +469,7 @@ mod tests {
     use crate::unix_time;
 
     fn remembered(tls: &MeshTls) -> usize {
-        tls.trust.load().verified.lock().unwrap().len()
+        tls.keys.trust.load().verified.lock().unwrap().len()
     }
 
     /// Moves what `from` has to send to `to`.
@@ -411,16 +505,16 @@ mod tests {
         let t = now();
         let at = unix_time(t.unix_timestamp());
 
-        assert_eq!(tls.verify_peer_at(&chain, true, at).unwrap().id, id);
+        assert_eq!(tls.keys.verify_peer_at(&chain, true, at).unwrap().id, id);
         assert_eq!(remembered(&tls), 1);
-        assert_eq!(tls.verify_peer_at(&chain, true, at).unwrap().id, id);
+        assert_eq!(tls.keys.verify_peer_at(&chain, true, at).unwrap().id, id);
         assert_eq!(
             remembered(&tls),
             1,
             "the second check is answered from memory"
         );
         // Server use is a separate entry.
-        assert!(tls.verify_peer_at(&chain, false, at).is_ok());
+        assert!(tls.keys.verify_peer_at(&chain, false, at).is_ok());
         assert_eq!(remembered(&tls), 2);
 
         // A changed byte anywhere is another chain, verified in full.
@@ -429,27 +523,66 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 1;
         forged[0] = CertificateDer::from(der);
-        assert!(tls.verify_peer_at(&forged, true, at).is_err());
+        assert!(tls.keys.verify_peer_at(&forged, true, at).is_err());
         // Out of its window a remembered chain is refused.
         let later = unix_time(t.unix_timestamp() + 61);
-        assert!(tls.verify_peer_at(&chain, true, later).is_err());
-        assert!(tls.verify_peer_at(&chain, true, at).is_ok());
+        assert!(tls.keys.verify_peer_at(&chain, true, later).is_err());
+        assert!(tls.keys.verify_peer_at(&chain, true, at).is_ok());
 
         // Revocation and a new bundle apply at once.
         let mut revoked = trust.clone();
         revoked.revoked.insert(serial);
         tls.set_trust(revoked);
         assert_eq!(remembered(&tls), 0);
-        assert!(tls.verify_peer_at(&chain, true, at).is_err());
+        assert!(tls.keys.verify_peer_at(&chain, true, at).is_err());
         assert!(tls.set_trust(trust.clone()));
-        assert!(tls.verify_peer_at(&chain, true, at).is_ok());
+        assert!(tls.keys.verify_peer_at(&chain, true, at).is_ok());
         assert!(!tls.set_trust(trust.clone()), "the same trust");
         assert_eq!(remembered(&tls), 1, "the same trust keeps what it verified");
         tls.set_trust(Trust {
             bundle: pki.foreign_bundle(),
             ..trust
         });
-        assert!(tls.verify_peer_at(&chain, true, at).is_err());
+        assert!(tls.keys.verify_peer_at(&chain, true, at).is_err());
+    }
+
+    /// Configurations made from one `MeshTls` (a data-plane worker's each)
+    /// share their sessions; a new certificate forgets them.
+    #[test]
+    fn sessions_are_shared_between_configurations_until_a_new_certificate() {
+        let pki = Pki::new();
+        let (_, _, _, a) = pki.workload("a");
+        let (b_id, _, _, b) = pki.workload("b");
+        let connect_with = |a: &Arc<MeshTls>, b: &Arc<MeshTls>, alpn: &[&[u8]]| {
+            let name = ServerName::try_from("ward-peer").unwrap();
+            let client = Arc::new(a.client_config(b_id.clone(), alpn));
+            let server = Arc::new(b.server_config(alpn));
+            let mut c = rustls::ClientConnection::new(client, name).unwrap();
+            let mut s = rustls::ServerConnection::new(server).unwrap();
+            handshake(&mut c, &mut s);
+            assert_eq!(c.handshake_kind(), s.handshake_kind());
+            s.handshake_kind().unwrap()
+        };
+        let connect = |a: &Arc<MeshTls>, b: &Arc<MeshTls>| connect_with(a, b, &[b"http/1.1"]);
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(connect(&a, &b), Full);
+        assert_eq!(connect(&a, &b), Resumed, "new configurations, one store");
+        assert_eq!(connect(&a, &b), Resumed);
+
+        // Another ALPN set is another store (as is another peer).
+        assert_eq!(connect_with(&a, &b, &[b"h2"]), Full);
+        assert_eq!(connect_with(&a, &b, &[b"h2"]), Resumed);
+
+        // The client's renewal: it holds no session of its old certificate.
+        let (_, _, chain, key) = pki.leaf("a");
+        a.set_identity(chain, key).unwrap();
+        assert_eq!(connect(&a, &b), Full);
+        assert_eq!(connect(&a, &b), Resumed);
+        // The server's: the client's tickets name sessions it forgot.
+        let (_, _, chain, key) = pki.leaf("b");
+        b.set_identity(chain, key).unwrap();
+        assert_eq!(connect(&a, &b), Full);
+        assert_eq!(connect(&a, &b), Resumed);
     }
 
     #[test]
