@@ -70,6 +70,11 @@ fn frontend_sidecar(dir: &Path, upstream: &str) -> Proc {
 
 /// [`frontend_sidecar`] with `extra` flags.
 fn frontend_sidecar_with(dir: &Path, upstream: &str, extra: &[&str]) -> Proc {
+    frontend_sidecar_logged(dir, upstream, extra, None)
+}
+
+/// [`frontend_sidecar_with`], its stderr kept at `RUST_LOG=log` when given.
+fn frontend_sidecar_logged(dir: &Path, upstream: &str, extra: &[&str], log: Option<&str>) -> Proc {
     let f = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (bundle, cert, key) = (f("bundle.pem"), f("frontend.pem"), f("frontend.key"));
     let mut args = vec![
@@ -94,7 +99,10 @@ fn frontend_sidecar_with(dir: &Path, upstream: &str, extra: &[&str]) -> Proc {
         upstream,
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(bin(), &args).unwrap()
+    match log {
+        Some(filter) => Proc::spawn_logged(bin(), &args, filter).unwrap(),
+        None => Proc::spawn(bin(), &args).unwrap(),
+    }
 }
 
 /// A CA, the frontend's files in a directory, and a listener for a
@@ -307,6 +315,15 @@ fn payments_sidecar_args(d: &Path, app: &str, workers: &str) -> Vec<String> {
         workers,
     ];
     args.iter().map(|a| a.to_string()).collect()
+}
+
+/// A payments sidecar ([`payments_sidecar_args`]) and its inbound address.
+fn payments_sidecar(d: &Path, app: &str, workers: &str) -> (Proc, String) {
+    let args = payments_sidecar_args(d, app, workers);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sc = Proc::spawn(bin(), &args).unwrap();
+    let inbound = sc.ready["proxy"]["inbound"].as_str().unwrap().to_string();
+    (sc, inbound)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -798,10 +815,7 @@ async fn two_workers_share_the_connections() {
     init();
     let (_s, dir, pay) = two_services();
     let d = dir.path();
-    let args = payments_sidecar_args(d, &pay.http, "2");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pay_sc = Proc::spawn(bin(), &args).unwrap();
-    let inbound = pay_sc.ready["proxy"]["inbound"].as_str().unwrap();
+    let (pay_sc, inbound) = payments_sidecar(d, &pay.http, "2");
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
@@ -849,4 +863,42 @@ async fn two_workers_share_the_connections() {
             woke("ward")
         );
     }
+}
+
+/// The workers of a sidecar share what they learn of an upstream's
+/// endpoints: one that refused a connection is skipped by every worker,
+/// not found down again by each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_one_worker_found_down_is_skipped_by_all() {
+    init();
+    let (_s, dir, pay) = two_services();
+    let d = dir.path();
+    let (_pay_sc, inbound) = payments_sidecar(d, &pay.http, "1");
+    // An address nothing listens on: connections to it are refused.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let upstream = format!(
+        "payments=127.0.0.1:0,endpoint={dead},endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
+    );
+    let fe = frontend_sidecar_logged(d, &upstream, &["--worker-threads", "2"], Some("warn"));
+    let url = payments_url(&fe, "/whoami");
+    // Two app connections open at once: one on each worker.
+    let (a, b) = (reqwest::Client::new(), reqwest::Client::new());
+    for _ in 0..10 {
+        for c in [&a, &b] {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "the live endpoint answers");
+            r.bytes().await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed: Vec<String> = fe.log().into_iter().filter(|l| l.contains(&dead)).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one refused connection marks {dead} down for both workers:\n{}",
+        failed.join("\n")
+    );
 }

@@ -294,10 +294,12 @@ impl Listeners {
             }
         }
         for (u, l) in self.upstreams {
+            let balancer = Arc::new(outbound::Balancer::default());
             for (w, incoming) in per.iter_mut().zip(workers::split(l, conns)) {
                 w.push(Box::pin(outbound::serve(
                     shared.clone(),
                     u.clone(),
+                    balancer.clone(),
                     incoming,
                 )));
             }

@@ -54,7 +54,7 @@ struct Outbound {
     expected: SpiffeId,
     /// The HTTP/2 pool and the certificate generation it was opened with.
     pools: arc_swap::ArcSwap<Pools>,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     /// Request counters by status.
     requests: Counters<u16>,
     /// Duration histograms by status class.
@@ -63,7 +63,12 @@ struct Outbound {
     response_bytes: Counter,
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, up: Upstream, incoming: ConnSource) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    up: Upstream,
+    balancer: Arc<Balancer>,
+    incoming: ConnSource,
+) {
     let expected = match up.id.as_deref() {
         Some(id) => SpiffeId::parse(id).map_err(|e| e.to_string()),
         None => {
@@ -95,7 +100,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, up: Upstream, incoming: ConnSourc
         up,
         expected,
         pools: arc_swap::ArcSwap::from_pointee(pools),
-        balancer: Balancer::default(),
+        balancer,
         requests: Counters::default(),
         durations: Counters::default(),
         request_bytes,
@@ -126,8 +131,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, up: Upstream, incoming: ConnSourc
 
 /// Connections to the upstream made with one certificate generation: a
 /// pooled HTTP/2 client, idle HTTP/1.1 connections and a TLS connector for
-/// TCP, each with its own TLS session cache, so nothing made with an older certificate (pooled
-/// connections, resumable sessions) is used after a renewal.
+/// TCP, so no pooled connection made with an older certificate is used
+/// after a renewal. Resumable sessions are the certificate's, shared by
+/// every worker's pools (`MeshTls::client_config`).
 struct Pools {
     generation: u64,
     /// HTTP/2 (gRPC and apps that speak HTTP/2), multiplexed.
@@ -758,13 +764,15 @@ async fn dial(
     r
 }
 
-/// Least-loaded choice among live endpoints; ties go round-robin.
+/// Least-loaded choice among live endpoints; ties go round-robin. One
+/// per upstream, shared by the data-plane workers: loads are the whole
+/// sidecar's, and an endpoint one worker found down is skipped by all.
 ///
 /// A pick looks each candidate up once; the chosen endpoint's count is
 /// shared with the [`InFlight`] guard, which gives it back without a
 /// lookup.
 #[derive(Default)]
-struct Balancer {
+pub(crate) struct Balancer {
     slots: Mutex<HashMap<String, Slot>>,
     next: AtomicUsize,
 }
