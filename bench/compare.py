@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ward against nginx and HAProxy mTLS pairs, side by side on loopback.
 
-    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 1] [--idle 10000] [--app-conns 2000] [--app harness|nginx] [--out bench/results]
+    python3 bench/compare.py [--rounds 5] [--seconds 10] [--workers 2] [--idle 10000] [--app-conns 2000] [--app harness|nginx] [--out bench/results]
 
 Every target carries the same path: load generator -> proxy A (plaintext
 in) -> mTLS (TLS 1.3, P-256, client certificate required) -> proxy B ->
@@ -463,7 +463,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 2),
+                    help="workers of every proxy [default: ward's own, the cores, at most 2]")
     ap.add_argument("--idle", type=int, default=None,
                     help="idle connections for metric (e) [default: 10,000, or 9,000 when the descriptor limit is 20,000 or less]")
     ap.add_argument("--app-conns", type=int, default=2000,
