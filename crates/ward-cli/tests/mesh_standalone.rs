@@ -317,11 +317,15 @@ fn payments_sidecar_args(d: &Path, app: &str, workers: &str) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
-/// A payments sidecar ([`payments_sidecar_args`]) and its inbound address.
-fn payments_sidecar(d: &Path, app: &str, workers: &str) -> (Proc, String) {
+/// A payments sidecar ([`payments_sidecar_args`]) and its inbound
+/// address; its stderr kept at `RUST_LOG=log` when given.
+fn payments_sidecar(d: &Path, app: &str, workers: &str, log: Option<&str>) -> (Proc, String) {
     let args = payments_sidecar_args(d, app, workers);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let sc = Proc::spawn(bin(), &args).unwrap();
+    let sc = match log {
+        Some(filter) => Proc::spawn_logged(bin(), &args, filter).unwrap(),
+        None => Proc::spawn(bin(), &args).unwrap(),
+    };
     let inbound = sc.ready["proxy"]["inbound"].as_str().unwrap().to_string();
     (sc, inbound)
 }
@@ -331,13 +335,7 @@ async fn standalone_sidecars_from_files() {
     init();
     let (s, dir, pay) = two_services();
     let d = dir.path();
-    let args = payments_sidecar_args(d, &pay.http, "1");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pay_sc = Proc::spawn_logged(bin(), &args, "warn,ward::access=info").unwrap();
-    let inbound = pay_sc.ready["proxy"]["inbound"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (pay_sc, inbound) = payments_sidecar(d, &pay.http, "1", Some("warn,ward::access=info"));
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
@@ -674,31 +672,8 @@ async fn keys_and_certificates_as_openssl_writes_them() {
     }
     std::fs::write(d.join("policy.yaml"), ALLOW).unwrap();
     let pay = app("payments");
+    let (pay_sc, inbound) = payments_sidecar(d, &pay.http, "1", Some("info"));
     let f = |name: &str| d.join(name).to_str().unwrap().to_string();
-    let pay_sc = Proc::spawn_logged(
-        bin(),
-        &[
-            "--output",
-            "json",
-            "--trust-bundle",
-            &f("bundle.pem"),
-            "proxy",
-            "--cert",
-            &f("payments.pem"),
-            "--key",
-            &f("payments.key"),
-            "--policy-file",
-            &f("policy.yaml"),
-            "--service",
-            "payments",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            &pay.http,
-        ],
-        "info",
-    )
-    .unwrap();
     // Without a state dir it says where its certificate came from, and
     // never mentions a state dir.
     let loaded = || {
@@ -717,7 +692,6 @@ async fn keys_and_certificates_as_openssl_writes_them() {
         "{:?}",
         pay_sc.log()
     );
-    let inbound = pay_sc.ready["proxy"]["inbound"].as_str().unwrap();
     let fe = frontend_sidecar(
         d,
         &format!(
@@ -815,7 +789,7 @@ async fn two_workers_share_the_connections() {
     init();
     let (_s, dir, pay) = two_services();
     let d = dir.path();
-    let (pay_sc, inbound) = payments_sidecar(d, &pay.http, "2");
+    let (pay_sc, inbound) = payments_sidecar(d, &pay.http, "2", None);
     let upstream = format!(
         "payments=127.0.0.1:0,endpoint={inbound},id=spiffe://ward.internal/ns/default/sa/payments"
     );
@@ -873,7 +847,7 @@ async fn an_endpoint_one_worker_found_down_is_skipped_by_all() {
     init();
     let (_s, dir, pay) = two_services();
     let d = dir.path();
-    let (_pay_sc, inbound) = payments_sidecar(d, &pay.http, "1");
+    let (_pay_sc, inbound) = payments_sidecar(d, &pay.http, "1", None);
     // An address nothing listens on: connections to it are refused.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
