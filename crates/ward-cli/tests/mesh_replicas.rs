@@ -3,6 +3,8 @@
 //! endpoint that goes away on one replica leaves the other's sidecars.
 mod mesh_common;
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_common::*;
@@ -40,43 +42,57 @@ async fn sidecars_on_different_replicas_find_each_other() {
 
 /// Mesh traffic all along: 4 clients in a loop until finished.
 struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+    stop: Arc<AtomicBool>,
+    /// Requests answered 200 so far.
+    ok: Arc<AtomicU32>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 impl Load {
     fn start(url: &str) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU32::new(0));
         let tasks = (0..4)
             .map(|_| {
-                let (url, stop) = (url.to_string(), stop.clone());
+                let (url, stop, ok) = (url.to_string(), stop.clone(), ok.clone());
                 tokio::spawn(async move {
                     let http = reqwest::Client::new();
-                    let (mut ok, mut failed) = (0u32, Vec::new());
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut failed = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
                         match http.get(&url).send().await {
-                            Ok(r) if r.status() == 200 => ok += 1,
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
                             Ok(r) => failed.push(format!("HTTP {}", r.status())),
                             Err(e) => failed.push(e.to_string()),
                         }
                     }
-                    (ok, failed)
+                    failed
                 })
             })
             .collect();
-        Load { stop, tasks }
+        Load { stop, ok, tasks }
     }
 
-    /// Stops, and asserts that every request went through.
+    /// Lets 50 more requests through (the mesh still carries traffic
+    /// after whatever happened), then stops, and asserts that every
+    /// request went through.
     async fn finish(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (mut ok, mut failed) = (0, Vec::new());
+        let goal = self.ok.load(Ordering::Relaxed) + 50;
+        let carried = wait_until(Duration::from_secs(10), || async {
+            self.ok.load(Ordering::Relaxed) >= goal
+        })
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failed = Vec::new();
         for t in self.tasks {
-            let (o, f) = t.await.unwrap();
-            ok += o;
-            failed.extend(f);
+            failed.extend(t.await.unwrap());
         }
-        assert!(ok > 50, "only {ok} mesh requests went through");
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(
+            carried,
+            "only {ok} mesh requests went through, {goal} wanted"
+        );
         assert!(
             failed.is_empty(),
             "{} of {} mesh requests failed: {:?}",
@@ -128,7 +144,7 @@ async fn a_mesh_given_both_replicas_carries_on_when_one_is_killed_mid_writes() {
     // have been acknowledged.
     let http = a.https().unwrap();
     let token = a.admin_token();
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writes = Vec::new();
     for i in 0..200 {
         let (http, token, base, acked) =
@@ -142,12 +158,12 @@ async fn a_mesh_given_both_replicas_carries_on_when_one_is_killed_mid_writes() {
                 .await;
             let ok = matches!(r, Ok(r) if r.status() == 201);
             if ok {
-                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                acked.fetch_add(1, Ordering::Relaxed);
             }
             ok.then_some(format!("svc-{i}"))
         }));
     }
-    while acked.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+    while acked.load(Ordering::Relaxed) < 40 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     a.kill9();
