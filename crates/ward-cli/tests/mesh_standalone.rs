@@ -99,9 +99,14 @@ fn frontend_sidecar_logged(dir: &Path, upstream: &str, extra: &[&str], log: Opti
         upstream,
     ];
     args.extend_from_slice(extra);
+    spawn(&args, log)
+}
+
+/// Starts `ward args…`, its stderr kept at `RUST_LOG=log` when given.
+fn spawn(args: &[&str], log: Option<&str>) -> Proc {
     match log {
-        Some(filter) => Proc::spawn_logged(bin(), &args, filter).unwrap(),
-        None => Proc::spawn(bin(), &args).unwrap(),
+        Some(filter) => Proc::spawn_logged(bin(), args, filter).unwrap(),
+        None => Proc::spawn(bin(), args).unwrap(),
     }
 }
 
@@ -322,10 +327,7 @@ fn payments_sidecar_args(d: &Path, app: &str, workers: &str) -> Vec<String> {
 fn payments_sidecar(d: &Path, app: &str, workers: &str, log: Option<&str>) -> (Proc, String) {
     let args = payments_sidecar_args(d, app, workers);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let sc = match log {
-        Some(filter) => Proc::spawn_logged(bin(), &args, filter).unwrap(),
-        None => Proc::spawn(bin(), &args).unwrap(),
-    };
+    let sc = spawn(&args, log);
     let inbound = sc.ready["proxy"]["inbound"].as_str().unwrap().to_string();
     (sc, inbound)
 }

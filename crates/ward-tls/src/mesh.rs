@@ -235,64 +235,7 @@ impl MeshTls {
     ) -> Result<VerifiedPeer, VerifyError> {
         self.keys.verify_peer_at(chain, client, UnixTime::now())
     }
-}
 
-impl Keys {
-    fn verify_peer_at(
-        &self,
-        chain: &[CertificateDer<'_>],
-        client: bool,
-        now: UnixTime,
-    ) -> Result<VerifiedPeer, VerifyError> {
-        let state = self.trust.load();
-        let trust = &state.trust;
-        let key = chain_key(chain, client);
-        let secs = now.as_secs() as i64;
-        let known = state
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .filter(|v| v.not_before <= secs && secs <= v.not_after)
-            .map(|v| v.peer.clone());
-        let peer = match known {
-            Some(peer) => peer,
-            None => {
-                let peer = verify_svid_chain(chain, &trust.bundle, client, now)?;
-                if let Some((not_before, not_after)) = validity_window(chain) {
-                    let mut verified = state.verified.lock().unwrap_or_else(|e| e.into_inner());
-                    if verified.len() >= VERIFIED_MAX {
-                        verified.clear();
-                    }
-                    verified.insert(
-                        key,
-                        Verified {
-                            peer: peer.clone(),
-                            not_before,
-                            not_after,
-                        },
-                    );
-                }
-                peer
-            }
-        };
-        if !trust.trust_domain.is_empty() && peer.id.trust_domain_name() != trust.trust_domain {
-            return Err(VerifyError::UnexpectedId {
-                found: peer.id.to_string(),
-                expected: format!("an identity in trust domain {}", trust.trust_domain),
-            });
-        }
-        if trust.revoked.contains(&peer.serial) {
-            return Err(VerifyError::Chain(format!(
-                "certificate {} is revoked",
-                peer.serial
-            )));
-        }
-        Ok(peer)
-    }
-}
-
-impl MeshTls {
     /// The identity of the peer on a connection whose handshake has just
     /// completed with this configuration (`client`: the peer is the
     /// client; `expected`: the one ID a server must have). A resumed
@@ -355,6 +298,61 @@ impl MeshTls {
                 cfg
             })
             .clone()
+    }
+}
+
+impl Keys {
+    fn verify_peer_at(
+        &self,
+        chain: &[CertificateDer<'_>],
+        client: bool,
+        now: UnixTime,
+    ) -> Result<VerifiedPeer, VerifyError> {
+        let state = self.trust.load();
+        let trust = &state.trust;
+        let key = chain_key(chain, client);
+        let secs = now.as_secs() as i64;
+        let known = state
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|v| v.not_before <= secs && secs <= v.not_after)
+            .map(|v| v.peer.clone());
+        let peer = match known {
+            Some(peer) => peer,
+            None => {
+                let peer = verify_svid_chain(chain, &trust.bundle, client, now)?;
+                if let Some((not_before, not_after)) = validity_window(chain) {
+                    let mut verified = state.verified.lock().unwrap_or_else(|e| e.into_inner());
+                    if verified.len() >= VERIFIED_MAX {
+                        verified.clear();
+                    }
+                    verified.insert(
+                        key,
+                        Verified {
+                            peer: peer.clone(),
+                            not_before,
+                            not_after,
+                        },
+                    );
+                }
+                peer
+            }
+        };
+        if !trust.trust_domain.is_empty() && peer.id.trust_domain_name() != trust.trust_domain {
+            return Err(VerifyError::UnexpectedId {
+                found: peer.id.to_string(),
+                expected: format!("an identity in trust domain {}", trust.trust_domain),
+            });
+        }
+        if trust.revoked.contains(&peer.serial) {
+            return Err(VerifyError::Chain(format!(
+                "certificate {} is revoked",
+                peer.serial
+            )));
+        }
+        Ok(peer)
     }
 }
 
