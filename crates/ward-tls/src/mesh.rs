@@ -61,8 +61,10 @@ struct Keys {
     algs: WebPkiSupportedAlgorithms,
 }
 
-/// Sessions a server keeps (this many) for clients to resume.
-const SERVER_SESSIONS: usize = 1024;
+/// Sessions a server keeps (this many) for clients to resume: what two
+/// workers kept with rustls's default of 256 each. Each holds the
+/// client's chain, 1–2 KiB.
+const SERVER_SESSIONS: usize = 512;
 /// Sessions a client keeps per server name, for each peer and ALPN set.
 const CLIENT_SESSIONS: usize = 256;
 
