@@ -1,5 +1,5 @@
-//! The memory allocator: jemalloc, and the options `ward agent` runs it
-//! with.
+//! The memory allocator: jemalloc, and the options the long-running
+//! modes (`ward proxy`, `ward agent`) run it with.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -17,16 +17,25 @@ const OPTIONS: &str = "_RJEM_MALLOC_CONF";
 /// The agent's options: one arena and no thread caches. With 100 open
 /// Workload API streams they keep 0.6–0.7 MiB less resident, for up to a
 /// tenth of ValidateJWTSVID's rate (docs/performance.md).
-const AGENT_OPTIONS: &str = "narenas:1,tcache:false";
+pub(crate) const AGENT_OPTIONS: &str = "narenas:1,tcache:false";
 
-/// For `ward agent`: executes this binary again, in place (the same
-/// process, pid and descriptors), with [`AGENT_OPTIONS`] in the
-/// environment. jemalloc reads its options once, at the process's first
-/// allocation, so they cannot be set from inside; this runs before the
-/// runtime starts. Returns, and the agent runs with what it has, when the
-/// options are already set (by the operator, whose choice stands, or by
-/// the first execution) or the binary cannot be executed again.
-pub(crate) fn agent_options(argv: &[OsString]) {
+/// The sidecar's options: each thread cache keeps at most two freed
+/// buffers of each large size (rather than 20), and freed pages go back
+/// to the system after a second (rather than ten). rustls grows and
+/// shrinks a connection's record buffer across jemalloc's large sizes as
+/// records arrive, and under load those freed buffers and pages were
+/// about 1 MiB of each proxy's peak, at no gain in CPU per request
+/// (docs/performance.md).
+pub(crate) const PROXY_OPTIONS: &str = "tcache_nslots_large:2,dirty_decay_ms:1000";
+
+/// Executes this binary again, in place (the same process, pid and
+/// descriptors), with `options` in the environment. jemalloc reads its
+/// options once, at the process's first allocation, so they cannot be set
+/// from inside; this runs before the runtime starts. Returns, and the
+/// process runs with what it has, when the options are already set (by the
+/// operator, whose choice stands, or by the first execution) or the binary
+/// cannot be executed again.
+pub(crate) fn run_with(options: &str, argv: &[OsString]) {
     if std::env::var_os(OPTIONS).is_some() || argv.is_empty() {
         return;
     }
@@ -36,7 +45,7 @@ pub(crate) fn agent_options(argv: &[OsString]) {
     let err = std::process::Command::new(exe)
         .arg0(&argv[0])
         .args(&argv[1..])
-        .env(OPTIONS, AGENT_OPTIONS)
+        .env(OPTIONS, options)
         .exec();
     eprintln!("warning: running with the allocator's default options: cannot execute `ward` again ({err})");
 }

@@ -74,6 +74,12 @@ pub(crate) enum Command {
         check: bool,
     },
     /// Run a sidecar beside an app: mTLS in and out, authorization, rotation.
+    #[command(
+        after_help = "Memory: the sidecar runs jemalloc with small thread caches for large buffers \
+                      and freed pages returned after a second \
+                      (_RJEM_MALLOC_CONF=tcache_nslots_large:2,dirty_decay_ms:1000) unless \
+                      _RJEM_MALLOC_CONF is set."
+    )]
     Proxy(Box<ProxyArgs>),
     /// Run the identity side of a sidecar without a data plane: the SPIFFE
     /// Workload API and/or rotating certificate files for apps that do

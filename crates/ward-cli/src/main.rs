@@ -26,8 +26,10 @@ fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => return usage_error(e),
     };
-    if matches!(args.command, cli::Command::Agent(_)) {
-        allocator::agent_options(&original);
+    match &args.command {
+        cli::Command::Agent(_) => allocator::run_with(allocator::AGENT_OPTIONS, &original),
+        cli::Command::Proxy(_) => allocator::run_with(allocator::PROXY_OPTIONS, &original),
+        _ => {}
     }
     let json_errors = args.global.output == cli::Output::Json;
     // One crypto provider for the whole process: aws-lc-rs.

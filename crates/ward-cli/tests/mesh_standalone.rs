@@ -798,6 +798,13 @@ async fn two_workers_share_the_connections() {
     let fe = frontend_sidecar_with(d, &upstream, &["--worker-threads", "2"]);
     let url = payments_url(&fe, "/whoami");
     let (fe_pid, pay_pid) = (fe.child.id(), pay_sc.child.id());
+    // Executed again in place with the sidecar's allocator options.
+    let env = environment(fe_pid);
+    assert!(
+        env.iter()
+            .any(|v| v == "_RJEM_MALLOC_CONF=tcache_nslots_large:2,dirty_decay_ms:1000"),
+        "{env:?}"
+    );
     let before = (thread_wakeups(fe_pid), thread_wakeups(pay_pid));
     // Eight clients, each on a kept-alive connection of its own, at once.
     let clients: Vec<_> = (0..8)

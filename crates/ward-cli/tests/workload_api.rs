@@ -347,15 +347,6 @@ async fn a_sidecar_serves_the_workload_api_beside_its_data_plane() {
     let _ = pay;
 }
 
-/// The `NAME=VALUE` entries of a process's environment.
-fn environment(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_runs_jemalloc_with_one_arena_unless_the_operator_chose() {
     let s = common::server(&[]);

@@ -326,3 +326,12 @@ pub fn default_workers() -> f64 {
         .map_or(1, |n| n.get())
         .min(2) as f64
 }
+
+/// The `NAME=VALUE` entries of a process's environment.
+pub fn environment(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
