@@ -366,6 +366,14 @@ def handshakes(t, tmp, seconds):
     return {"handshakes": n, "cpu_s_per_1000": round(cpu / n * 1000, 3) if n else None}
 
 
+def rotated(targets, r):
+    """The targets in the order of round `r`: each round starts one further
+    along, so that no target is always measured right after the same one
+    (`direct` saturates the app and both CPUs just before)."""
+    k = r % len(targets)
+    return targets[k:] + targets[:k]
+
+
 def handshake_rounds(targets, tmp, rounds, seconds):
     """`handshakes` of every target in interleaved rounds, as the throughput
     is measured: one sample each would meet the machine's drift at a
@@ -373,7 +381,7 @@ def handshake_rounds(targets, tmp, rounds, seconds):
     (min–max)."""
     got = {t.name: [] for t in targets}
     for r in range(rounds):
-        for t in targets:
+        for t in rotated(targets, r):
             h = handshakes(t, tmp, seconds)
             got[t.name].append(h)
             print(f"handshakes round {r + 1} {t.name}: {h}", file=sys.stderr)
@@ -509,7 +517,7 @@ def main():
             wrk(t.entry, 1)
         runs = {t.name: [] for t in targets}
         for r in range(a.rounds):
-            for t in targets:
+            for t in rotated(targets, r):
                 parts = {k: v for k, v in (("a", t.a_pids), ("b", t.b_pids), ("app", app_pids)) if v}
                 c0, (i0, s0) = {k: cpu_secs(v) for k, v in parts.items()}, machine_idle()
                 res = wrk(t.entry, a.seconds)
