@@ -543,6 +543,11 @@ def main():
             if t.pids():
                 e["cpu_ms_per_1000_requests"] = med([x["cpu_ms_per_1000"] for x in rs])
                 e["peak_rss_kib"] = {"a": sum(status_kib(p, "VmHWM") for p in t.a_pids), "b": sum(status_kib(p, "VmHWM") for p in t.b_pids)}
+                # The peak mixes heap with code, and how much of a binary's
+                # code a process maps depends on how the file sits in the
+                # page cache (docs/performance.md): the two, after the rounds.
+                e["rss_parts_kib"] = {side: {kind: sum(status_kib(p, key) for p in pids) for kind, key in (("anon", "RssAnon"), ("file", "RssFile"))}
+                                      for side, pids in (("a", t.a_pids), ("b", t.b_pids))}
             report["targets"][t.name] = e
         for t in targets:
             report["targets"][t.name]["fixed_rate"] = oha_rate(t.entry, a.seconds, a.rate)
@@ -682,6 +687,9 @@ def write(r, out_dir):
                      f"{f(rss['a'] / 1024, 1) + ' / ' + f(rss['b'] / 1024, 1) if rss else '–'} | "
                      f"{hs_cell(e.get('handshakes'))} | {f(e.get('idle', {}).get('kib_per_connection'), 1)} | "
                      f"{app_conns(e.get('app_conns'))} |")
+    parts = lambda e: " / ".join(f"{f(e['rss_parts_kib'][k]['anon'] / 1024, 1)} + {f(e['rss_parts_kib'][k]['file'] / 1024, 1)}" for k in ("a", "b"))
+    lines += ["", "Resident after the rounds, anonymous + file-backed MiB, A / B: " +
+              "; ".join(f"{name} {parts(e)}" for name, e in t.items() if "rss_parts_kib" in e)]
     g = r["grpc_tcp"]
     gu, tm = g["grpc_unary_per_sec"], g["tcp_mb_per_sec"]
     split = lambda e: " / ".join(f(e["cpu_ms_per_1000_requests_by_process"].get(k, {}).get("median"), 1) for k in ("a", "b", "app"))
