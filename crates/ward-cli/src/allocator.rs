@@ -24,8 +24,8 @@ pub(crate) const AGENT_OPTIONS: &str = "narenas:1,tcache:false";
 /// to the system after a second (rather than ten). rustls grows and
 /// shrinks a connection's record buffer across jemalloc's large sizes as
 /// records arrive, and under load those freed buffers and pages were
-/// about 1 MiB of each proxy's peak, at no gain in CPU per request
-/// (docs/performance.md).
+/// about 1 MiB of the client-side proxy's resident memory (0.3 MiB of the
+/// server side's), at no gain in CPU per request (docs/performance.md).
 pub(crate) const PROXY_OPTIONS: &str = "tcache_nslots_large:2,dirty_decay_ms:1000";
 
 /// Executes this binary again, in place (the same process, pid and
@@ -48,4 +48,29 @@ pub(crate) fn run_with(options: &str, argv: &[OsString]) {
         .env(OPTIONS, options)
         .exec();
     eprintln!("warning: running with the allocator's default options: cannot execute `ward` again ({err})");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` states the options each mode really runs with.
+    #[test]
+    fn the_help_names_the_options_in_force() {
+        let cli = crate::cli::Cli::command();
+        for (mode, options) in [
+            ("proxy", super::PROXY_OPTIONS),
+            ("agent", super::AGENT_OPTIONS),
+        ] {
+            let help = cli
+                .find_subcommand(mode)
+                .and_then(|c| c.get_after_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains(&format!("_RJEM_MALLOC_CONF={options}")),
+                "{mode}: {help}"
+            );
+        }
+    }
 }
